@@ -1,0 +1,25 @@
+"""Shared fixtures. Real files written by other software live in ../shared/data (never copied here)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep TensorFlow quiet and single-threaded enough to share 2 cores with pytest-xdist workers.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CRYOVAE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED_DATA}; set CRYOVAE_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
