@@ -46,7 +46,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         hint = hints.get(f.name)
         if dataclasses.is_dataclass(hint) and isinstance(v, dict):
             v = from_dict(hint, v)
-        elif isinstance(v, list) and typing.get_origin(hint) is tuple:
+        elif isinstance(v, list) and (hint is tuple or typing.get_origin(hint) is tuple):
             v = tuple(v)
         kwargs[f.name] = v
     obj = cls(**kwargs)
