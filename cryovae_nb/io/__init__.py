@@ -1,0 +1,14 @@
+"""Reading and writing cryo-EM data: MRC particle stacks and volumes, RELION STAR files.
+
+Everything here is headless numpy/pandas; images are read lazily through memory maps.
+"""
+from cryovae_nb.io.mrc import (MRCHeader, ParticleStack, StackWriter, open_stack, read_header,
+                               read_volume, write_stack, write_volume)
+from cryovae_nb.io.star import (CTFParams, Particles, Poses, make_image_names, read_particles,
+                                write_particles_star)
+
+__all__ = [
+    "ParticleStack", "open_stack", "read_header", "MRCHeader", "read_volume", "write_volume",
+    "write_stack", "StackWriter", "Particles", "CTFParams", "Poses", "read_particles",
+    "write_particles_star", "make_image_names",
+]
