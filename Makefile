@@ -53,7 +53,7 @@ test-fast: deps
 
 benchmarks: deps
 	$(PY) benchmarks/train_throughput.py
-	$(PY) benchmarks/preprocess_throughput.py --count 10000
+	$(PY) benchmarks/preprocess_throughput.py 10000
 
 clean:
 	rm -rf demo_output test-artifacts .pytest_cache

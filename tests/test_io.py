@@ -190,7 +190,7 @@ def test_from_entries_many_files_and_bounded_handles(tmp_path, monkeypatch):
         d = rng.standard_normal((4 + k, 8, 8)).astype(np.float32)
         paths.append(make_mrc(tmp_path / f"s{k}.mrcs", d))
         datas.append(d)
-    monkeypatch.setattr(mrc_module, "_MAPS", mrc_module._MapCache(3))
+    monkeypatch.setattr(mrc_module, "_FILES", mrc_module._FileCache(3))
     file_ids = rng.integers(0, 9, 200)
     indices = np.array([rng.integers(0, 4 + f) for f in file_ids])
     s = ParticleStack.from_entries(paths, indices, file_ids)
@@ -200,7 +200,7 @@ def test_from_entries_many_files_and_bounded_handles(tmp_path, monkeypatch):
     order = rng.permutation(200)
     np.testing.assert_array_equal(s[order], expected[order])
     np.testing.assert_array_equal(s[:], expected)
-    assert len(mrc_module._MAPS._maps) <= 3
+    assert len(mrc_module._FILES._files) <= 3
     assert proc.num_fds() - fds_before <= 3
     with pytest.raises(InputError, match=r"s2\.mrcs.*outside the stack"):
         ParticleStack.from_entries(paths, [0, 6], [0, 2])  # s2 has 6 images (0..5)

@@ -264,35 +264,41 @@ def test_relion5_with_datadir_and_relion30_pixel_size(shared_data, tmp_path):
 
 
 def test_reads_only_chunks(stack, tmp_path, monkeypatch):
-    import cryovae_nb.preprocess as pp
+    from cryovae_nb.io import ParticleStack as PS
 
     path, _ = stack
     ranges = []
-    real = pp._read_range
+    real = PS.__getitem__
 
-    def spy(st, a, b):
-        ranges.append((a, b))
-        return real(st, a, b)
+    def spy(st, key):
+        if isinstance(key, slice):
+            ranges.append((key.start, key.stop))
+        return real(st, key)
 
-    monkeypatch.setattr(pp, "_read_range", spy)
+    monkeypatch.setattr(PS, "__getitem__", spy)
     preprocess_stack(path, tmp_path / "o", PreprocessConfig(chunk_size=4), progress=False)
     assert sorted(ranges) == [(a, min(a + 4, 23)) for a in range(0, 23, 4)]
 
 
-def test_fast_reader_matches_particle_stack(shared_data, tmp_path):
-    import cryovae_nb.preprocess as pp
+def test_chunked_reads_across_interleaved_stacks_and_int16(shared_data, tmp_path):
+    import mrcfile as mf
 
-    # relion5.star interleaves two stacks; a shuffled subset breaks every run
+    # relion5.star interleaves two stacks; a shuffled subset breaks every run of consecutive images
     p = read_particles(shared_data / "relion5.star", datadir=shared_data / "toy_datadir")
-    np.testing.assert_array_equal(pp._read_range(p.images, 0, len(p)), p.images[:])
-    sub = p.subset(np.random.default_rng(0).permutation(len(p))[:9]).images
-    np.testing.assert_array_equal(pp._read_range(sub, 2, 9), sub[2:9])
+    names = p.df["rlnImageName"].str.split("@")
+    expected = []
+    for idx, rel in names:
+        with mf.open(shared_data / "toy_datadir" / rel.split("/")[-1], permissive=True) as m:
+            expected.append(np.asarray(m.data[int(idx) - 1], dtype=np.float32))
+    expected = np.stack(expected)
+    np.testing.assert_array_equal(p.images[:], expected)
+    perm = np.random.default_rng(0).permutation(len(p))[:9]
+    np.testing.assert_array_equal(p.subset(perm).images[2:9], expected[perm][2:9])
     # an int16 (mode 1) stack is converted to float32
     raw = np.random.default_rng(1).integers(-300, 300, size=(7, 16, 16)).astype(np.int16)
-    with mrcfile.new(tmp_path / "i16.mrcs") as m:
+    with mf.new(tmp_path / "i16.mrcs") as m:
         m.set_data(raw)
-    st = ParticleStack.open(tmp_path / "i16.mrcs")
-    got = pp._read_range(st, 1, 6)
+    got = ParticleStack.open(tmp_path / "i16.mrcs")[1:6]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, raw[1:6])
 
@@ -303,7 +309,7 @@ def test_nan_image_is_named(tmp_path):
     path = tmp_path / "nan.mrcs"
     with mrcfile.new(path) as m:  # write_stack refuses NaN, as it should; make a bad file anyway
         m.set_data(x)
-    with pytest.raises(InputError, match=r"nan.mrcs: image 5 holds NaN"):
+    with pytest.raises(InputError, match=r"nan.mrcs: image 5 contains NaN"):
         preprocess_stack(path, tmp_path / "o", PreprocessConfig(chunk_size=4, pixel_size=1.0), progress=False)
     assert not (tmp_path / "o.mrcs").exists()
 

@@ -1,7 +1,8 @@
-"""MRC particle stacks and volumes: lazy, memory-mapped reading and atomic writing.
+"""MRC particle stacks and volumes: lazy reading and atomic writing.
 
-Reading parses the 1024-byte header ourselves (with mrcfile's header dtype) and maps the data
-with ``np.memmap`` at the header's data offset. That keeps opening a 26 GB stack O(1), lets us
+Reading parses the 1024-byte header ourselves (with mrcfile's header dtype) and reads only the
+requested images with positional reads at the header's data offset. That keeps opening a 26 GB
+stack O(1) and its resident memory flat, lets us
 accept files other programs write without a ``MAP `` stamp (warning once per file), and lets every
 defect -- truncation, complex modes, a garbage header -- become an ``InputError`` naming the file
 instead of a warning or a numpy traceback. Writing goes through mrcfile and ``atomic_path``.
@@ -107,37 +108,54 @@ def _check_finite(data: np.ndarray, path: str, what: str, first_index: Sequence[
     raise InputError(f"{what} {image + 1} contains NaN or Inf values", path)
 
 
-class _MapCache:
-    """A small process-wide LRU of open read-only memory maps, keyed by file path."""
+class _FileCache:
+    """A small process-wide LRU of open read-only files, keyed by path and file identity.
+
+    Images are read with ``os.preadv`` rather than through ``np.memmap``: measured here pread
+    copied a 256 MB chunk 2-10x faster (no page fault per 4 kB), and it leaves nothing mapped, so
+    streaming a 26 GB stack keeps the resident memory flat. ``preadv`` is positional, so threads
+    (tf.data, the preprocessing reader) can share one handle. An evicted file is closed when the
+    last reader drops its reference.
+    """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._maps: OrderedDict[tuple, np.memmap] = OrderedDict()
-        self._lock = threading.Lock()  # tf.data / thread pools may read concurrently
+        self._files: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def get(self, header: MRCHeader) -> np.memmap:
+    def get(self, header: MRCHeader):
         with self._lock:
             key = (header.path, header.identity)
-            mm = self._maps.get(key)
-            if mm is not None:
-                self._maps.move_to_end(key)
-                return mm
+            f = self._files.get(key)
+            if f is not None:
+                self._files.move_to_end(key)
+                return f
             try:
-                mm = np.memmap(header.path, dtype=header.dtype, mode="r", offset=header.data_offset,
-                               shape=header.shape)
-            except (OSError, ValueError) as e:  # deleted or shrunk since it was opened
-                raise InputError(f"cannot map the stack any more ({e})", header.path) from None
-            self._maps[key] = mm
-            while len(self._maps) > self.capacity:
-                self._maps.popitem(last=False)  # dropping the last reference closes the map
-            return mm
+                f = open(header.path, "rb", buffering=0)
+            except OSError as e:  # deleted since it was opened
+                raise InputError(f"cannot open the stack any more ({e.strerror})", header.path) from None
+            self._files[key] = f
+            while len(self._files) > self.capacity:
+                self._files.popitem(last=False)
+            return f
 
     def clear(self):
         with self._lock:
-            self._maps.clear()
+            self._files.clear()
 
 
-_MAPS = _MapCache(MAX_OPEN_FILES)
+def _pread_into(f, out: np.ndarray, offset: int, path: str) -> None:
+    """Fill ``out`` (C-contiguous) with the bytes of ``f`` from ``offset``."""
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(view):  # one call returns at most ~2 GB on Linux
+        got = os.preadv(f.fileno(), [view[done:]], offset + done)
+        if got == 0:
+            raise InputError("stack is shorter than its header says (truncated since it was opened?)", path)
+        done += got
+
+
+_FILES = _FileCache(MAX_OPEN_FILES)
 
 
 def _stack_header(path: str) -> MRCHeader:
@@ -260,14 +278,17 @@ class ParticleStack:
             header = self._headers[f]
             rows = np.flatnonzero(fids == f) if len(self._headers) > 1 else np.arange(len(pos))
             want = idx[rows]
-            mm = _MAPS.get(header)
+            fh = _FILES.get(header)
             order = np.argsort(want, kind="stable")
             sorted_want = want[order]
-            lo, hi = int(sorted_want[0]), int(sorted_want[-1]) + 1
-            if hi - lo == len(want) and (np.diff(sorted_want) == 1).all():
-                block = mm[lo:hi]  # a contiguous run: one sequential read
-            else:
-                block = mm[sorted_want]  # fancy indexing on a memmap touches only these images
+            block = np.empty((len(want), self.box, self.box), dtype=header.dtype)
+            # one positional read per run of consecutive images (a slice is a single run)
+            cut = np.flatnonzero(np.diff(sorted_want) != 1) + 1
+            bounds = np.r_[0, cut, len(sorted_want)]
+            image_bytes = self.box * self.box * header.dtype.itemsize
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                _pread_into(fh, block[a:b], header.data_offset + int(sorted_want[a]) * image_bytes,
+                            header.path)
             _check_finite(block, header.path, "image", sorted_want)
             out[rows[order]] = block
         return out
