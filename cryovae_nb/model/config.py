@@ -1,0 +1,81 @@
+"""ModelConfig: every architectural and loss hyper-parameter of the VAE (thesis §3.3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryovae_nb.errors import ConfigError
+
+PROJECTORS = ("fourier", "real")
+POSE_MODES = ("learned", "known")
+OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of the cryo-EM VAE; defaults are the thesis' (§3.3.1-3.3.3).
+
+    Round-trips through ``cryovae_nb.config`` (JSON/YAML); ``validate()`` rejects bad values.
+    """
+
+    box: int = 40                    # image side n; the decoder emits n^3 voxels
+    latent_dim: int = 21
+    encoder_layers: int = 10
+    encoder_units: int = 512
+    decoder_layers: int = 20
+    decoder_units: int = 200
+    leaky_slope: float = 0.2         # negative slope of every leaky ReLU (tf.nn.leaky_relu default)
+    output_activation: str = "leaky_relu"   # on the n^3 voxel layer; the thesis uses leaky ReLU
+    volume_mask: float | None = 0.95  # spherical mask diameter as a fraction of the box; None = off
+    max_shift: float | None = None   # bound of the in-plane shift head in px; None = 0.1 * box
+    projector: str = "fourier"       # "fourier" (central slice, fast) or "real" (reference)
+    fourier_pad: float = 1.0         # zero-padding factor of the 3D FFT (>= 1; 2 = half the error, 8x cost)
+    gridding_correction: bool = True  # pre-divide by the sinc^2 apodisation of linear interpolation
+    pose_mode: str = "learned"       # "learned" (pose head) or "known" (poses from a STAR file)
+    beta: float = 1.0                # weight of the KL term
+    averaging_factor: float = 1e4    # averaging loss weight, relative to beta
+    learning_rate: float = 1e-5
+    batch_size: int = 120
+    seed: int = 0                    # weight initialisation
+
+    @property
+    def max_shift_px(self) -> float:
+        return 0.1 * self.box if self.max_shift is None else float(self.max_shift)
+
+    @property
+    def padded_box(self) -> int:
+        """Side of the zero-padded grid used by the Fourier projector."""
+        return max(self.box, int(round(self.fourier_pad * self.box)))
+
+    def validate(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {v!r}")
+
+        for name in ("box", "latent_dim", "encoder_units", "decoder_units", "batch_size"):
+            positive_int(name)
+        for name in ("encoder_layers", "decoder_layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"ModelConfig.{name} must be an integer >= 0, got {v!r}")
+        if self.box < 4:
+            raise ConfigError(f"ModelConfig.box must be at least 4 pixels, got {self.box}")
+        if self.projector not in PROJECTORS:
+            raise ConfigError(f"ModelConfig.projector must be one of {PROJECTORS}, got {self.projector!r}")
+        if self.pose_mode not in POSE_MODES:
+            raise ConfigError(f"ModelConfig.pose_mode must be one of {POSE_MODES}, got {self.pose_mode!r}")
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
+            raise ConfigError(f"ModelConfig.output_activation must be one of {OUTPUT_ACTIVATIONS}, "
+                              f"got {self.output_activation!r}")
+        if self.volume_mask is not None and not 0 < self.volume_mask <= 1:
+            raise ConfigError(f"ModelConfig.volume_mask is a diameter fraction in (0, 1] "
+                              f"(or None for no mask), got {self.volume_mask!r}")
+        if self.max_shift is not None and not self.max_shift >= 0:
+            raise ConfigError(f"ModelConfig.max_shift must be >= 0 px (or None), got {self.max_shift!r}")
+        if not self.fourier_pad >= 1:
+            raise ConfigError(f"ModelConfig.fourier_pad must be >= 1, got {self.fourier_pad!r}")
+        for name in ("leaky_slope", "beta", "averaging_factor"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"ModelConfig.learning_rate must be > 0, got {self.learning_rate!r}")

@@ -1,0 +1,116 @@
+"""Compiled training and evaluation steps (the Trainer and the Horovod glue build on these)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from cryovae_nb.model.vae import CryoVAE, latent_noise
+
+SCALARS = ("recon", "kl", "averaging", "total")
+
+
+def configure_threads(intra_op: int | None = None, inter_op: int | None = None) -> bool:
+    """Set TensorFlow's thread pools (call before any op runs). Returns False if TF was already
+    initialised, in which case nothing changes. On a few cores, ``inter_op=1`` avoids the
+    pools fighting over them; ``intra_op=None`` keeps TF's default (all cores)."""
+    try:
+        if intra_op is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        return True
+    except RuntimeError:
+        return False
+
+
+def make_optimizer(model: CryoVAE) -> keras.optimizers.Optimizer:
+    """Adam with the configured learning rate, built on the model's variables."""
+    opt = keras.optimizers.Adam(learning_rate=model.config.learning_rate)
+    opt.build(model.trainable_variables)
+    return opt
+
+
+def _inputs(model, images, rotations, shifts, seed):
+    """Tensors for a compiled step; the seed becomes the noise itself (drawn outside XLA)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    if rotations is not None:
+        rotations = tf.convert_to_tensor(rotations, tf.float32)
+        if shifts is None:
+            shifts = tf.zeros([tf.shape(images)[0], 2], tf.float32)
+    if shifts is not None:
+        shifts = tf.convert_to_tensor(shifts, tf.float32)
+    noise = None
+    if seed is not None:
+        noise = latent_noise([images.shape[0], model.config.latent_dim], seed)
+    return images, rotations, shifts, noise
+
+
+def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None = None, *,
+                    jit: bool = True,
+                    grad_reducer: Callable[[list], list] | None = None) -> Callable[..., dict]:
+    """Return ``step(images, rotations=None, shifts=None, seed=None) -> dict`` of scalar losses
+    (``recon``, ``kl``, ``averaging``, ``total``) after one optimizer update.
+
+    ``rotations``/``shifts`` give known poses (``pose_mode="known"``); ``seed`` is an int ``[2]``
+    for the reparameterisation noise (pass a different one each step; ``None`` = no noise).
+    ``grad_reducer(list_of_grads) -> list_of_grads`` is applied between the gradient and the update
+    (Horovod: ``hvd.grouped_allreduce``); then the gradient and the update are compiled separately
+    so the reducer runs outside XLA. ``jit`` compiles with XLA (faster on CPU and GPU). The
+    optimizer defaults to :func:`make_optimizer`. A new batch shape triggers one re-compile.
+    """
+    optimizer = optimizer or make_optimizer(model)
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    variables = model.trainable_variables
+
+    if grad_reducer is None:
+        @tf.function(jit_compile=jit, reduce_retracing=True)
+        def fused(images, rotations, shifts, noise):
+            with tf.GradientTape() as tape:
+                out = model.compute_losses(images, rotations, shifts, training=True, noise=noise)
+            grads = tape.gradient(out["total"], variables)
+            # with known poses the pose head gets no gradient: leave it out (static, per trace)
+            optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+            return {k: out[k] for k in SCALARS}
+
+        def step(images, rotations=None, shifts=None, seed=None):
+            return fused(*_inputs(model, images, rotations, shifts, seed))
+
+        return step
+
+    used = {}  # known poses? -> indices of the variables that get a gradient (found while tracing)
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def compute(images, rotations, shifts, noise):
+        with tf.GradientTape() as tape:
+            out = model.compute_losses(images, rotations, shifts, training=True, noise=noise)
+        grads = tape.gradient(out["total"], variables)
+        used[rotations is not None] = [i for i, g in enumerate(grads) if g is not None]
+        return [g for g in grads if g is not None], {k: out[k] for k in SCALARS}
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def apply(grads, known):
+        optimizer.apply_gradients([(g, variables[i]) for g, i in zip(grads, used[known])])
+
+    def step(images, rotations=None, shifts=None, seed=None):
+        grads, losses = compute(*_inputs(model, images, rotations, shifts, seed))
+        apply(list(grad_reducer(list(grads))), rotations is not None)
+        return losses
+
+    return step
+
+
+def make_eval_step(model: CryoVAE, *, jit: bool = True) -> Callable[..., dict]:
+    """Return ``step(images, rotations=None, shifts=None, seed=None) -> dict`` of losses without
+    updating weights (``seed=None``: z = z_mean). Includes ``recon_per_sample`` ``(B,)``."""
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def evaluate(images, rotations, shifts, noise):
+        return model.compute_losses(images, rotations, shifts, training=False, noise=noise)
+
+    def step(images, rotations=None, shifts=None, seed=None):
+        return evaluate(*_inputs(model, images, rotations, shifts, seed))
+
+    return step

@@ -1,0 +1,369 @@
+"""The VAE: config, projectors (against scipy, the numpy reference and analytic projections),
+losses (recomputed by hand in numpy), seeded noise, compiled steps, known poses, weights I/O."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+
+from scipy.ndimage import map_coordinates  # noqa: E402
+
+from cryovae_nb.model.vae import latent_noise  # noqa: E402
+
+from cryovae_nb.config import from_dict, load_config, save_config, to_dict  # noqa: E402
+from cryovae_nb.errors import ConfigError, InputError  # noqa: E402
+from cryovae_nb.geometry import quaternion_to_matrix as np_quat_to_matrix  # noqa: E402
+from cryovae_nb.geometry import random_rotations  # noqa: E402
+from cryovae_nb.model import (ModelConfig, build_model, make_eval_step, make_train_step,  # noqa: E402
+                              mirror, project_fourier, project_real, quaternion_to_matrix, rfft3d,
+                              spherical_mask)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def gaussian_blobs(n, count, rng, sigma=2.0, n_blobs=5, spread=0.2):
+    """Smooth masked volumes (sums of Gaussians) and their blob parameters."""
+    c = np.arange(n) - n // 2
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    centres = rng.uniform(-spread * n, spread * n, (count, n_blobs, 3))
+    amps = rng.uniform(0.5, 1.5, (count, n_blobs))
+    vols = np.zeros((count, n, n, n))
+    for b in range(count):
+        for (px, py, pz), a in zip(centres[b], amps[b]):
+            vols[b] += a * np.exp(-((xx - px) ** 2 + (yy - py) ** 2 + (zz - pz) ** 2) / (2 * sigma**2))
+    return vols.astype(np.float32), centres, amps
+
+
+def analytic_projection(n, centres, amps, R, s, sigma=2.0):
+    """Exact line integrals of the Gaussian blobs: a blob at p appears at R^T p + s."""
+    c = np.arange(n) - n // 2
+    yi, xi = np.meshgrid(c, c, indexing="ij")
+    out = np.zeros((len(R), n, n))
+    for b in range(len(R)):
+        for p, a in zip(centres[b], amps[b]):
+            r = R[b].T @ p
+            out[b] += a * np.sqrt(2 * np.pi) * sigma * np.exp(
+                -((xi - s[b, 0] - r[0]) ** 2 + (yi - s[b, 1] - r[1]) ** 2) / (2 * sigma**2))
+    return out
+
+
+def scipy_projection(V, R, s):
+    """Independent reference: the geometry.py formula with scipy's trilinear interpolation."""
+    n = V.shape[-1]
+    c = np.arange(n) - n // 2
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    pts = np.stack([xx - s[0], yy - s[1], zz], -1) @ R.T + n // 2  # (x, y, z) in index units
+    vals = map_coordinates(V.astype(np.float64), [pts[..., 2], pts[..., 1], pts[..., 0]], order=1,
+                           mode="grid-constant", cval=0.0)
+    return vals.sum(axis=0)
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
+
+
+def tiny_config(**kw):
+    base = dict(box=8, latent_dim=3, encoder_layers=2, encoder_units=16, decoder_layers=2,
+                decoder_units=16, volume_mask=0.95, batch_size=4)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# -- config --------------------------------------------------------------------------------------
+def test_config_defaults_are_the_thesis_values_and_round_trip(tmp_path):
+    cfg = ModelConfig()
+    assert (cfg.box, cfg.latent_dim, cfg.encoder_layers, cfg.encoder_units) == (40, 21, 10, 512)
+    assert (cfg.decoder_layers, cfg.decoder_units, cfg.volume_mask) == (20, 200, 0.95)
+    assert (cfg.beta, cfg.averaging_factor, cfg.learning_rate, cfg.batch_size) == (1.0, 1e4, 1e-5, 120)
+    assert cfg.projector == "fourier" and cfg.pose_mode == "learned" and cfg.max_shift_px == 4.0
+    custom = ModelConfig(box=33, volume_mask=None, projector="real", pose_mode="known", max_shift=2.5)
+    for suffix in (".json", ".yaml"):
+        save_config(custom, tmp_path / f"m{suffix}")
+        assert load_config(ModelConfig, tmp_path / f"m{suffix}") == custom
+    assert from_dict(ModelConfig, to_dict(custom)) == custom
+
+
+@pytest.mark.parametrize("bad", [dict(box=3), dict(box=40.0), dict(latent_dim=0), dict(projector="fft"),
+                                 dict(pose_mode="given"), dict(volume_mask=1.5), dict(fourier_pad=0.5),
+                                 dict(learning_rate=0), dict(output_activation="relu"),
+                                 dict(encoder_layers=-1), dict(max_shift=-1.0)])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        from_dict(ModelConfig, bad)
+
+
+# -- projectors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [12, 11])
+def test_real_projector_matches_scipy_trilinear(n):
+    rng = np.random.default_rng(1)
+    V = rng.standard_normal((3, n, n, n)).astype(np.float32)  # rough on purpose: every voxel counts
+    R = random_rotations(3, rng)
+    s = rng.uniform(-2, 2, (3, 2))
+    got = project_real(V, R.astype(np.float32), s.astype(np.float32)).numpy()
+    want = np.stack([scipy_projection(V[i], R[i], s[i]) for i in range(3)])
+    np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
+
+
+def test_real_projector_matches_the_numpy_reference_projector():
+    from cryovae_nb.projection import project
+
+    rng = np.random.default_rng(2)
+    V, _, _ = gaussian_blobs(16, 1, rng)
+    V = V[0] * spherical_mask(16, 0.95)
+    R, s = random_rotations(4, rng), rng.uniform(-2, 2, (4, 2))
+    got = project_real(np.repeat(V[None], 4, 0), R.astype(np.float32), s.astype(np.float32)).numpy()
+    np.testing.assert_allclose(got, project(V, R, s), atol=1e-4 * np.abs(got).max())
+
+
+@pytest.mark.parametrize("n", [16, 15])
+def test_identity_pose_projects_along_z(n):
+    rng = np.random.default_rng(3)
+    V, _, _ = gaussian_blobs(n, 2, rng, sigma=1.5, spread=0.1)
+    eye = np.tile(np.eye(3, dtype=np.float32), (2, 1, 1))
+    np.testing.assert_allclose(project_real(V, eye).numpy(), V.sum(1), atol=1e-5)
+    # on grid points the Fourier slice is exact (no interpolation, hence no gridding correction);
+    # the blobs carry nothing beyond the band limit n/2
+    np.testing.assert_allclose(project_fourier(V, eye, correction=False).numpy(), V.sum(1),
+                               atol=1e-4 * V.sum(1).max())
+    # a whole-pixel shift moves the image (the blobs sit well inside, so wrap-around is nil)
+    shifts = np.array([[2, -1], [-3, 0]], np.float32)
+    want = np.stack([np.roll(V[i].sum(0), (int(shifts[i, 1]), int(shifts[i, 0])), (0, 1)) for i in range(2)])
+    for proj in (project_real(V, eye, shifts), project_fourier(V, eye, shifts, correction=False)):
+        np.testing.assert_allclose(proj.numpy(), want, atol=1e-3 * want.max())
+
+
+def test_projectors_against_analytic_projection_and_each_other():
+    """Smooth masked volumes at random poses. Reached here (n=32), relative L2 error: real vs truth
+    2.3 %; Fourier vs truth / vs real: pad 1 + gridding correction 10 % / 11 % (13 % / 12 % without
+    the correction), pad 1.5: 3.7 % / 4.4 %, pad 2: 2.1 % / 3.1 %."""
+    n, k = 32, 6
+    rng = np.random.default_rng(4)
+    V, centres, amps = gaussian_blobs(n, k, rng)
+    V *= spherical_mask(n, 0.95)
+    R, s = random_rotations(k, rng), rng.uniform(-3, 3, (k, 2))
+    Rf, sf = R.astype(np.float32), s.astype(np.float32)
+    truth = analytic_projection(n, centres, amps, R, s)
+    real = project_real(V, Rf, sf).numpy()
+    fast = project_fourier(V, Rf, sf).numpy()
+    fast_nocorr = project_fourier(V, Rf, sf, correction=False).numpy()
+    fast_pad = project_fourier(V, Rf, sf, pad=1.5).numpy()
+    assert rel(real, truth) < 0.03
+    assert rel(fast, truth) < 0.12 and rel(fast, real) < 0.12
+    assert rel(fast_pad, truth) < 0.05 and rel(fast_pad, real) < 0.05
+    assert rel(fast, truth) < 0.85 * rel(fast_nocorr, truth)  # the gridding correction helps
+
+
+def test_rfft3d_gradient_matches_autodiff_of_an_equivalent_path():
+    for shape in [(2, 6, 8, 10), (1, 5, 7, 9)]:
+        rng = np.random.default_rng(5)
+        x = tf.constant(rng.standard_normal(shape), tf.float32)
+        half = shape[:-1] + (shape[-1] // 2 + 1,)
+        A = tf.constant(rng.standard_normal(half) + 1j * rng.standard_normal(half), tf.complex64)
+
+        def loss(spec):
+            return tf.reduce_sum(tf.math.real(spec * A)) + 0.1 * tf.reduce_sum(tf.abs(spec) ** 2)
+
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            mine = rfft3d(x)
+            # rfft3d = FFT over z of rfft2d over (y, x); TensorFlow differentiates both
+            other = tf.transpose(tf.signal.fft(tf.transpose(tf.signal.rfft2d(x), [0, 2, 3, 1])), [0, 3, 1, 2])
+            l1, l2 = loss(mine), loss(other)
+        np.testing.assert_allclose(mine.numpy(), other.numpy(), atol=1e-3)
+        g1, g2 = tape.gradient(l1, x).numpy(), tape.gradient(l2, x).numpy()
+        np.testing.assert_allclose(g1, g2, atol=1e-5 * np.abs(g2).max())
+
+
+@pytest.mark.parametrize("method", ["fourier", "real"])
+def test_pose_gradient_matches_finite_differences(method):
+    """The pose head learns through d(projection)/d(rotation, shift): check it numerically."""
+    n = 16
+    rng = np.random.default_rng(6)
+    V, _, _ = gaussian_blobs(n, 1, rng)
+    target = tf.constant(rng.standard_normal((1, n, n)), tf.float32)
+    proj = project_fourier if method == "fourier" else project_real
+
+    def loss(q, s):
+        return tf.reduce_sum(proj(V, quaternion_to_matrix(q), s) * target)
+
+    q = tf.Variable([[0.9, 0.2, -0.3, 0.25]], dtype=tf.float32)
+    s = tf.Variable([[0.7, -1.2]], dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        lv = loss(q, s)
+    gq, gs = tape.gradient(lv, [q, s])
+    h = 1e-2
+    for var, g in ((q, gq), (s, gs)):
+        for j in range(var.shape[1]):
+            e = np.zeros(var.shape, np.float32)
+            e[0, j] = h
+            fd = (loss(q + e if var is q else q, s + e if var is s else s)
+                  - loss(q - e if var is q else q, s - e if var is s else s)) / (2 * h)
+            assert abs(float(fd) - float(g[0, j])) < 0.05 * float(tf.norm(g)) + 1e-3
+
+
+def test_quaternion_to_matrix_agrees_with_geometry():
+    q = np.random.default_rng(7).standard_normal((5, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_allclose(quaternion_to_matrix(tf.constant(q, tf.float32)).numpy(),
+                               np_quat_to_matrix(q), atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_mirror_is_a_point_reflection_about_the_centre_voxel(n):
+    V = np.random.default_rng(8).standard_normal((2, n, n, n)).astype(np.float32)
+    m = mirror(tf.constant(V)).numpy()
+    idx = (2 * (n // 2) - np.arange(n)) % n
+    np.testing.assert_array_equal(m, V[:, idx][:, :, idx][:, :, :, idx])
+    c = n // 2
+    np.testing.assert_array_equal(m[:, c, c, c], V[:, c, c, c])
+    np.testing.assert_array_equal(mirror(tf.constant(m)).numpy(), V)
+
+
+# -- the loss, by hand ---------------------------------------------------------------------------
+def numpy_losses(model, images, seed, rotations=None, shifts=None):
+    """The whole objective recomputed in numpy from the model's weights (box 8 only)."""
+    cfg = model.config
+    lrelu = lambda x: np.where(x > 0, x, cfg.leaky_slope * x)  # noqa: E731
+    dense = lambda layer, x: x @ layer.kernel.numpy() + layer.bias.numpy()  # noqa: E731
+    B, n = images.shape[0], cfg.box
+    h = images.reshape(B, -1).astype(np.float64)
+    for layer in model.encoder_layers:
+        h = lrelu(dense(layer, h))
+    mu, logvar = dense(model.z_mean_layer, h), dense(model.z_logvar_layer, h)
+    eps = latent_noise((B, cfg.latent_dim), seed).numpy()  # the noise is an input
+    z = mu + np.exp(0.5 * logvar) * eps
+    if rotations is None:
+        q = np.tanh(dense(model.quaternion_layer, z))
+        rotations = np_quat_to_matrix(q)  # normalises
+        shifts = cfg.max_shift_px * np.tanh(dense(model.shift_layer, z))
+    d = z
+    for layer in model.decoder_layers:
+        d = lrelu(dense(layer, d))
+    vols = lrelu(dense(model.voxel_layer, d)).reshape(B, n, n, n)
+    c = np.arange(n) - n // 2
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    vols = vols * ((xx**2 + yy**2 + zz**2) <= (cfg.volume_mask * n / 2) ** 2)
+    logits = np.stack([scipy_projection(vols[i], rotations[i], shifts[i]) for i in range(B)])
+    ce = np.maximum(logits, 0) - logits * images + np.log1p(np.exp(-np.abs(logits)))
+    recon = ce.sum(axis=(1, 2)).mean()
+    kl = (-0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)).mean()
+    idx = (2 * (n // 2) - np.arange(n)) % n
+    S = np.concatenate([vols, vols[:, idx][:, :, idx][:, :, :, idx]])  # volumes and mirror images
+    averaging = ((S - S.mean(0)) ** 2).mean()
+    total = recon + cfg.beta * kl + cfg.averaging_factor * cfg.beta * averaging
+    return dict(recon=recon, kl=kl, averaging=averaging, total=total)
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_losses_match_a_numpy_computation_by_hand(known):
+    cfg = tiny_config(projector="real", beta=0.7, averaging_factor=50.0,
+                      pose_mode="known" if known else "learned")
+    model = build_model(cfg)
+    rng = np.random.default_rng(9)
+    images = rng.uniform(0, 1, (4, 8, 8)).astype(np.float32)
+    seed = tf.constant([3, 4], tf.int32)
+    R = random_rotations(4, rng) if known else None
+    s = rng.uniform(-1, 1, (4, 2)) if known else None
+    got = model.compute_losses(images, None if R is None else R.astype(np.float32),
+                               None if s is None else s.astype(np.float32), seed=seed)
+    want = numpy_losses(model, images, seed, R, s)
+    for key in ("recon", "kl", "averaging", "total"):
+        assert float(got[key]) == pytest.approx(want[key], rel=2e-4), key
+    assert got["recon_per_sample"].shape == (4,)
+
+
+def test_seeded_noise_is_reproducible_and_none_means_no_noise():
+    model = build_model(tiny_config())
+    images = np.random.default_rng(10).uniform(0, 1, (4, 8, 8)).astype(np.float32)
+    a = model.compute_losses(images, seed=[1, 2])["total"]
+    b = model.compute_losses(images, seed=[1, 2])["total"]
+    c = model.compute_losses(images, seed=[1, 3])["total"]
+    assert float(a) == float(b) and float(a) != float(c)
+    # a compiled (XLA) step draws the same noise from the same seed
+    assert float(make_eval_step(model, jit=True)(images, seed=[1, 2])["total"]) == pytest.approx(float(a), rel=1e-5)
+    det = model.compute_losses(images)["recon_per_sample"]
+    enc = model.encode(images)
+    rec = model(images)  # z_mean and the learned pose
+    from cryovae_nb.model import reconstruction_loss
+
+    np.testing.assert_allclose(det.numpy(), reconstruction_loss(images, rec).numpy(), rtol=1e-5)
+    assert np.allclose(np.linalg.norm(enc["quaternion"].numpy(), axis=1), 1, atol=1e-5)
+    assert np.abs(enc["shift"].numpy()).max() <= model.config.max_shift_px
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = build_model(tiny_config(pose_mode="known"))
+    with pytest.raises(InputError, match=r"\(batch, 8, 8\)"):
+        model.encode(np.zeros((2, 9, 9), np.float32))
+    with pytest.raises(ConfigError, match="known"):
+        model.compute_losses(np.zeros((2, 8, 8), np.float32))
+
+
+# -- compiled steps ------------------------------------------------------------------------------
+def _batch(rng, n=8, b=8):
+    V, _, _ = gaussian_blobs(n, 1, rng, sigma=1.2, n_blobs=3)
+    R = random_rotations(b, rng)
+    imgs = project_real(np.repeat(V, b, 0), R.astype(np.float32)).numpy()
+    return (1 / (1 + np.exp(-imgs))).astype(np.float32), R.astype(np.float32)
+
+
+def test_train_step_learns_and_jit_matches_eager():
+    rng = np.random.default_rng(11)
+    images, _ = _batch(rng)
+    cfg = tiny_config(learning_rate=3e-3, averaging_factor=1.0)
+    results = {}
+    for jit, steps in ((False, 40), (True, 5)):
+        model = build_model(cfg)  # same seed -> same initial weights
+        step = make_train_step(model, jit=jit)
+        results[jit] = [float(step(images, seed=[0, i])["recon"]) for i in range(steps)]
+    # the cross-entropy cannot go below the targets' own entropy: judge the excess over it
+    floor = float(np.mean(np.sum(-images * np.log(images) - (1 - images) * np.log(1 - images), axis=(1, 2))))
+    assert results[False][-1] - floor < 0.5 * (results[False][0] - floor)
+    np.testing.assert_allclose(results[True][:5], results[False][:5], rtol=1e-3)
+
+
+def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
+    rng = np.random.default_rng(12)
+    images, R = _batch(rng)
+    model = build_model(tiny_config(pose_mode="known", learning_rate=1e-3))
+    head = [w.numpy().copy() for w in model.quaternion_layer.weights + model.shift_layer.weights]
+    enc0 = model.encoder_layers[0].kernel.numpy().copy()
+    calls = []
+
+    def zero_reducer(grads):  # stands in for hvd.grouped_allreduce
+        calls.append(len(grads))
+        return [tf.zeros_like(g) for g in grads]
+
+    step = make_train_step(model, jit=False, grad_reducer=zero_reducer)
+    step(images, R, None, seed=[0, 0])
+    n_vars = len(model.trainable_variables)
+    assert calls == [n_vars - 4]  # everything but the pose head's kernels and biases
+    np.testing.assert_array_equal(model.encoder_layers[0].kernel.numpy(), enc0)  # zero grads: no move
+
+    step = make_train_step(model, jit=False, grad_reducer=lambda g: g)
+    for i in range(3):
+        step(images, R, np.zeros((8, 2), np.float32), seed=[1, i])
+    assert not np.array_equal(model.encoder_layers[0].kernel.numpy(), enc0)
+    for before, w in zip(head, model.quaternion_layer.weights + model.shift_layer.weights):
+        np.testing.assert_array_equal(w.numpy(), before)
+
+
+def test_eval_step_and_weights_round_trip(tmp_path):
+    rng = np.random.default_rng(13)
+    images, _ = _batch(rng)
+    model = build_model(tiny_config(seed=1))
+    make_train_step(model, jit=False)(images, seed=[0, 0])  # move away from the initial weights
+    ev = make_eval_step(model, jit=False)(images)
+    path = tmp_path / "w.weights.h5"
+    model.save_weights(path)
+    other = build_model(tiny_config(seed=2))
+    assert float(make_eval_step(other, jit=False)(images)["total"]) != pytest.approx(float(ev["total"]))
+    other.load_weights(path)
+    ev2 = make_eval_step(other, jit=False)(images)
+    for key in ("recon", "kl", "averaging", "total"):
+        assert float(ev2[key]) == pytest.approx(float(ev[key]), rel=1e-6)
+    np.testing.assert_allclose(other.decode(np.ones((1, 3), np.float32)).numpy(),
+                               model.decode(np.ones((1, 3), np.float32)).numpy(), rtol=1e-6)
