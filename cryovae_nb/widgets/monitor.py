@@ -1,0 +1,197 @@
+"""Training monitor: live log-scaled loss curves (train vs test) and the latest sample grid.
+
+Fed either in-process -- the Trainer calls ``on_metrics(dict)`` and ``on_samples(images,
+projections, step)`` -- or from a run directory written by any process (a Horovod job, a Slurm
+run): ``run_dir/metrics.jsonl`` (one JSON record a line: step, split, recon, kl, averaging,
+total, ...) and ``run_dir/samples/step_XXXXXXX.png``, read by ``refresh()`` or a background poll.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from cryovae_nb.errors import CryoVAEError, InputError
+from cryovae_nb.widgets.images import comparison_png
+
+METRICS = ("total", "recon", "kl", "averaging")
+SPLITS = {"train": "#1a73e8", "test": "#e8710a"}
+
+
+class TrainingMonitor(W.VBox):
+    """``history[split][metric]`` holds ``(steps, values)`` lists; the figure shows them log-scaled."""
+
+    def __init__(self, run_dir: str | os.PathLike | None = None, *, metrics: Sequence[str] = METRICS,
+                 poll_interval: float | None = None, max_samples: int = 8):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.metrics = tuple(metrics)
+        self.max_samples = max_samples
+        self.history: dict[str, dict[str, tuple[list, list]]] = defaultdict(
+            lambda: {m: ([], []) for m in self.metrics})
+        self.sample_step: int | None = None
+        self._offset = 0          # bytes of metrics.jsonl already consumed
+        self._lines_read = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.figure = _loss_figure(self.metrics)
+        self.samples = W.Image(format="png")
+        self.status = W.HTML()
+        refresh = W.Button(description="refresh", icon="refresh", disabled=self.run_dir is None)
+        refresh.on_click(lambda _: self._safe_refresh())
+        super().__init__([W.HBox([refresh, self.status]), self.figure,
+                          W.HTML("<b>latest samples</b>: input, projection, overlay"), self.samples])
+        if self.run_dir is not None:
+            self._safe_refresh()
+        if poll_interval:
+            self.start_polling(poll_interval)
+
+    # -- in-process callbacks (the Trainer calls these) ---------------------------------------
+    def on_metrics(self, record: dict) -> None:
+        self._add([record])
+        self._redraw()
+
+    def on_samples(self, images, projections, step: int) -> None:
+        k = self.max_samples
+        self.samples.value = comparison_png(np.asarray(images)[:k], np.asarray(projections)[:k])
+        self.sample_step = int(step)
+        self._set_status()
+
+    def on_checkpoint(self, path: str) -> None:
+        self._set_status()
+        self.status.value += f" &middot; checkpoint {Path(path).name}"
+
+    # -- run-directory reading ----------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "metrics.jsonl"
+
+    def refresh(self) -> int:
+        """Read what was appended to metrics.jsonl since last time and the newest sample PNG.
+
+        Returns the number of new records. A half-written last line (the writer is mid-append)
+        is left for the next call.
+        """
+        path = self.metrics_path
+        if path is None:
+            raise InputError("this monitor has no run directory; it is fed by on_metrics()")
+        records = []
+        if path.exists():
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size < self._offset:   # file replaced: a new run
+                    self._offset, self._lines_read = 0, 0
+                    self.history.clear()
+                fh.seek(self._offset)
+                chunk = fh.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            for line in complete.splitlines():
+                self._lines_read += 1
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"line {self._lines_read} is not JSON ({e.msg})", path) from None
+                if not isinstance(rec, dict) or "step" not in rec:
+                    raise InputError(f"line {self._lines_read} has no 'step' field", path)
+                records.append(rec)
+            self._offset += len(complete)
+        self._add(records)
+        self._read_latest_sample()
+        self._redraw()
+        return len(records)
+
+    def start_polling(self, interval: float = 5.0) -> None:
+        """Call ``refresh()`` every ``interval`` seconds in a daemon thread until ``stop_polling()``."""
+        if self.run_dir is None:
+            raise InputError("polling needs a run directory")
+        self.stop_polling()
+        self._stop.clear()
+
+        def loop():
+            while not self._stop.wait(interval):
+                self._safe_refresh()
+
+        self._thread = threading.Thread(target=loop, name="cryovae-monitor", daemon=True)
+        self._thread.start()
+
+    def stop_polling(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def polling(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _safe_refresh(self) -> None:
+        # the poll thread and the button must not die on a bad line: show the error instead
+        try:
+            self.refresh()
+        except CryoVAEError as e:
+            self.status.value = f"<span style='color:#c5221f'>{e}</span>"
+
+    def _add(self, records) -> None:
+        with self._lock:
+            for rec in records:
+                split = str(rec.get("split", "train"))
+                for m in self.metrics:
+                    if rec.get(m) is not None and np.isfinite(float(rec[m])):
+                        steps, values = self.history[split][m]
+                        steps.append(int(rec["step"]))
+                        values.append(float(rec[m]))
+
+    def _read_latest_sample(self) -> None:
+        steps = {}
+        for png in (self.run_dir / "samples").glob("step_*.png"):
+            try:
+                steps[int(png.stem.split("_", 1)[1])] = png
+            except ValueError:
+                continue  # e.g. an atomic writer's temporary file
+        if steps and max(steps) != self.sample_step:
+            self.sample_step = max(steps)
+            self.samples.value = steps[self.sample_step].read_bytes()
+
+    def _redraw(self) -> None:
+        with self._lock, self.figure.batch_update():
+            for trace in self.figure.data:
+                split, metric = trace.meta
+                steps, values = self.history[split][metric] if split in self.history else ([], [])
+                # log axes cannot show values <= 0 (a KL can be 0 at start): plotly drops them
+                trace.x, trace.y = list(steps), list(values)
+        self._set_status()
+
+    def _set_status(self) -> None:
+        last = max((s[-1] for h in self.history.values() for s, _ in h.values() if s), default=None)
+        parts = [f"step {last}" if last is not None else "no metrics yet"]
+        if self.sample_step is not None:
+            parts.append(f"samples from step {self.sample_step}")
+        if self.polling:
+            parts.append("polling")
+        self.status.value = " &middot; ".join(parts)
+
+
+def _loss_figure(metrics: Sequence[str]) -> go.FigureWidget:
+    cols = 2 if len(metrics) > 1 else 1
+    rows = -(-len(metrics) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(metrics), vertical_spacing=0.15)
+    for i, m in enumerate(metrics):
+        r, c = divmod(i, cols)
+        for split, color in SPLITS.items():
+            fig.add_scatter(x=[], y=[], name=split, meta=[split, m], mode="lines+markers",
+                            marker=dict(size=4), line=dict(color=color), legendgroup=split,
+                            showlegend=i == 0, row=r + 1, col=c + 1)
+        fig.update_yaxes(type="log", row=r + 1, col=c + 1)
+        fig.update_xaxes(title_text="step" if r == rows - 1 else None, row=r + 1, col=c + 1)
+    fig.update_layout(height=220 * rows + 60, margin=dict(l=50, r=20, t=40, b=40))
+    return go.FigureWidget(fig)
