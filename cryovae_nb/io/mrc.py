@@ -131,7 +131,7 @@ class _FileCache:
                 self._files.move_to_end(key)
                 return f
             try:
-                f = open(header.path, "rb", buffering=0)
+                f = _Handle(header.path)
             except OSError as e:  # deleted since it was opened
                 raise InputError(f"cannot open the stack any more ({e.strerror})", header.path) from None
             self._files[key] = f
@@ -142,6 +142,20 @@ class _FileCache:
     def clear(self):
         with self._lock:
             self._files.clear()
+
+
+class _Handle:
+    """A read-only file descriptor closed when the last reader drops it (no ResourceWarning)."""
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def __del__(self):
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self._fd)
 
 
 def _pread_into(f, out: np.ndarray, offset: int, path: str) -> None:
