@@ -282,7 +282,7 @@ def test_integer_float16_and_big_endian_modes(tmp_path):
     raw[:208] = words
     raw[212:216] = b"\x11\x11\x00\x00"
     raw[1024:] = data.astype(">f4").tobytes()
-    open(path, "wb").write(bytes(raw))
+    path.write_bytes(bytes(raw))
     s = open_stack(path)
     np.testing.assert_array_equal(s[:], data)
     assert s.pixel_size == pytest.approx(1.5)
