@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -277,12 +278,12 @@ def test_integer_float16_and_big_endian_modes(tmp_path):
     # big-endian file: header and data byte-swapped, machine stamp 0x11 0x11
     data = rng.standard_normal((2, 6, 6)).astype(np.float32)
     path = make_mrc(tmp_path / "big_endian.mrcs", data)
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(Path(path).read_bytes())
     words = np.frombuffer(bytes(raw[:208]), "<i4").byteswap().tobytes()  # all 4-byte numeric fields
     raw[:208] = words
     raw[212:216] = b"\x11\x11\x00\x00"
     raw[1024:] = data.astype(">f4").tobytes()
-    path.write_bytes(bytes(raw))
+    Path(path).write_bytes(bytes(raw))
     s = open_stack(path)
     np.testing.assert_array_equal(s[:], data)
     assert s.pixel_size == pytest.approx(1.5)
