@@ -360,6 +360,31 @@ def _stack_box(image_name: str, star_path: Path) -> int | None:
     return None
 
 
+def _rebased_names(particles: Particles, dest: Path) -> list[str] | None:
+    """Image names of ``particles`` that still resolve from a STAR file written at ``dest``.
+
+    A name that was found relative to the source STAR file's folder is rewritten relative to the
+    destination's folder; a name found through a data directory (a RELION project root) is kept,
+    since RELION and ``read_particles(datadir=...)`` resolve it from there. None: nothing changes.
+    """
+    if particles.source is None:
+        return None
+    src_dir = Path(particles.source).resolve().parent
+    if src_dir == dest.resolve().parent:
+        return None
+    names = particles.df["rlnImageName"].astype(str)
+    fids, _ = particles.images._locate(np.arange(len(particles), dtype=np.int64))
+    files = [Path(h.path).resolve() for h in particles.images._headers]
+    out = []
+    for name, fid in zip(names, fids):
+        index, _, rel = name.partition("@")
+        target = files[int(fid)]
+        if (src_dir / rel).resolve() == target:
+            rel = os.path.relpath(target, dest.resolve().parent)
+        out.append(f"{index}@{rel}")
+    return out
+
+
 def write_particles_star(path: str | os.PathLike, particles: Particles | pd.DataFrame, *,
                          image_names: Sequence[str] | None = None, poses=None,
                          pixel_size: float | None = None,
@@ -373,10 +398,13 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     :func:`make_image_names`), ``poses`` (a :class:`Poses` or ``(rotations, shifts)`` in our
     convention; written as rlnAngleRot/Tilt/Psi + rlnOriginX/YAngst), ``pixel_size`` (Å) and ``box``
     of the images the file points at, and ``optics`` (a DataFrame block or a dict for one group).
+    Kept image names are rewritten so that they still resolve from the new file's folder.
     """
     path = Path(path)
     if isinstance(particles, Particles):
         parts = particles.df[particles.particle_columns].copy()
+        if image_names is None:
+            image_names = _rebased_names(particles, path)
         merged, old_px = particles.df, particles.pixel_size
         block = None if particles.optics is None else particles.optics.copy()
         if box is None and image_names is None:
