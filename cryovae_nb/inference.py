@@ -1,0 +1,369 @@
+"""Inference on a trained run directory: encode particles, decode latents, explore the landscape.
+
+``load_run(run_dir)`` rebuilds the model from ``config.json`` and the newest checkpoint. Then::
+
+    run.encode(stack)            latent means / log-variances, quaternions, RELION Euler angles, shifts
+    run.decode(z)                volumes [z, y, x]
+    run.volume_of(i)             the volume of particle i of the training data
+    run.interpolate(z0, z1, k)   k volumes on the straight line z0 -> z1 (thesis Fig. 3.20)
+    run.traverse(dim, k)         one latent dimension from its observed min to max, others at their means
+    run.sample_prior(k, seed)    volumes of latents drawn from the N(0, I) prior
+
+Exports: `write_volumes` (MRC with the voxel size), `Encoding.save` (.npz, no pickle) and
+`write_star` (RELION 3.1 STAR with the learned poses, so RELION can refine from them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from cryovae_nb import geometry
+from cryovae_nb.atomic import atomic_path
+from cryovae_nb.config import load_config
+from cryovae_nb.errors import ConfigError, InputError
+
+
+@dataclass
+class Encoding:
+    """Per-particle encoder output, in the project's pose convention (geometry.py)."""
+
+    z_mean: np.ndarray        # (k, latent_dim)
+    z_logvar: np.ndarray      # (k, latent_dim)
+    quaternions: np.ndarray   # (k, 4) unit, scalar first
+    rotations: np.ndarray     # (k, 3, 3)
+    euler: np.ndarray         # (k, 3) RELION rot, tilt, psi in degrees
+    shifts: np.ndarray        # (k, 2) px; RELION origin = -shift
+
+    def __len__(self) -> int:
+        return len(self.z_mean)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every array to one ``.npz`` (atomic); read back with `Encoding.load`."""
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Encoding":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return cls(**{fl.name: f[fl.name] for fl in fields(cls)})
+        except KeyError as e:
+            raise InputError(f"not an encoding file: missing array {e}", path) from None
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read ({e})", path) from None
+
+    @classmethod
+    def from_poses(cls, z_mean, z_logvar, rotations, shifts) -> "Encoding":
+        rotations = np.asarray(rotations, np.float64)
+        return cls(np.asarray(z_mean, np.float32), np.asarray(z_logvar, np.float32),
+                   geometry.matrix_to_quaternion(rotations), rotations,
+                   geometry.matrix_to_relion_euler(rotations), np.asarray(shifts, np.float64))
+
+
+def band_limit(volumes: np.ndarray) -> np.ndarray:
+    """Zero the Fourier components of ``(..., n, n, n)`` volumes beyond the Nyquist sphere |k| > n/2.
+
+    The Fourier projector never samples them (the central slices stay inside the sphere), so
+    training leaves them unconstrained and they grow into a large checkerboard that hides the
+    structure in a viewer and misleads real-space alignment; the model's images are unchanged.
+    """
+    v = np.asarray(volumes, np.float32)
+    n = v.shape[-1]
+    k = np.fft.fftfreq(n) * n
+    kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(n) * n, indexing="ij")
+    keep = (kx**2 + ky**2 + kz**2) <= (n / 2) ** 2
+    return np.fft.irfftn(np.fft.rfftn(v, axes=(-3, -2, -1)) * keep, s=(n, n, n), axes=(-3, -2, -1)).astype(np.float32)
+
+
+class TrainedRun:
+    """A trained model with its run directory; build it with `load_run`."""
+
+    def __init__(self, run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+                 batch_size: int | None = None):
+        from cryovae_nb.model import build_model
+        from cryovae_nb.train import CheckpointManager, TrainConfig, make_checkpoint
+
+        self.run_dir = Path(run_dir)
+        cfg_path = self.run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise InputError("not a training run directory (no config.json)", self.run_dir)
+        self.config = load_config(TrainConfig, cfg_path)
+        manager = CheckpointManager(self.run_dir / "checkpoints")
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else manager.latest()
+        if self.checkpoint is None:
+            raise InputError("run directory has no checkpoint yet", self.run_dir)
+        self.model = build_model(self.config.model)
+        state = CheckpointManager.restore(make_checkpoint(self.model), self.checkpoint)
+        self.step = int(state["step"])
+        self.pixel_size = float(state.get("pixel_size") or 1.0)
+        self.box = int(self.config.model.box)
+        self.latent_dim = int(self.config.model.latent_dim)
+        self.batch_size = int(batch_size or self.config.batch_size)
+        self._particles = None
+        self._observed: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return (f"TrainedRun({str(self.run_dir)!r}, step={self.step}, box={self.box}, "
+                f"latent_dim={self.latent_dim}, pose_mode={self.config.model.pose_mode!r})")
+
+    # ---- data -----------------------------------------------------------------------------
+
+    @property
+    def particles(self):
+        """The run's training data (lazily opened from the path in config.json)."""
+        if self._particles is None:
+            from cryovae_nb.io import read_particles
+
+            self._particles = read_particles(self.config.data, datadir=self.config.datadir)
+        return self._particles
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) particle indices the run used."""
+        with np.load(self.run_dir / "split.npz", allow_pickle=False) as f:
+            return f["train"], f["test"]
+
+    def _as_images(self, data):
+        """(lazy indexable images, known poses or None) from a path, Particles, stack or array."""
+        from cryovae_nb.io import read_particles
+
+        if isinstance(data, (str, os.PathLike)):
+            data = read_particles(data)
+        poses = getattr(data, "poses", None)
+        images = getattr(data, "images", data)
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            images = images[None]
+        if tuple(images.shape[1:]) != (self.box, self.box):
+            raise InputError(f"images are {tuple(images.shape[1:])} px but the model was trained on "
+                             f"{self.box} x {self.box}; preprocess them the same way first")
+        return images, poses
+
+    # ---- encode / decode --------------------------------------------------------------------
+
+    def encode(self, data, *, progress: bool = True) -> Encoding:
+        """Encode images (a path, `Particles`, `ParticleStack` or ``(k, n, n)`` array), batched.
+
+        In known-pose runs the pose head was never trained: the poses reported are the known ones
+        from the STAR file (when ``data`` carries them), otherwise the head's output.
+        """
+        from tqdm.auto import tqdm
+
+        images, known = self._as_images(data)
+        n = len(images)
+        out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
+        for start in tqdm(range(0, n, self.batch_size), desc="encode", unit="batch", disable=not progress):
+            batch = np.asarray(images[start : start + self.batch_size], np.float32)
+            enc = self.model.encode(batch)
+            for k in out:
+                out[k].append(np.asarray(enc[k]))
+        cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
+        if self.config.model.pose_mode == "known" and known is not None:
+            rotations, shifts = known.rotations, known.shifts
+        else:
+            rotations, shifts = geometry.quaternion_to_matrix(cat["quaternion"]), cat["shift"]
+        return Encoding.from_poses(cat["z_mean"], cat["z_logvar"], rotations, shifts)
+
+    def decode(self, z, *, progress: bool = False) -> np.ndarray:
+        """Latents ``(k, latent_dim)`` (or one ``(latent_dim,)``) -> float32 volumes ``(k, n, n, n)``,
+        band-limited to what the Fourier projector sees (`band_limit`) when it trained the model."""
+        from tqdm.auto import tqdm
+
+        z = np.asarray(z, np.float32)
+        single = z.ndim == 1
+        z = np.atleast_2d(z)
+        if z.shape[1] != self.latent_dim:
+            raise InputError(f"latents have {z.shape[1]} dimensions, the model has {self.latent_dim}")
+        vols = [np.asarray(self.model.decode(z[s : s + self.batch_size]), np.float32)
+                for s in tqdm(range(0, len(z), self.batch_size), desc="decode", disable=not progress)]
+        vols = np.concatenate(vols) if vols else np.zeros((0,) + (self.box,) * 3, np.float32)
+        if self.config.model.projector == "fourier" and len(vols):
+            vols = band_limit(vols)
+        return vols[0] if single else vols
+
+    def volume_of(self, index: int, data=None) -> np.ndarray:
+        """The volume the model reconstructs for particle ``index`` of ``data`` (default: the
+        training data): the decoded latent mean of its image."""
+        images, _ = self._as_images(self.particles if data is None else data)
+        if not -len(images) <= index < len(images):
+            raise InputError(f"particle index {index} out of range (0..{len(images) - 1})")
+        return self.decode(self.encode(images[[index]], progress=False).z_mean[0])
+
+    # ---- exploring the latent space ---------------------------------------------------------
+
+    def observed_latents(self) -> np.ndarray:
+        """Latent means of the whole training data (encoded once, then cached)."""
+        if self._observed is None:
+            self._observed = self.encode(self.particles).z_mean
+        return self._observed
+
+    def interpolate(self, z0, z1, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(latents, volumes) of ``k`` evenly spaced points from ``z0`` to ``z1`` (both included)."""
+        z0, z1 = (np.asarray(v, np.float64).reshape(-1) for v in (z0, z1))
+        if k < 2:
+            raise ConfigError("interpolate needs k >= 2 points")
+        t = np.linspace(0.0, 1.0, k)[:, None]
+        z = ((1 - t) * z0 + t * z1).astype(np.float32)
+        return z, self.decode(z)
+
+    def traverse(self, dim: int, k: int, latents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(latents, volumes) along dimension ``dim`` from its observed min to max, the other
+        dimensions held at their means over ``latents`` (default: the training data) (§3.4.3.3)."""
+        obs = self.observed_latents() if latents is None else np.asarray(latents)
+        if not 0 <= dim < self.latent_dim:
+            raise ConfigError(f"dimension {dim} out of range 0..{self.latent_dim - 1}")
+        if len(obs) == 0 or k < 2:
+            raise ConfigError("traverse needs observed latents and k >= 2")
+        z = np.repeat(obs.mean(axis=0, keepdims=True), k, axis=0).astype(np.float32)
+        z[:, dim] = np.linspace(obs[:, dim].min(), obs[:, dim].max(), k)
+        return z, self.decode(z)
+
+    def sample_prior(self, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(latents, volumes) of ``k`` draws from the standard normal prior."""
+        z = np.random.default_rng(seed).standard_normal((k, self.latent_dim)).astype(np.float32)
+        return z, self.decode(z)
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+             batch_size: int | None = None) -> TrainedRun:
+    """Open a training run (its newest checkpoint unless ``checkpoint`` names one)."""
+    return TrainedRun(run_dir, checkpoint, batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# exports
+
+
+def write_volumes(outdir: str | os.PathLike, volumes: np.ndarray, voxel_size: float | None,
+                  prefix: str = "volume") -> list[Path]:
+    """One MRC per volume (``prefix_000.mrc`` ...), voxel size in the header; returns the paths."""
+    from cryovae_nb.io import write_volume
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    volumes = np.asarray(volumes, np.float32)
+    if volumes.ndim == 3:
+        volumes = volumes[None]
+    paths = []
+    for i, vol in enumerate(volumes):
+        path = outdir / f"{prefix}_{i:03d}.mrc"
+        write_volume(path, vol, voxel_size)
+        paths.append(path)
+    return paths
+
+
+def _relocated_names(particles, star_path: Path, datadir) -> list[str]:
+    """Image names (``index@stack``) rewritten relative to ``star_path``'s folder, so the new STAR
+    file finds the same stacks wherever it is written."""
+    source_dir = Path(particles.source).parent if getattr(particles, "source", None) else Path.cwd()
+    out, cache = [], {}
+    for name in particles.df["rlnImageName"]:
+        index, _, stack = str(name).partition("@")
+        if stack not in cache:
+            candidates = [Path(stack)] if os.path.isabs(stack) else \
+                [source_dir / stack] + ([Path(datadir) / stack] if datadir else [])
+            found = next((c for c in candidates if c.exists()), candidates[0])
+            cache[stack] = os.path.relpath(found.resolve(), star_path.resolve().parent)
+        out.append(f"{index}@{cache[stack]}")
+    return out
+
+
+def write_star(path: str | os.PathLike, particles, encoding: Encoding, *, datadir=None,
+               pixel_size: float | None = None) -> None:
+    """The particles' STAR file with the learned poses (RELION 3.1, optics block, atomic).
+
+    Image paths are rewritten relative to the new file (``datadir``: where the original names
+    were relative to, if not the original STAR file's folder); every other column is kept.
+    """
+    from cryovae_nb.io import Poses, write_particles_star
+
+    path = Path(path)
+    if len(particles) != len(encoding):
+        raise InputError(f"{len(particles)} particles but {len(encoding)} encoded poses", path)
+    poses = Poses(rotations=encoding.rotations, euler=encoding.euler, shifts=encoding.shifts)
+    px = pixel_size if particles.pixel_size is None else None
+    write_particles_star(path, particles, poses=poses, image_names=_relocated_names(particles, path, datadir),
+                         pixel_size=px)
+
+
+# --------------------------------------------------------------------------------------------
+# command line: `cryovae encode`, `cryovae generate`
+
+
+def add_encode_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("run_dir", help="training run directory")
+    parser.add_argument("stack", help="particles to encode (.star or .mrcs), preprocessed as for training")
+    parser.add_argument("-o", "--output", required=True, help="output .npz (latents and poses)")
+    parser.add_argument("--star", help="also write a STAR file of the particles with the learned poses")
+    parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
+    parser.add_argument("--batch-size", type=int)
+    return parser
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from cryovae_nb.io import read_particles
+
+    run = load_run(args.run_dir, batch_size=args.batch_size)
+    particles = read_particles(args.stack, datadir=args.datadir)
+    enc = run.encode(particles)
+    enc.save(args.output)
+    if args.star:
+        write_star(args.star, particles, enc, datadir=args.datadir, pixel_size=run.pixel_size)
+    print(f"encoded {len(enc)} particles -> {args.output}" + (f", {args.star}" if args.star else ""))
+    return 0
+
+
+def add_generate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("run_dir", help="training run directory")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--z-file", help=".npy (k, d) latents, or .npz with 'z' or 'z_mean' (from `encode`)")
+    what.add_argument("--interpolate", nargs=2, type=int, metavar=("I", "J"),
+                      help="between the latents of particles I and J of the training data")
+    what.add_argument("--traverse", type=int, metavar="DIM", help="along one latent dimension")
+    what.add_argument("--prior", type=int, metavar="K", help="K volumes from prior samples")
+    parser.add_argument("--steps", type=int, default=10, help="volumes along --interpolate / --traverse")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --prior")
+    parser.add_argument("-o", "--outdir", required=True, help="folder for the MRC volumes and z.npy")
+    return parser
+
+
+def _read_latents(path: str) -> np.ndarray:
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as f:
+                key = "z" if "z" in f else "z_mean"
+                return f[key]
+        return np.load(path, allow_pickle=False)
+    except KeyError:
+        raise InputError("no array 'z' or 'z_mean' in the file", path) from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read latents ({e})", path) from None
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir)
+    if args.z_file:
+        z = np.atleast_2d(_read_latents(args.z_file)).astype(np.float32)
+        vols, prefix = run.decode(z, progress=True), "volume"
+    elif args.interpolate:
+        i, j = args.interpolate
+        images, _ = run._as_images(run.particles)
+        for k in (i, j):
+            if not 0 <= k < len(images):
+                raise InputError(f"particle {k} out of range 0..{len(images) - 1}", run.config.data)
+        zz = run.encode(images[[i, j]], progress=False).z_mean
+        z, vols = run.interpolate(zz[0], zz[1], args.steps)
+        prefix = f"interp_{i}_{j}"
+    elif args.traverse is not None:
+        z, vols = run.traverse(args.traverse, args.steps)
+        prefix = f"traverse_dim{args.traverse}"
+    else:
+        z, vols = run.sample_prior(args.prior, seed=args.seed)
+        prefix = "prior"
+    paths = write_volumes(args.outdir, vols, run.pixel_size, prefix=prefix)
+    with atomic_path(Path(args.outdir) / f"{prefix}_z.npy") as tmp:
+        np.save(tmp, np.asarray(z, np.float32))
+    print(f"wrote {len(paths)} volumes to {args.outdir} ({prefix}_000.mrc ...)")
+    return 0

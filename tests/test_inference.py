@@ -1,0 +1,209 @@
+"""Inference on a trained run: encode/decode, latent exploration, exports read back by other readers."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from cryovae_nb import geometry
+from cryovae_nb.errors import InputError
+from cryovae_nb.inference import (Encoding, add_encode_parser, add_generate_parser, load_run, run_encode,
+                                  run_generate, write_star, write_volumes)
+
+PIXEL = 2.5  # Å; not 1, so that a lost or mis-scaled voxel size shows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run (box 16) trained for a few steps on 200 simulated particles, per pose mode."""
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.synthetic import SimulationConfig, simulate
+    from cryovae_nb.train import TrainConfig, Trainer
+
+    root = tmp_path_factory.mktemp("inf")
+    ds = simulate(SimulationConfig(box=16, n_particles=200, snr=1.0, shift_std_px=1.0, pixel_size=PIXEL,
+                                   seed=2), root / "sim", progress=False)
+    preprocess_stack(ds.star, root / "pre" / "p", PreprocessConfig(), progress=False)
+    runs = {}
+    for mode in ("learned", "known"):
+        model = ModelConfig(box=16, latent_dim=3, encoder_layers=1, encoder_units=32, decoder_layers=1,
+                            decoder_units=32)
+        cfg = TrainConfig(data=str(root / "pre" / "p.star"), run_dir=str(root / mode), model=model,
+                          batch_size=25, learning_rate=1e-3, max_steps=6, log_every=6, sample_every=100,
+                          checkpoint_every=6, n_test_eval=20, pose_mode=mode)
+        Trainer(cfg, progress=False).train()
+        runs[mode] = root / mode
+    return {"root": root, "star": root / "pre" / "p.star", "stack": root / "pre" / "p.mrcs", **runs}
+
+
+@pytest.fixture(scope="module")
+def run(trained):
+    return load_run(trained["learned"])
+
+
+def test_load_run_restores_the_trained_weights(trained, run):
+    from cryovae_nb.train import CheckpointManager, TrainConfig, Trainer
+    from cryovae_nb.config import load_config
+
+    assert run.step == 6 and run.box == 16 and run.latent_dim == 3
+    assert run.pixel_size == pytest.approx(PIXEL)
+    # the trainer resumed from the same checkpoint holds the same numbers
+    trainer = Trainer(load_config(TrainConfig, trained["learned"] / "config.json"), progress=False)
+    for a, b in zip(trainer.model.trainable_variables, run.model.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert CheckpointManager(trained["learned"] / "checkpoints").latest() == run.checkpoint
+    with pytest.raises(InputError, match="config.json"):
+        load_run(trained["root"])
+
+
+def test_encode_is_batched_consistently_and_poses_agree(run):
+    images = run.particles.images[np.arange(37)]
+    whole = run.encode(images, progress=False)
+    run.batch_size = 8  # five batches, the last one short
+    try:
+        batched = run.encode(run.particles.images, progress=False)
+    finally:
+        run.batch_size = 25
+    assert len(batched) == len(run.particles) == 200
+    np.testing.assert_allclose(batched.z_mean[:37], whole.z_mean, rtol=1e-5, atol=1e-6)
+    direct = run.model.encode(images)
+    np.testing.assert_allclose(whole.z_mean, np.asarray(direct["z_mean"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole.z_logvar, np.asarray(direct["z_logvar"]), rtol=1e-5, atol=1e-6)
+    # quaternions, matrices and RELION angles describe the same rotations
+    R_q = geometry.quaternion_to_matrix(whole.quaternions)
+    R_e = geometry.relion_euler_to_matrix(*whole.euler.T)
+    assert geometry.rotation_angle_deg(R_q, whole.rotations).max() < 1e-3
+    assert geometry.rotation_angle_deg(R_e, whole.rotations).max() < 1e-3
+    np.testing.assert_allclose(whole.shifts, np.asarray(direct["shift"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="16 x 16"):
+        run.encode(np.zeros((2, 12, 12), np.float32), progress=False)
+
+
+def test_known_pose_run_reports_the_known_poses(trained):
+    from cryovae_nb.io import read_particles
+
+    known = load_run(trained["known"])
+    parts = read_particles(trained["star"])
+    enc = known.encode(parts, progress=False)
+    assert geometry.rotation_angle_deg(enc.rotations, parts.poses.rotations).max() < 1e-3
+    np.testing.assert_allclose(enc.shifts, parts.poses.shifts, atol=1e-6)
+
+
+def test_band_limit_removes_only_what_lies_beyond_nyquist():
+    from cryovae_nb.inference import band_limit
+
+    n = 12
+    z, y, x = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")
+    smooth = np.cos(2 * np.pi * 2 * x / n) + np.sin(2 * np.pi * 3 * (y + z) / n)  # |k| <= 4.3 < 6
+    checker = (-1.0) ** (x + y + z)  # |k| = 6 sqrt(3), in the corner of the Fourier cube
+    out = band_limit((smooth + 5 * checker)[None])
+    np.testing.assert_allclose(out[0], smooth, atol=1e-4)
+
+
+def test_decode_volume_of_interpolate_traverse_prior(run):
+    z = np.array([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], np.float32)
+    vols = run.decode(z)
+    assert vols.shape == (2, 16, 16, 16) and vols.dtype == np.float32
+    np.testing.assert_allclose(run.decode(z[0]), vols[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="3"):
+        run.decode(np.zeros((1, 5)))
+
+    img = run.particles.images[[11]]
+    np.testing.assert_allclose(run.volume_of(11), run.decode(run.encode(img, progress=False).z_mean[0]),
+                               rtol=1e-5, atol=1e-6)
+
+    zi, vi = run.interpolate(z[0], z[1], 5)
+    np.testing.assert_allclose(zi[2], (z[0] + z[1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(vi[[0, -1]], vols, rtol=1e-5, atol=1e-6)
+
+    obs = np.array([[0.0, 1.0, -1.0], [2.0, 3.0, 1.0], [1.0, -4.0, 0.0]])
+    zt, vt = run.traverse(1, 4, latents=obs)
+    np.testing.assert_allclose(zt[:, 1], [-4.0, -4.0 + 7 / 3, -4.0 + 14 / 3, 3.0], atol=1e-6)
+    np.testing.assert_allclose(zt[:, [0, 2]], np.tile([1.0, 0.0], (4, 1)), atol=1e-6)
+    assert vt.shape == (4, 16, 16, 16)
+    z_default, _ = run.traverse(0, 3)  # default: the training data's latents
+    obs_all = run.observed_latents()
+    assert z_default[0, 0] == pytest.approx(obs_all[:, 0].min())
+    assert z_default[-1, 0] == pytest.approx(obs_all[:, 0].max())
+
+    zp, vp = run.sample_prior(50, seed=1)
+    assert zp.shape == (50, 3) and abs(zp.mean()) < 0.5 and 0.6 < zp.std() < 1.4
+    np.testing.assert_array_equal(run.sample_prior(50, seed=1)[0], zp)
+    assert not np.array_equal(run.sample_prior(50, seed=2)[0], zp)
+
+
+def test_exports_read_back_with_mrcfile_and_starfile(run, trained, tmp_path):
+    from cryovae_nb.io import read_particles
+
+    parts = read_particles(trained["star"])
+    enc = run.encode(parts, progress=False)
+
+    enc.save(tmp_path / "enc.npz")
+    back = Encoding.load(tmp_path / "enc.npz")
+    for name in ("z_mean", "z_logvar", "quaternions", "rotations", "euler", "shifts"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(enc, name))
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(InputError, match="other.npz"):
+        Encoding.load(tmp_path / "other.npz")
+
+    write_star(tmp_path / "learned.star", parts, enc)
+    blocks = starfile.read(tmp_path / "learned.star", always_dict=True)
+    df, optics = blocks["particles"], blocks["optics"]
+    assert optics["rlnImagePixelSize"].iloc[0] == pytest.approx(PIXEL)
+    R = geometry.relion_euler_to_matrix(df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"])
+    assert geometry.rotation_angle_deg(R, enc.rotations).max() < 1e-3
+    origin_px = np.stack([df["rlnOriginXAngst"], df["rlnOriginYAngst"]], 1) / PIXEL
+    np.testing.assert_allclose(origin_px, -enc.shifts, atol=1e-4)
+    # the image names point at the same stack from the new folder
+    rel = os.path.relpath(trained["stack"], tmp_path)
+    assert list(df["rlnImageName"]) == [f"{i:06d}@{rel}" for i in range(1, 201)]
+    again = read_particles(tmp_path / "learned.star")  # and our own reader sees the same poses
+    assert geometry.rotation_angle_deg(again.poses.rotations, enc.rotations).max() < 1e-3
+    with pytest.raises(InputError):
+        write_star(tmp_path / "x.star", parts.subset(np.arange(5)), enc)
+
+    vols = run.decode(enc.z_mean[:2])
+    paths = write_volumes(tmp_path / "vols", vols, run.pixel_size, prefix="p")
+    assert [p.name for p in paths] == ["p_000.mrc", "p_001.mrc"]
+    with mrcfile.open(paths[1]) as m:
+        assert m.voxel_size.x == pytest.approx(PIXEL) and m.voxel_size.z == pytest.approx(PIXEL)
+        np.testing.assert_array_equal(m.data, vols[1])
+
+
+def _args(add, argv):
+    return add(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_cli_encode_and_generate(run, trained, tmp_path):
+    out = tmp_path / "enc.npz"
+    assert run_encode(_args(add_encode_parser, [str(trained["learned"]), str(trained["star"]), "-o", str(out),
+                                                "--star", str(tmp_path / "e.star")])) == 0
+    enc = Encoding.load(out)
+    assert enc.z_mean.shape == (200, 3)
+    direct = run.encode(run.particles, progress=False)
+    np.testing.assert_allclose(enc.z_mean, direct.z_mean, rtol=1e-5, atol=1e-6)
+    assert len(starfile.read(tmp_path / "e.star", always_dict=True)["particles"]) == 200
+
+    gen = tmp_path / "gen"
+    base = [str(trained["learned"]), "-o", str(gen)]
+    assert run_generate(_args(add_generate_parser, base + ["--prior", "3", "--seed", "4"])) == 0
+    assert run_generate(_args(add_generate_parser, base + ["--interpolate", "0", "5", "--steps", "3"])) == 0
+    assert run_generate(_args(add_generate_parser, base + ["--traverse", "2", "--steps", "4"])) == 0
+    np.save(tmp_path / "z.npy", enc.z_mean[:2])
+    assert run_generate(_args(add_generate_parser, base + ["--z-file", str(tmp_path / "z.npy")])) == 0
+    names = sorted(p.name for p in gen.glob("*.mrc"))
+    assert len([n for n in names if n.startswith("prior_")]) == 3
+    assert len([n for n in names if n.startswith("interp_0_5_")]) == 3
+    assert len([n for n in names if n.startswith("traverse_dim2_")]) == 4
+    with mrcfile.open(gen / "volume_001.mrc") as m:
+        np.testing.assert_allclose(m.data, run.decode(enc.z_mean[1]), rtol=1e-5, atol=1e-6)
+        assert m.voxel_size.x == pytest.approx(PIXEL)
+    zi = np.load(gen / "interp_0_5_z.npy", allow_pickle=False)
+    np.testing.assert_allclose(zi[[0, -1]], enc.z_mean[[0, 5]], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="out of range"):
+        run_generate(_args(add_generate_parser, base + ["--interpolate", "0", "999"]))

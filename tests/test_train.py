@@ -1,0 +1,418 @@
+"""Training: data order, checkpoints, metrics log, and short real runs on a tiny synthetic stack."""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryovae_nb.config import from_dict, load_config, save_config, to_dict
+from cryovae_nb.errors import ConfigError, InputError, TrainingError
+from cryovae_nb.train import (CheckpointManager, EpochOrder, MetricsLog, Prefetcher, TrainConfig,
+                              load_split, make_split, read_metrics)
+
+# --------------------------------------------------------------------------------------------
+# pure parts
+
+
+def test_split_is_reproducible_disjoint_and_complete():
+    tr, te = make_split(1000, 0.1, seed=3)
+    assert len(te) == 100 and len(tr) == 900
+    assert np.array_equal(np.union1d(tr, te), np.arange(1000))
+    tr2, te2 = make_split(1000, 0.1, seed=3)
+    assert np.array_equal(te, te2) and np.array_equal(tr, tr2)
+    assert not np.array_equal(make_split(1000, 0.1, seed=4)[1], te)
+    # a tiny fraction still holds out one image, zero holds out none
+    assert len(make_split(5, 0.01, 0)[1]) == 1 and len(make_split(5, 0.0, 0)[1]) == 0
+
+
+def test_load_split_accepts_both_layouts_and_rejects_bad_ones(tmp_path):
+    p = tmp_path / "s.npz"
+    np.savez(p, train=np.array([0, 2, 3]), test=np.array([1]))
+    tr, te = load_split(p, 4)
+    assert tr.tolist() == [0, 2, 3] and te.tolist() == [1]
+    q = tmp_path / "mask.npz"
+    np.savez(q, is_test=np.array([False, True, False, True]))
+    tr, te = load_split(q, 4)
+    assert tr.tolist() == [0, 2] and te.tolist() == [1, 3]
+    with pytest.raises(InputError, match="is_test"):
+        load_split(q, 5)
+    with pytest.raises(InputError, match=r"outside 0\.\.2"):
+        load_split(p, 3)
+    np.savez(p, train=np.array([0, 1]), test=np.array([1]))
+    with pytest.raises(InputError, match="share"):
+        load_split(p, 4)
+    np.savez(p, something=np.array([0]))
+    with pytest.raises(InputError, match="s.npz"):
+        load_split(p, 4)
+
+
+def test_epoch_order_visits_each_image_once_per_epoch_and_reshuffles():
+    idx = np.arange(10, 113)  # 103 images: 10 batches of 10, 3 dropped per epoch
+    order = EpochOrder(idx, batch_size=10, seed=7)
+    assert order.batches_per_epoch == 10
+    epoch0 = np.concatenate([order.batch(s) for s in range(10)])
+    epoch1 = np.concatenate([order.batch(s) for s in range(10, 20)])
+    for ep in (epoch0, epoch1):
+        assert len(ep) == 100 and len(np.unique(ep)) == 100 and np.isin(ep, idx).all()
+    assert not np.array_equal(epoch0, epoch1)
+    # the order depends on (seed, epoch) only: a fresh object asked for step 13 agrees
+    assert np.array_equal(EpochOrder(idx, 10, 7).batch(13), order.batch(13))
+    assert not np.array_equal(EpochOrder(idx, 10, 8).batch(13), order.batch(13))
+    assert order.position(13) == (1, 3)
+
+
+def test_epoch_order_shards_disjointly_across_ranks():
+    idx = np.arange(64)
+    ranks = [EpochOrder(idx, 8, seed=1, rank=r, size=2) for r in range(2)]
+    assert ranks[0].batches_per_epoch == 4
+    seen = [np.concatenate([o.batch(s) for s in range(4)]) for o in ranks]
+    assert len(np.intersect1d(seen[0], seen[1])) == 0
+    assert np.array_equal(np.sort(np.concatenate(seen)), idx)
+    with pytest.raises(ConfigError, match="batch"):
+        EpochOrder(np.arange(5), 8, 0)
+
+
+def test_prefetcher_keeps_order_and_reraises_in_the_consumer():
+    def fetch(step):
+        if step == 6:
+            raise InputError("image 7 contains NaN", "x.mrcs")
+        return step * 10
+
+    pf = Prefetcher(fetch, start=3, depth=2)
+    try:
+        assert [pf.get(s) for s in (3, 4, 5)] == [30, 40, 50]
+        with pytest.raises(InputError, match="x.mrcs"):
+            pf.get(6)
+    finally:
+        pf.close()
+
+
+def test_checkpoint_manager_is_atomic_keeps_last_m_and_restores(tmp_path):
+    import tensorflow as tf
+
+    v = tf.Variable(np.zeros(3, np.float32))
+    ck = tf.train.Checkpoint(v=v)
+    mgr = CheckpointManager(tmp_path / "ck", keep=2)
+    assert mgr.latest() is None
+    for step in (10, 20, 30):
+        v.assign(np.full(3, step, np.float32))
+        mgr.save(ck, step, {"step": step})
+    assert [p.name for p in mgr.all()] == ["step_00000020", "step_00000030"]
+    assert mgr.latest().name == "step_00000030"
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name.startswith(".")]  # no temp left
+    # a checkpoint folder whose write was interrupted is never pointed at
+    (tmp_path / "ck" / ".step_00000040.xyz.tmp").mkdir()
+    assert mgr.latest().name == "step_00000030"
+    state = CheckpointManager.restore(tf.train.Checkpoint(v=v), mgr.path_for(20))
+    assert state == {"step": 20} and v.numpy().tolist() == [20, 20, 20]
+    (tmp_path / "ck" / "latest").write_text("step_00000099\n")
+    with pytest.raises(TrainingError, match="step_00000099"):
+        mgr.latest()
+    with pytest.raises(TrainingError, match="cannot restore"):
+        CheckpointManager.restore(tf.train.Checkpoint(w=tf.Variable(np.zeros(2))), mgr.path_for(20))
+
+
+def test_metrics_log_truncates_on_resume_and_skips_a_torn_line(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for s in (5, 10, 15):
+        log.append({"step": s, "split": "train", "total": float(s)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 20, "spl')  # a kill in the middle of a write
+    assert [r["step"] for r in read_metrics(tmp_path)] == [5, 10, 15]
+    log.truncate(10)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [5, 10]
+
+
+def test_train_config_round_trips_and_validates(tmp_path):
+    cfg = TrainConfig(data="x.star", run_dir=str(tmp_path / "r"), max_steps=7, learning_rate=3e-4)
+    cfg.model.latent_dim = 4
+    for name in ("c.json", "c.yaml"):
+        save_config(cfg, tmp_path / name)
+        back = load_config(TrainConfig, tmp_path / name)
+        assert to_dict(back) == to_dict(cfg) and back.model.latent_dim == 4
+    res = cfg.resolved()
+    assert res.model.learning_rate == 3e-4 and res.model.batch_size == cfg.batch_size
+    for bad in ({"batch_size": 0}, {"test_fraction": 1.0}, {"pose_mode": "guess"},
+                {"learning_rate": -1.0}, {"max_time_s": 0}):
+        with pytest.raises(ConfigError):
+            from_dict(TrainConfig, {"data": "x", **bad})
+    with pytest.raises(ConfigError, match="unknown"):
+        from_dict(TrainConfig, {"data": "x", "bacth_size": 3})
+
+
+# --------------------------------------------------------------------------------------------
+# real training runs on a tiny synthetic stack (box 16, a few small layers: seconds per run)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """600 noisy projections of the L phantom (box 16, SNR 1), tanh-normalised and masked."""
+    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.synthetic import SimulationConfig, simulate
+
+    root = tmp_path_factory.mktemp("tiny")
+    ds = simulate(SimulationConfig(box=16, n_particles=600, snr=1.0, seed=1), root / "sim", progress=False)
+    preprocess_stack(ds.star, root / "pre" / "particles", PreprocessConfig(), progress=False)
+    return root / "pre" / "particles.star"
+
+
+def tiny_config(data, run_dir, **overrides) -> TrainConfig:
+    from cryovae_nb.model import ModelConfig
+
+    model = ModelConfig(box=16, latent_dim=4, encoder_layers=2, encoder_units=64, decoder_layers=2,
+                        decoder_units=64)
+    kw = dict(data=str(data), run_dir=str(run_dir), model=model, batch_size=32, learning_rate=1e-3,
+              max_steps=30, log_every=10, sample_every=1000, checkpoint_every=10, n_test_eval=60,
+              n_samples=4, seed=5)
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def _weights(trainer_or_model):
+    model = getattr(trainer_or_model, "model", trainer_or_model)
+    return [np.array(v.numpy()) for v in model.trainable_variables]
+
+
+def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_path):
+    from cryovae_nb.io import read_volume
+    from cryovae_nb.train import Trainer
+
+    got = {"metrics": [], "samples": [], "checkpoints": []}
+
+    class Recorder:
+        def on_metrics(self, r):
+            got["metrics"].append(r)
+
+        def on_samples(self, images, projections, step):
+            got["samples"].append((images.shape, projections.shape, step))
+
+        def on_checkpoint(self, path):
+            got["checkpoints"].append(path)
+
+    cfg = tiny_config(tiny_data, tmp_path / "run", max_steps=60, log_every=15, sample_every=30,
+                      checkpoint_every=15, keep_checkpoints=2, learning_rate=3e-3)
+    trainer = Trainer(cfg, callbacks=[Recorder()], progress=False)
+    before = trainer.evaluate()  # the untrained model on the held-out images
+    result = trainer.train()
+    assert (result.step, result.reason) == (60, "max_steps")
+
+    records = read_metrics(tmp_path / "run")
+    assert records == got["metrics"]  # the callback saw exactly what the log holds
+    test = [r for r in records if r["split"] == "test"]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in test] == [15, 30, 45, 60] == [r["step"] for r in train]
+    for r in records:
+        assert set(r) >= {"step", "split", "recon", "kl", "averaging", "total", "images_per_s", "time"}
+        assert abs(r["total"] - (r["recon"] + r["kl"] + 1e4 * r["averaging"])) < 1e-3 * abs(r["total"])
+    assert all(r["images_per_s"] > 0 for r in train)
+    # evaluation is deterministic (z = z_mean, fixed images), so any drop is learning, not noise;
+    # tanh-normalised targets sit near 0.5, where the cross-entropy above its floor is only a few
+    # nats per image, hence the absolute margin (observed: 8-19 nats)
+    assert test[-1]["recon"] < before["recon"] - 2.0, (before, [r["recon"] for r in test])
+    assert test[-1]["recon"] < test[0]["recon"]
+
+    run = tmp_path / "run"
+    ck = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert ck == ["step_00000045", "step_00000060"]  # keep_checkpoints=2
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000060"
+    assert got["checkpoints"][-1].endswith("step_00000060") and len(got["checkpoints"]) == 4
+    assert load_config(TrainConfig, run / "config.yaml").model.box == 16
+    split = np.load(run / "split.npz", allow_pickle=False)
+    assert len(split["test"]) == 60 and len(split["train"]) == 540
+    assert got["samples"] == [((4, 16, 16), (4, 16, 16), 30), ((4, 16, 16), (4, 16, 16), 60)]
+    png = run / "samples" / "step_00000060.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    vols = sorted((run / "samples" / "step_00000060").glob("*.mrc"))
+    assert len(vols) == cfg.n_sample_volumes
+    vol, voxel = read_volume(vols[0])
+    assert vol.shape == (16, 16, 16) and voxel == pytest.approx(1.0) and np.isfinite(vol).all()
+
+
+_DRIVER = textwrap.dedent("""
+    import sys, time
+    from cryovae_nb.config import load_config
+    from cryovae_nb.train import Trainer, TrainConfig
+
+    class Slow:  # slows the run down so the test can kill it in the middle
+        def on_metrics(self, record):
+            time.sleep(0.2)
+
+    Trainer(load_config(TrainConfig, sys.argv[1]), callbacks=[Slow()], progress=False).train()
+""")
+
+
+def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    from cryovae_nb.train import Trainer
+
+    kw = dict(max_steps=16, log_every=1, checkpoint_every=6, n_test_eval=32)
+    # the uninterrupted reference, in this process
+    ref = Trainer(tiny_config(tiny_data, tmp_path / "ref", **kw), progress=False)
+    ref.train()
+
+    # the same run in a subprocess, SIGKILLed once a step after its first checkpoint is done
+    cfg = tiny_config(tiny_data, tmp_path / "killed", **kw)
+    save_config(cfg, tmp_path / "killed.json")
+    (tmp_path / "driver.py").write_text(_DRIVER)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "killed.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+
+    def past_checkpoint():  # a step after the first checkpoint has been logged
+        steps = [r["step"] for r in read_metrics(tmp_path / "killed")]
+        return latest.exists() and steps and max(steps) > int(latest.read_text().split("_")[1])
+
+    while not past_checkpoint() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in read_metrics(tmp_path / "killed"))
+    ckpt_step = int(latest.read_text().strip().split("_")[1])
+    assert 6 <= ckpt_step < 16 and killed_at > ckpt_step
+
+    resumed = Trainer(cfg, progress=False)
+    assert resumed.step == ckpt_step
+    result = resumed.train()
+    assert result.step == 16
+    for a, b in zip(_weights(ref), _weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(ref.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # the log was cut back to the checkpoint on resume, then continued with the same numbers
+    want = [(r["step"], r["split"], r["total"]) for r in read_metrics(tmp_path / "ref")]
+    have = [(r["step"], r["split"], r["total"]) for r in read_metrics(tmp_path / "killed")]
+    assert have == want
+
+
+def test_nan_input_fails_cleanly_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    import mrcfile
+
+    from cryovae_nb.io import read_particles, write_particles_star
+    from cryovae_nb.train import Trainer
+
+    # a copy of the data whose particle used at step 15 holds a NaN pixel
+    parts = read_particles(tiny_data)
+    images = parts.images[np.arange(len(parts))]
+    probe = tiny_config(tiny_data, tmp_path / "probe")
+    train_idx, _ = make_split(len(parts), probe.test_fraction, probe.seed)
+    bad = int(EpochOrder(train_idx, probe.batch_size, probe.seed).batch(15)[3])
+    images[bad, 7, 7] = np.nan
+    stack = tmp_path / "bad.mrcs"
+    with mrcfile.new(stack) as m, warnings.catch_warnings():  # our writer refuses NaN; others do not
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m.set_data(images)
+        m.voxel_size = parts.pixel_size
+    names = [f"{i + 1:06d}@bad.mrcs" for i in range(len(parts))]
+    write_particles_star(tmp_path / "bad.star", parts, image_names=names)
+
+    trainer = Trainer(tiny_config(tmp_path / "bad.star", tmp_path / "run"), progress=False)
+    with pytest.raises(TrainingError, match=r"bad\.mrcs.*step 15.*step_00000010"):
+        trainer.train()
+    latest = CheckpointManager(tmp_path / "run" / "checkpoints").latest()
+    assert latest.name == "step_00000010"
+    with mrcfile.open(stack, permissive=True) as m:  # the input was not touched
+        assert np.isnan(m.data[bad, 7, 7])
+
+
+def test_nan_loss_fails_cleanly_and_never_checkpoints_bad_weights(tiny_data, tmp_path):
+    from cryovae_nb.inference import load_run
+    from cryovae_nb.train import Trainer
+
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "run", max_steps=10), progress=False)
+    trainer.train()
+    good = _weights(trainer)
+    # a learning rate a user might type by mistake blows the weights up within a step or two
+    trainer.optimizer.learning_rate.assign(1e8)
+    trainer.config = dataclasses.replace(trainer.config, max_steps=40)
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*step_00000010"):
+        trainer.train()
+    assert trainer.step < 20  # stopped at once, before the next checkpoint
+    assert CheckpointManager(tmp_path / "run" / "checkpoints").latest().name == "step_00000010"
+    run = load_run(tmp_path / "run")
+    for a, b in zip(good, _weights(run.model)):
+        np.testing.assert_array_equal(a, b)
+    trainer.model.trainable_variables[0].assign(np.full(trainer.model.trainable_variables[0].shape, np.nan))
+    with pytest.raises(TrainingError, match="not finite"):
+        trainer.save_checkpoint()
+
+
+def test_stop_requests_time_budget_and_stop_file(tiny_data, tmp_path):
+    from cryovae_nb.train import Trainer
+
+    class StopAt:
+        def __init__(self):
+            self.trainer = None
+
+        def on_metrics(self, record):
+            if record["step"] >= 20:
+                self.trainer.stop()
+
+    cb = StopAt()
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "a", max_steps=1000), callbacks=[cb], progress=False)
+    cb.trainer = trainer
+    r = trainer.train()
+    assert (r.step, r.reason) == (20, "stop_requested")
+    assert r.checkpoint.endswith("step_00000020")
+
+    (tmp_path / "a" / "STOP").touch()
+    r = Trainer(tiny_config(tiny_data, tmp_path / "a", max_steps=1000), progress=False).train()
+    assert (r.step, r.reason) == (20, "stop_file") and not (tmp_path / "a" / "STOP").exists()
+
+    t0 = time.monotonic()
+    r = Trainer(tiny_config(tiny_data, tmp_path / "b", max_steps=10**6, max_time_s=1.5), progress=False).train()
+    assert r.reason == "max_time" and 0 < r.step < 10**6 and time.monotonic() - t0 < 60
+    assert Path(r.checkpoint).name == f"step_{r.step:08d}"
+
+
+def test_known_pose_mode_needs_poses_and_trains(tiny_data, tmp_path):
+    from cryovae_nb.train import Trainer
+
+    cfg = tiny_config(tiny_data, tmp_path / "k", pose_mode="known", max_steps=20)
+    r = Trainer(cfg, progress=False).train()
+    assert r.step == 20
+    assert load_config(TrainConfig, tmp_path / "k" / "config.json").model.pose_mode == "known"
+    stack = Path(str(tiny_data).replace(".star", ".mrcs"))
+    with pytest.raises(InputError, match="known"):
+        Trainer(tiny_config(stack, tmp_path / "k2", pose_mode="known"), progress=False)
+
+
+def test_resume_refuses_a_different_model(tiny_data, tmp_path):
+    from cryovae_nb.train import Trainer
+
+    Trainer(tiny_config(tiny_data, tmp_path / "r", max_steps=10), progress=False).train()
+    cfg = tiny_config(tiny_data, tmp_path / "r", max_steps=20)
+    cfg.model.latent_dim = 6
+    with pytest.raises(ConfigError, match="different model"):
+        Trainer(cfg, progress=False)
+    # starting over on purpose clears the old run's checkpoints and log
+    fresh = Trainer(dataclasses.replace(cfg, max_steps=4), resume=False, progress=False)
+    assert fresh.step == 0 and not (tmp_path / "r" / "checkpoints").exists()
+    fresh.train()
+    assert [p.name for p in CheckpointManager(tmp_path / "r" / "checkpoints").all()] == ["step_00000004"]
+    assert read_metrics(tmp_path / "r") == []
+
+
+def test_cli_trains_and_resumes(tiny_data, tmp_path):
+    from cryovae_nb.train import main
+
+    cfg = tiny_config(tiny_data, tmp_path / "ignored", max_steps=10)
+    save_config(cfg, tmp_path / "c.yaml")
+    run = tmp_path / "cli_run"
+    assert main(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--no-progress"]) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000010"
+    assert main(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--max-steps", "20",
+                 "--no-progress"]) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000020"
+    assert main(["--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
+                 "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2
