@@ -131,7 +131,7 @@ def _red_surface(png: bytes) -> bool:
     return int(((px[..., 0] > 150) & (px[..., 1] < 90) & (px[..., 2] < 90)).sum()) > 500
 
 
-def _wait_drawn(locator, done, path, timeout_s: float = 60.0) -> bytes:
+def _wait_drawn(locator, done, path, timeout_s: float = 180.0) -> bytes:
     """Screenshot ``locator`` until ``done(png)`` or the timeout; the last shot is kept at ``path``."""
     deadline = time.monotonic() + timeout_s
     while True:
