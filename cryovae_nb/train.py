@@ -587,7 +587,7 @@ class Trainer:
         if rot is None:
             rot = quaternion_to_matrix(np.asarray(enc["quaternion"])).astype(np.float32)
             sh = np.asarray(enc["shift"], np.float32)
-        proj = np.asarray(self.model.project(volumes, rot, sh))
+        proj = np.asarray(self.model.add_offset(self.model.project(volumes, rot, sh), enc.get("offset")))
         proj = 1.0 / (1.0 + np.exp(-proj))  # projections are logits (sigmoid cross-entropy loss)
         return images, proj, np.asarray(volumes)
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from cryovae_nb.errors import ConfigError
 
+KERNEL_WIDTHS = (2, 3, 4, 5, 6)  # = projectors.KERNEL_WIDTHS (kept import-free of TensorFlow)
+
 PROJECTORS = ("fourier", "real")
 POSE_MODES = ("learned", "known")
 OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
@@ -28,14 +30,32 @@ class ModelConfig:
     volume_mask: float | None = 0.95  # spherical mask diameter as a fraction of the box; None = off
     max_shift: float | None = None   # bound of the in-plane shift head in px; None = 0.1 * box
     projector: str = "fourier"       # "fourier" (central slice, fast) or "real" (reference)
-    fourier_pad: float = 1.0         # zero-padding factor of the 3D FFT (>= 1; 2 = half the error, 8x cost)
-    gridding_correction: bool = True  # pre-divide by the sinc^2 apodisation of linear interpolation
+    fourier_pad: float = 1.0         # zero-padding factor of the 3D FFT (>= 1; ~pad^3 the FFT cost)
+    fourier_kernel_width: int = 3    # Fourier interpolation: 3..6 Kaiser-Bessel taps/axis, 2 trilinear
+    gridding_correction: bool = True  # pre-divide by the interpolation kernel's apodisation
     pose_mode: str = "learned"       # "learned" (pose head) or "known" (poses from a STAR file)
     beta: float = 1.0                # weight of the KL term
     averaging_factor: float = 1e4    # averaging loss weight, relative to beta
+    averaging_mirror: bool = False   # mirrored volumes in the averaging loss (True: the seed's)
+    image_offset: bool = True        # per-image logit offset inside the mask disc (False: the seed's)
+    loss_in_mask: bool = True        # score only pixels inside the mask disc (False: all, the seed's)
+    symmetrized_loss: bool = False   # learned poses: min of the loss over the projection and its
+                                     # 180-degree in-plane rotation (cryoAI); False: the seed's
     learning_rate: float = 1e-5
     batch_size: int = 120
     seed: int = 0                    # weight initialisation
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides) -> ModelConfig:
+        """A named configuration, with ``overrides`` on top.
+
+        ``"default"``: this class' defaults. ``"seed"``: the loss as the seed (thesis §3.3.2) wrote
+        it -- every pixel scored, no image offset, mirrored volumes in the averaging loss, no
+        symmetrised loss -- kept for comparison (benchmarks/quality_lshape.py --preset seed).
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown ModelConfig preset {name!r}; choose one of {tuple(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     @property
     def max_shift_px(self) -> float:
@@ -72,6 +92,12 @@ class ModelConfig:
                               f"(or None for no mask), got {self.volume_mask!r}")
         if self.max_shift is not None and not self.max_shift >= 0:
             raise ConfigError(f"ModelConfig.max_shift must be >= 0 px (or None), got {self.max_shift!r}")
+        if self.fourier_kernel_width not in KERNEL_WIDTHS:
+            raise ConfigError(f"ModelConfig.fourier_kernel_width must be one of {KERNEL_WIDTHS}, "
+                              f"got {self.fourier_kernel_width!r}")
+        if self.fourier_kernel_width > self.box:
+            raise ConfigError(f"ModelConfig.fourier_kernel_width ({self.fourier_kernel_width}) must not "
+                              f"exceed the box ({self.box})")
         if not self.fourier_pad >= 1:
             raise ConfigError(f"ModelConfig.fourier_pad must be >= 1, got {self.fourier_pad!r}")
         for name in ("leaky_slope", "beta", "averaging_factor"):
@@ -79,3 +105,10 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
             raise ConfigError(f"ModelConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+
+
+PRESETS = {
+    "default": {},
+    "seed": {"averaging_mirror": True, "image_offset": False, "loss_in_mask": False,
+             "symmetrized_loss": False, "learning_rate": 1e-5},
+}

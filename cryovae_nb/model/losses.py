@@ -4,12 +4,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def reconstruction_loss(images, projections) -> tf.Tensor:
-    """Per-image sigmoid cross-entropy, summed over pixels: ``(B,)``.
+def reconstruction_loss(images, projections, pixel_mask=None) -> tf.Tensor:
+    """Per-image sigmoid cross-entropy, summed over pixels (those where ``pixel_mask`` ``(n, n)``
+    is 1, if given): ``(B,)``.
 
     ``images`` are tanh-normalised targets in [0, 1]; ``projections`` are used as logits.
     """
     ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=projections)
+    if pixel_mask is not None:
+        ce = ce * pixel_mask
     return tf.reduce_sum(ce, axis=[1, 2])
 
 
@@ -29,13 +32,37 @@ def mirror(volumes) -> tf.Tensor:
     return tf.roll(flipped, [1, 1, 1], axis=[1, 2, 3]) if n % 2 == 0 else flipped
 
 
-def averaging_loss(volumes) -> tf.Tensor:
-    """Mean squared deviation of the set S = {V_i} u {mirror(V_i)} from its mean M.
+def rotate180(images) -> tf.Tensor:
+    """``(B, n, n)`` images rotated by 180 degrees in-plane about pixel ``n // 2`` (as :func:`mirror`).
+
+    For a projection this is the projection of the same volume at the pose turned by 180 degrees
+    about the viewing axis (and the shift negated): the in-plane flip an encoder most easily confuses.
+    """
+    n = images.shape[-1]
+    flipped = tf.reverse(images, axis=[1, 2])
+    return tf.roll(flipped, [1, 1], axis=[1, 2]) if n % 2 == 0 else flipped
+
+
+def symmetrized_reconstruction_loss(images, projections, pixel_mask=None) -> tf.Tensor:
+    """Per-image ``min`` of :func:`reconstruction_loss` for the projection and its 180-degree
+    in-plane rotation (cryoAI's symmetrised loss): ``(B,)``. The gradient flows through the better one.
+    ``pixel_mask`` must be symmetric under that rotation (a centred disc is)."""
+    return tf.minimum(reconstruction_loss(images, projections, pixel_mask),
+                      reconstruction_loss(images, rotate180(projections), pixel_mask))
+
+
+def averaging_loss(volumes, with_mirror: bool = True) -> tf.Tensor:
+    """Mean squared deviation of the set S = {V_i} u {mirror(V_i)} from its mean M (the seed's).
 
     M = (A + mirror(A)) / 2 with A the batch mean, so M is mirror-symmetric; as the mirror is a
     permutation of voxels, each mirrored member deviates from M exactly as much as its original.
     The mean over S therefore equals the mean over the batch alone: no mirrored copies are built.
+
+    Note the cost of the mirror: even a batch of identical volumes V pays mean((V - mirror V)^2) / 4,
+    a penalty on everything chiral -- it pulls a chiral particle towards its centrosymmetric blur.
+    ``with_mirror=False`` drops it: the plain batch variance, mean((V_i - A)^2), which only asks
+    the volumes of a batch to agree.
     """
     a = tf.reduce_mean(volumes, axis=0, keepdims=True)
-    m = 0.5 * (a + mirror(a))
+    m = 0.5 * (a + mirror(a)) if with_mirror else a
     return tf.reduce_mean(tf.square(volumes - m))

@@ -59,6 +59,19 @@ class CryoVAE(keras.Model):
         out_act = act if cfg.output_activation == "leaky_relu" else None
         self.voxel_layer = dense(cfg.box ** 3, out_act, "voxels")
         self._mask = None if cfg.volume_mask is None else tf.constant(spherical_mask(cfg.box, cfg.volume_mask))
+        # Why an offset: the tanh-normalised target is sigmoid(a * (P - mean) / sigma), so its logit
+        # is a * P minus a per-image constant over the disc. No volume inside the mask projects to a
+        # constant in every direction except an edge-singular shell, which the decoder would then
+        # have to build (and re-tune per particle from the noise mean). The head takes that constant.
+        # The disc the mask projects to (preprocessing masks images with the same 0.95 default).
+        self._disc = tf.constant(spherical_mask(cfg.box, cfg.volume_mask or 1.0)[cfg.box // 2])
+        self.offset_layer = None
+        if cfg.image_offset:
+            self.offset_layer = keras.layers.Dense(1, name="image_offset", kernel_initializer="zeros")
+        # Why score inside the disc only: outside it the images were masked to 0 (no data), and the
+        # Fourier projector's output is not confined to the disc, so the seed's all-pixel loss is
+        # lowered by pushing logits there to -inf with ringing in the volume, not by fitting data.
+        self._pixel_mask = self._disc if cfg.loss_in_mask else None
 
     # -- the pieces --------------------------------------------------------------------------
     def encode(self, images, training: bool = False) -> dict:
@@ -68,7 +81,16 @@ class CryoVAE(keras.Model):
         z_mean = self.z_mean_layer(h)
         out = {"z_mean": z_mean, "z_logvar": self.z_logvar_layer(h)}
         out.update(self.pose(z_mean))
+        if self.offset_layer is not None:
+            out["offset"] = self.offset_layer(h)[:, 0]
         return out
+
+    def add_offset(self, projections, offset=None) -> tf.Tensor:
+        """Projections plus the per-image ``offset`` ``(B,)`` inside the mask disc (the model's logits);
+        unchanged when the model has no offset head or ``offset`` is None."""
+        if self.offset_layer is None or offset is None:
+            return projections
+        return projections + offset[:, None, None] * self._disc
 
     def pose(self, z) -> dict:
         """Pose head on latent vectors: tanh -> normalised quaternion; tanh x max_shift -> shift (px)."""
@@ -91,13 +113,15 @@ class CryoVAE(keras.Model):
         if self.config.projector == "real":
             return project_real(volumes, rotations, shifts)
         return project_fourier(volumes, rotations, shifts, pad=self.config.fourier_pad,
-                               correction=self.config.gridding_correction)
+                               correction=self.config.gridding_correction,
+                               width=self.config.fourier_kernel_width)
 
     def call(self, images, training: bool = False):
         """Deterministic reconstruction of ``images`` (z = z_mean, learned pose)."""
         enc = self.encode(images, training)
-        return self.project(self.decode(enc["z_mean"], training),
+        proj = self.project(self.decode(enc["z_mean"], training),
                             quaternion_to_matrix(enc["quaternion"]), enc["shift"])
+        return self.add_offset(proj, enc.get("offset"))
 
     def _hidden(self, images, training):
         images = tf.convert_to_tensor(images, tf.float32)
@@ -120,7 +144,9 @@ class CryoVAE(keras.Model):
         -- the same seed gives the same noise; ``seed=None`` uses z = z_mean (no noise).
         ``noise`` ``(B, latent)`` gives the standard normal draws directly (overrides ``seed``).
 
-        Returns scalars ``recon`` (sum over pixels, mean over batch), ``kl``, ``averaging`` and
+        Returns scalars ``recon`` (sum over pixels -- those inside the mask disc with
+        ``loss_in_mask`` -- mean over batch; with ``symmetrized_loss`` and learned poses, the better
+        of the projection and its 180-degree in-plane turn), ``kl``, ``averaging`` and
         ``total = recon + beta * kl + averaging_factor * beta * averaging``, plus
         ``recon_per_sample`` ``(B,)``.
         """
@@ -133,16 +159,22 @@ class CryoVAE(keras.Model):
             noise = latent_noise(tf.shape(z_mean), seed)
         if noise is not None:
             z = z_mean + tf.exp(0.5 * z_logvar) * noise
-        if rotations is None:
+        learned = rotations is None
+        if learned:
             if cfg.pose_mode == "known":
                 raise ConfigError("pose_mode='known' needs rotations (and shifts) for every batch")
             p = self.pose(z)
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
-        recon = losses.reconstruction_loss(images, self.project(volumes, rotations, shifts))
+        offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
+        logits = self.add_offset(self.project(volumes, rotations, shifts), offset)
+        if learned and cfg.symmetrized_loss:
+            recon = losses.symmetrized_reconstruction_loss(images, logits, self._pixel_mask)
+        else:
+            recon = losses.reconstruction_loss(images, logits, self._pixel_mask)
         out = {"recon": tf.reduce_mean(recon),
                "kl": tf.reduce_mean(losses.kl_divergence(z_mean, z_logvar)),
-               "averaging": losses.averaging_loss(volumes)}
+               "averaging": losses.averaging_loss(volumes, cfg.averaging_mirror)}
         out["total"] = out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
         out["recon_per_sample"] = recon
         return out
