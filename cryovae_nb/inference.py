@@ -254,28 +254,12 @@ def write_volumes(outdir: str | os.PathLike, volumes: np.ndarray, voxel_size: fl
     return paths
 
 
-def _relocated_names(particles, star_path: Path, datadir) -> list[str]:
-    """Image names (``index@stack``) rewritten relative to ``star_path``'s folder, so the new STAR
-    file finds the same stacks wherever it is written."""
-    source_dir = Path(particles.source).parent if getattr(particles, "source", None) else Path.cwd()
-    out, cache = [], {}
-    for name in particles.df["rlnImageName"]:
-        index, _, stack = str(name).partition("@")
-        if stack not in cache:
-            candidates = [Path(stack)] if os.path.isabs(stack) else \
-                [source_dir / stack] + ([Path(datadir) / stack] if datadir else [])
-            found = next((c for c in candidates if c.exists()), candidates[0])
-            cache[stack] = os.path.relpath(found.resolve(), star_path.resolve().parent)
-        out.append(f"{index}@{cache[stack]}")
-    return out
-
-
-def write_star(path: str | os.PathLike, particles, encoding: Encoding, *, datadir=None,
+def write_star(path: str | os.PathLike, particles, encoding: Encoding, *,
                pixel_size: float | None = None) -> None:
     """The particles' STAR file with the learned poses (RELION 3.1, optics block, atomic).
 
-    Image paths are rewritten relative to the new file (``datadir``: where the original names
-    were relative to, if not the original STAR file's folder); every other column is kept.
+    Image names found beside the original STAR file are rewritten relative to the new one; names
+    resolved through a data directory (a RELION project root) are kept as RELION reads them.
     """
     from cryovae_nb.io import Poses, write_particles_star
 
@@ -284,8 +268,7 @@ def write_star(path: str | os.PathLike, particles, encoding: Encoding, *, datadi
         raise InputError(f"{len(particles)} particles but {len(encoding)} encoded poses", path)
     poses = Poses(rotations=encoding.rotations, euler=encoding.euler, shifts=encoding.shifts)
     px = pixel_size if particles.pixel_size is None else None
-    write_particles_star(path, particles, poses=poses, image_names=_relocated_names(particles, path, datadir),
-                         pixel_size=px)
+    write_particles_star(path, particles, poses=poses, pixel_size=px)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +293,7 @@ def run_encode(args: argparse.Namespace) -> int:
     enc = run.encode(particles)
     enc.save(args.output)
     if args.star:
-        write_star(args.star, particles, enc, datadir=args.datadir, pixel_size=run.pixel_size)
+        write_star(args.star, particles, enc, pixel_size=run.pixel_size)
     print(f"encoded {len(enc)} particles -> {args.output}" + (f", {args.star}" if args.star else ""))
     return 0
 
