@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -36,13 +37,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
                 # directories cannot be replaced atomically by rename; move the old one aside first
                 old = path.with_name(f".{path.name}.old")
                 if old.exists():
-                    import shutil
-
                     shutil.rmtree(old)
                 os.replace(path, old)
                 os.replace(tmp_path, path)
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp_path, path)
@@ -50,8 +47,6 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
             os.replace(tmp_path, path)
     except BaseException:
         if tmp_path.is_dir():
-            import shutil
-
             shutil.rmtree(tmp_path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
