@@ -7,10 +7,12 @@ masked volumes and against the real-space reference, for several Fourier kernels
 Target (issue): >= 500 training images/s with the fast projector on 2 CPU cores, box 40, batch 120.
 
     .venv/bin/python benchmarks/train_throughput.py [--box 40 --batch 120 --rounds 3 --steps 5]
-        [--projectors fourier,fourier:2,real] [--accuracy]
+        [--projectors fourier,fourier+search,real] [--accuracy]
 
 A projector is ``real``, ``fourier`` (the configured default kernel) or ``fourier:W`` (kernel
-width W: 2 = trilinear, 3..6 = Kaiser-Bessel).
+width W: 2 = trilinear, 3..6 = Kaiser-Bessel); these time the thesis' step (pose head alone). A
+``+search`` suffix (``fourier+search``) adds the global pose search that learned-pose training
+does by default (ModelConfig.pose_search_deg = 15), so its cost is measured in the same run.
 """
 from __future__ import annotations
 
@@ -73,8 +75,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per projector")
     ap.add_argument("--threads", type=int, default=None, help="TF intra-op threads (default: all cores)")
     ap.add_argument("--no-jit", action="store_true", help="disable XLA compilation")
-    ap.add_argument("--projectors", default="fourier,fourier:2,real",
-                    help="comma-separated: real, fourier (default kernel) or fourier:WIDTH")
+    ap.add_argument("--projectors", default="fourier,fourier+search,real",
+                    help="comma-separated: real, fourier (default kernel) or fourier:WIDTH, each optionally +search")
     ap.add_argument("--pad", type=float, default=1.0, help="fourier_pad of the fast projector")
     ap.add_argument("--accuracy", action="store_true", help="print the projectors' accuracy first")
     ap.add_argument("--pose-mode", default="learned", choices=["learned", "known"])
@@ -102,8 +104,10 @@ def main(argv=None) -> None:
 
     steps, rates, rss = {}, {}, {}
     for name in args.projectors.split(","):
-        kind, _, width = name.partition(":")
+        spec, plus, _ = name.partition("+search")
+        kind, _, width = spec.partition(":")
         extra = {"fourier_kernel_width": int(width)} if width else {}
+        extra["pose_search_deg"] = 15.0 if plus else None
         cfg = ModelConfig(box=n, latent_dim=args.latent, batch_size=b, projector=kind,
                           fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
         model = build_model(cfg)
@@ -135,18 +139,21 @@ def main(argv=None) -> None:
     print(f"peak RSS (whole run): {peak_rss_mib():.0f} MiB")
 
     # inference: encode images, decode volumes (batch b, compiled)
-    model = build_model(ModelConfig(box=n, latent_dim=args.latent))
+    model = build_model(ModelConfig(box=n, latent_dim=args.latent, pose_search_deg=None))
+    searching = build_model(ModelConfig(box=n, latent_dim=args.latent))
     enc = tf.function(lambda x: model.encode(x)["z_mean"], jit_compile=jit)
+    enc_search = tf.function(lambda x: searching.encode(x)["quaternion"], jit_compile=jit)
     dec = tf.function(lambda z: model.decode(z), jit_compile=jit)
     z = tf.constant(rng.standard_normal((b, args.latent)).astype(np.float32))
-    for name, fn, arg in (("encode", enc, images), ("decode", dec, z)):
+    for name, fn, arg in (("encode", enc, images), ("encode + pose search", enc_search, images),
+                          ("decode", dec, z)):
         fn(arg).numpy()
         t = time.perf_counter()
         reps = 4 * args.steps
         for _ in range(reps):
             res = fn(arg)
         res.numpy()
-        unit = "images/s" if name == "encode" else "volumes/s"
+        unit = "volumes/s" if name == "decode" else "images/s"
         print(f"inference {name}: {reps * b / (time.perf_counter() - t):.0f} {unit}")
 
 

@@ -438,7 +438,8 @@ def add_demo_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n-particles", type=int, default=None, help="simulated particles (default 5000)")
     parser.add_argument("--pose-mode", choices=("known", "learned"), default="known",
                         help="known: poses from the STAR file (a good map in minutes); "
-                             "learned: ab initio, poses from the encoder (needs far longer)")
+                             "learned: ab initio, poses from the encoder and a global pose search "
+                             "(about 4x slower per step; give it 10 minutes or more)")
     parser.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
     return parser
 

@@ -147,7 +147,9 @@ class TrainedRun:
         """Encode images (a path, `Particles`, `ParticleStack` or ``(k, n, n)`` array), batched.
 
         In known-pose runs the pose head was never trained: the poses reported are the known ones
-        from the STAR file (when ``data`` carries them), otherwise the head's output.
+        from the STAR file (when ``data`` carries them), otherwise the head's output. Learned-pose
+        runs with a pose search (``ModelConfig.pose_search_deg``) report the searched pose, as in
+        training; the search's reference is the mean volume of each batch.
         """
         from tqdm.auto import tqdm
 

@@ -38,7 +38,7 @@ from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
 from cryovae_nb.model import ModelConfig
 
-LOSS_KEYS = ("recon", "kl", "averaging", "total")
+LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total")
 
 
 # --------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def rel(a, b):
 
 def tiny_config(**kw):
     base = dict(box=8, latent_dim=3, encoder_layers=2, encoder_units=16, decoder_layers=2,
-                decoder_units=16, volume_mask=0.95, batch_size=4)
+                decoder_units=16, volume_mask=0.95, batch_size=4, pose_search_deg=None)  # the head's pose
     base.update(kw)
     return ModelConfig(**base)
 
@@ -90,6 +90,7 @@ def test_config_defaults_are_the_thesis_values_and_round_trip(tmp_path):
     assert (cfg.beta, cfg.averaging_factor, cfg.learning_rate, cfg.batch_size) == (1.0, 1e4, 1e-5, 120)
     assert cfg.projector == "fourier" and cfg.pose_mode == "learned" and cfg.max_shift_px == 4.0
     assert cfg.fourier_kernel_width == 3 and cfg.fourier_pad == 1.0
+    assert cfg.pose_search_deg == 15.0  # not the thesis': its fix for ab initio (test_pose_search.py)
     assert model_config.KERNEL_WIDTHS == projectors.KERNEL_WIDTHS
     custom = ModelConfig(box=33, volume_mask=None, projector="real", pose_mode="known", max_shift=2.5)
     for suffix in (".json", ".yaml"):

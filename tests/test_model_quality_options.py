@@ -17,7 +17,7 @@ LOG2 = math.log(2.0)
 
 def tiny(**kw):
     base = {"box": 8, "latent_dim": 3, "encoder_layers": 1, "encoder_units": 8, "decoder_layers": 1,
-                "decoder_units": 8, "batch_size": 2, "projector": "real"}
+                "decoder_units": 8, "batch_size": 2, "projector": "real", "pose_search_deg": None}
     base.update(kw)
     return ModelConfig(**base)
 

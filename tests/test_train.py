@@ -210,8 +210,8 @@ def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_pa
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in test] == [15, 30, 45, 60] == [r["step"] for r in train]
     for r in records:
-        assert set(r) >= {"step", "split", "recon", "kl", "averaging", "total", "images_per_s", "time"}
-        assert abs(r["total"] - (r["recon"] + r["kl"] + 1e4 * r["averaging"])) < 1e-3 * abs(r["total"])
+        assert set(r) >= {"step", "split", "recon", "kl", "averaging", "pose", "total", "images_per_s", "time"}
+        assert abs(r["total"] - (r["recon"] + r["kl"] + 1e4 * r["averaging"] + 100 * r["pose"])) < 1e-3 * abs(r["total"])
     assert all(r["images_per_s"] > 0 for r in train)
     # evaluation is deterministic (z = z_mean, fixed images), so any drop is learning, not noise;
     # tanh-normalised targets sit near 0.5, where the cross-entropy above its floor is only a few

@@ -41,6 +41,13 @@ class ModelConfig:
     loss_in_mask: bool = True        # score only pixels inside the mask disc (False: all, the seed's)
     symmetrized_loss: bool = False   # learned poses: min of the loss over the projection and its
                                      # 180-degree in-plane rotation (cryoAI); False: the seed's
+    pose_search_deg: float | None = 15.0  # learned poses: each step also searches an SO(3) grid
+                                     # this fine (degrees) against the batch's mean volume and trains
+                                     # on the better of that and the head's pose; None: the seed's
+                                     # (pose head alone)
+    pose_search_band: float = 0.15   # the search compares images low-passed to this (cycles/px)
+    pose_refine_band: float = 0.25   # ... and refines the grid pose locally against this band
+    pose_distill: float = 100.0      # weight pulling the pose head towards a searched pose that won
     learning_rate: float = 1e-5
     batch_size: int = 120
     seed: int = 0                    # weight initialisation
@@ -98,6 +105,20 @@ class ModelConfig:
         if self.fourier_kernel_width > self.box:
             raise ConfigError(f"ModelConfig.fourier_kernel_width ({self.fourier_kernel_width}) must not "
                               f"exceed the box ({self.box})")
+        if self.pose_search_deg is not None and self.symmetrized_loss:
+            raise ConfigError("ModelConfig: symmetrized_loss and pose_search_deg do not combine (the "
+                              "search already tries every in-plane angle)")
+        if self.pose_search_deg is not None and not 1 <= self.pose_search_deg <= 90:
+            raise ConfigError(f"ModelConfig.pose_search_deg is a grid step in degrees in [1, 90] "
+                              f"(or None: no search), got {self.pose_search_deg!r}")
+        if not 0 < self.pose_search_band <= 0.5:
+            raise ConfigError(f"ModelConfig.pose_search_band is a frequency in cycles/px in (0, 0.5], "
+                              f"got {self.pose_search_band!r}")
+        if not 0 < self.pose_refine_band <= 0.5:
+            raise ConfigError(f"ModelConfig.pose_refine_band is a frequency in cycles/px in (0, 0.5], "
+                              f"got {self.pose_refine_band!r}")
+        if not self.pose_distill >= 0:
+            raise ConfigError(f"ModelConfig.pose_distill must be >= 0, got {self.pose_distill!r}")
         if not self.fourier_pad >= 1:
             raise ConfigError(f"ModelConfig.fourier_pad must be >= 1, got {self.fourier_pad!r}")
         for name in ("leaky_slope", "beta", "averaging_factor"):
@@ -110,5 +131,6 @@ class ModelConfig:
 PRESETS = {
     "default": {},
     "seed": {"averaging_mirror": True, "image_offset": False, "loss_in_mask": False,
-             "symmetrized_loss": False, "learning_rate": 1e-5},
+             "symmetrized_loss": False, "pose_search_deg": None,
+             "learning_rate": 1e-5},
 }

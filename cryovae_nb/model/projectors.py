@@ -168,13 +168,14 @@ def rfft3d(x):
 
 
 @lru_cache(maxsize=16)
-def _slice_frequencies(n: int):
-    """Image frequencies (kx, ky) in cycles per box on the rfft2 half plane (kx >= 0) within radius
-    n/2 (beyond it the slice is dropped) as ``(P, 2)``, and for every cell of the ``(n, n//2 + 1)``
-    rfft2 grid its row in that list, or ``P`` (a zero) outside the band."""
+def _slice_frequencies(n: int, radius: float | None = None):
+    """Image frequencies (kx, ky) in cycles per box on the rfft2 half plane (kx >= 0) within
+    ``radius`` (default n/2; beyond it the slice is dropped) as ``(P, 2)``, and for every cell of the
+    ``(n, n//2 + 1)`` rfft2 grid its row in that list, or ``P`` (a zero) outside the band."""
     ky, kx = np.meshgrid(np.fft.fftfreq(n) * n, np.arange(n // 2 + 1, dtype=np.float64), indexing="ij")
     k = np.stack([kx.ravel(), ky.ravel()], -1)
-    band = 4 * (k**2).sum(-1) <= n * n
+    radius = n / 2 if radius is None else radius
+    band = (k**2).sum(-1) <= radius * radius
     where = np.full(len(k), band.sum(), np.int32)
     where[band] = np.arange(band.sum())
     return k[band].astype(np.float32), where
@@ -196,8 +197,14 @@ def _tap_assembly(width: int) -> np.ndarray:
 
 
 def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correction: bool = True,
-                    width: int = 3) -> tf.Tensor:
+                    width: int = 3, band: float | None = None) -> tf.Tensor:
     """Fast projector by the central slice theorem; same arguments and result as :func:`project_real`.
+
+    ``band`` (cycles per box, default n/2) low-passes the projections: only the frequencies within
+    it are sliced, so a low band costs a fraction of the full one (~(2 band / n)^2).
+
+    ``rotations`` may also be ``(B, K, 3, 3)`` (with ``shifts`` ``(B, 2)`` or ``(B, K, 2)``): K poses
+    of each volume, ``(B, K, n, n)`` images, one 3D FFT per volume.
 
     ``width`` is the interpolation kernel in Fourier space: 2 = trilinear (8 taps per frequency),
     3..6 = Kaiser-Bessel (``width^3`` taps), far more accurate at the same FFT cost. ``pad`` >= 1
@@ -207,7 +214,15 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
     """
     _check_width(width)
     volumes, rotations, shifts, n = _as_inputs(volumes, rotations, shifts)
-    b = tf.shape(volumes)[0]
+    # Several poses per volume (pose hypotheses): one 3D FFT per volume, K slices of it.
+    per_volume = None
+    if rotations.shape.rank == 4:
+        per_volume = rotations.shape[1] or tf.shape(rotations)[1]  # unknown when traced loosely
+        if shifts.shape.rank == 2:
+            shifts = tf.repeat(shifts[:, None], per_volume, axis=1)
+        rotations = tf.reshape(rotations, [-1, 3, 3])
+        shifts = tf.reshape(shifts, [-1, 2])
+    b = tf.shape(rotations)[0]
     m = max(n, int(round(pad * n)))
     if width > m:  # the Hermitian mirror below assumes a footprint narrower than the grid
         raise ValueError(f"Fourier kernel width {width} exceeds the {m}-point grid")
@@ -222,7 +237,7 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
     even = m % 2 == 0
     spec = rfft3d(volumes if even else tf.roll(volumes, [-(m // 2)] * 3, axis=[1, 2, 3]))
 
-    k_np, where = _slice_frequencies(n)
+    k_np, where = _slice_frequencies(n, band)
     p = k_np.shape[0]
     k3 = np.pad(k_np, [[0, 0], [0, 1]]) * (m / n)           # plane points in m-grid units
     q = [tf.einsum("bj,pj->bp", rotations[:, i], k3) for i in range(3)]  # x, y, z: (B, P) each
@@ -254,7 +269,8 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
     parts = tf.concat([x, tf.reshape(y * half, [b, p, -1]), tf.reshape(z * (m * half), [b, p, -1])], -1)
     dtype = tf.float32 if m * m * half < 2**24 else tf.float64
     idx = tf.einsum("bpf,ft->bpt", tf.cast(parts, dtype), _tap_assembly(width).astype(dtype.as_numpy_dtype))
-    idx = tf.cast(idx, tf.int32) + (tf.range(b) * (m * m * half))[:, None, None]
+    volume_of = tf.range(b) if per_volume is None else tf.range(b) // per_volume
+    idx = tf.cast(idx, tf.int32) + (volume_of * (m * m * half))[:, None, None]
     w3 = tf.reshape(wts[..., 2, :, None, None] * wts[..., 1, None, :, None] * wts[..., 0, None, None, :],
                     [b, p, width**3])
     w3_im = w3 * tf.tile(sx, [1, 1, width * width])          # conj on mirrored taps
@@ -274,8 +290,30 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
         return tf.complex(tf.cos(a), tf.sin(a))
 
     plane = plane * ramp(np.fft.fftfreq(n) * n, shifts[:, 1])[:, :, None] * ramp(np.arange(nh), shifts[:, 0])[:, None, :]
-    img = tf.signal.irfft2d(plane, fft_length=[n, n])
-    return tf.roll(img, [n // 2, n // 2], axis=[1, 2])
+    img = tf.roll(tf.signal.irfft2d(plane, fft_length=[n, n]), [n // 2, n // 2], axis=[1, 2])
+    return img if per_volume is None else tf.reshape(img, [-1, per_volume, n, n])
+
+
+@lru_cache(maxsize=16)
+def _band_mask(n: int, band: float) -> np.ndarray:
+    ky, kx = np.meshgrid(np.fft.fftfreq(n) * n, np.arange(n // 2 + 1, dtype=np.float64), indexing="ij")
+    return (kx**2 + ky**2 <= band * band).astype(np.complex64)
+
+
+def lowpass(images, band: float, shifts=None) -> tf.Tensor:
+    """``(..., n, n)`` images keeping only the frequencies within ``band`` cycles per box (a sharp
+    disc, as ``project_fourier(..., band=band)`` does to its projections); ``shifts`` ``(B, 2)`` px
+    (for ``(B, n, n)`` images) also moves each image by that much (periodically)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    n = images.shape[-1]
+    spec = tf.signal.rfft2d(images) * _band_mask(n, float(band))
+    if shifts is not None:
+        shifts = tf.convert_to_tensor(shifts, tf.float32)
+        ky = (np.fft.fftfreq(n) * n).astype(np.float32)
+        kx = np.arange(n // 2 + 1, dtype=np.float32)
+        a = (-2 * np.pi / n) * (shifts[:, 1, None, None] * ky[:, None] + shifts[:, 0, None, None] * kx)
+        spec = spec * tf.complex(tf.cos(a), tf.sin(a))
+    return tf.signal.irfft2d(spec, fft_length=[n, n])
 
 
 def project(volumes, rotations, shifts=None, *, method: str = "fourier", pad: float = 1.0,

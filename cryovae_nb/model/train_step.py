@@ -6,9 +6,9 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from cryovae_nb.model.vae import CryoVAE, latent_noise
+from cryovae_nb.model.vae import CryoVAE, latent_noise, search_noise
 
-SCALARS = ("recon", "kl", "averaging", "total")
+SCALARS = ("recon", "kl", "averaging", "pose", "total")
 
 
 def configure_threads(intra_op: int | None = None, inter_op: int | None = None) -> bool:
@@ -41,10 +41,13 @@ def _inputs(model, images, rotations, shifts, seed):
             shifts = tf.zeros([tf.shape(images)[0], 2], tf.float32)
     if shifts is not None:
         shifts = tf.convert_to_tensor(shifts, tf.float32)
-    noise = None
+    noise = pose_noise = None
     if seed is not None:
         noise = latent_noise([images.shape[0], model.config.latent_dim], seed)
-    return images, rotations, shifts, noise
+        if rotations is None and model.config.pose_search_deg is not None:
+            # uniform draws for sampling the searched pose (model.search_pose), also outside XLA
+            pose_noise = search_noise([images.shape[0], model.search_grid_size], seed)
+    return images, rotations, shifts, noise, pose_noise
 
 
 def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None = None, *,
@@ -67,9 +70,10 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
 
     if grad_reducer is None:
         @tf.function(jit_compile=jit, reduce_retracing=True)
-        def fused(images, rotations, shifts, noise):
+        def fused(images, rotations, shifts, noise, pose_noise):
             with tf.GradientTape() as tape:
-                out = model.compute_losses(images, rotations, shifts, training=True, noise=noise)
+                out = model.compute_losses(images, rotations, shifts, training=True, noise=noise,
+                                           pose_noise=pose_noise)
             grads = tape.gradient(out["total"], variables)
             # with known poses the pose head gets no gradient: leave it out (static, per trace)
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
@@ -83,9 +87,10 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
     used = {}  # known poses? -> indices of the variables that get a gradient (found while tracing)
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def compute(images, rotations, shifts, noise):
+    def compute(images, rotations, shifts, noise, pose_noise):
         with tf.GradientTape() as tape:
-            out = model.compute_losses(images, rotations, shifts, training=True, noise=noise)
+            out = model.compute_losses(images, rotations, shifts, training=True, noise=noise,
+                                       pose_noise=pose_noise)
         grads = tape.gradient(out["total"], variables)
         used[rotations is not None] = [i for i, g in enumerate(grads) if g is not None]
         return [g for g in grads if g is not None], {k: out[k] for k in SCALARS}
@@ -107,8 +112,9 @@ def make_eval_step(model: CryoVAE, *, jit: bool = True) -> Callable[..., dict]:
     updating weights (``seed=None``: z = z_mean). Includes ``recon_per_sample`` ``(B,)``."""
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def evaluate(images, rotations, shifts, noise):
-        return model.compute_losses(images, rotations, shifts, training=False, noise=noise)
+    def evaluate(images, rotations, shifts, noise, pose_noise):
+        return model.compute_losses(images, rotations, shifts, training=False, noise=noise,
+                                    pose_noise=pose_noise)
 
     def step(images, rotations=None, shifts=None, seed=None):
         return evaluate(*_inputs(model, images, rotations, shifts, seed))

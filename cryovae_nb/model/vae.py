@@ -8,9 +8,9 @@ import numpy as np
 import tensorflow as tf
 
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.model import losses
+from cryovae_nb.model import losses, pose_search
 from cryovae_nb.model.config import ModelConfig
-from cryovae_nb.model.projectors import project_fourier, project_real, spherical_mask
+from cryovae_nb.model.projectors import lowpass, project_fourier, project_real, spherical_mask
 
 
 def quaternion_to_matrix(q) -> tf.Tensor:
@@ -23,12 +23,28 @@ def quaternion_to_matrix(q) -> tf.Tensor:
     ], axis=-1), [-1, 3, 3])
 
 
+def quaternion_multiply(a, b) -> tf.Tensor:
+    """Hamilton product of quaternions (scalar first), broadcasting: the rotation ``R(a) @ R(b)``."""
+    aw, ax, ay, az = tf.unstack(a, axis=-1)
+    bw, bx, by, bz = tf.unstack(b, axis=-1)
+    return tf.stack([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+
+
 def latent_noise(shape, seed) -> tf.Tensor:
     """Standard normal noise from an int ``[2]`` seed (``tf.random.stateless_normal``).
 
     XLA draws different numbers for the same seed, so compiled steps call this outside XLA and
     pass the result as ``noise`` (see train_step.py): a seed means the same noise everywhere."""
     return tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int32))
+
+
+def search_noise(shape, seed) -> tf.Tensor:
+    """Uniform draws for sampling searched poses (``CryoVAE.search_pose``) from the same int
+    ``[2]`` seed as :func:`latent_noise` (an independent stream), also drawn outside XLA."""
+    return tf.random.stateless_uniform(shape, seed=tf.cast(seed, tf.int32) + tf.constant([0, 7919]))
 
 
 class CryoVAE(keras.Model):
@@ -55,6 +71,8 @@ class CryoVAE(keras.Model):
         self.z_logvar_layer = dense(cfg.latent_dim, name="z_logvar")
         self.quaternion_layer = dense(4, "tanh", "pose_quaternion")
         self.shift_layer = dense(2, "tanh", "pose_shift")
+        if cfg.pose_search_deg is not None:  # start centred: the global search moves images by it
+            self.shift_layer = keras.layers.Dense(2, "tanh", name="pose_shift", kernel_initializer="zeros")
         self.decoder_layers = [dense(cfg.decoder_units, act, f"dec{i}") for i in range(cfg.decoder_layers)]
         out_act = act if cfg.output_activation == "leaky_relu" else None
         self.voxel_layer = dense(cfg.box ** 3, out_act, "voxels")
@@ -72,6 +90,12 @@ class CryoVAE(keras.Model):
         # Fourier projector's output is not confined to the disc, so the seed's all-pixel loss is
         # lowered by pushing logits there to -inf with ringing in the volume, not by fitting data.
         self._pixel_mask = self._disc if cfg.loss_in_mask else None
+        # Learned poses with a search: see model/pose_search.py for why
+        if cfg.pose_search_deg is not None:
+            self._search_grid = tf.constant(pose_search.search_grid(cfg.pose_search_deg))
+            self._search_local = tf.constant(pose_search.local_perturbations(cfg.pose_search_deg))
+            self._search_local_fine = tf.constant(pose_search.local_perturbations(cfg.pose_search_deg / 2))
+            self._search_dof = pose_search.band_dof(cfg.box, cfg.pose_search_band * cfg.box)
 
     # -- the pieces --------------------------------------------------------------------------
     def encode(self, images, training: bool = False) -> dict:
@@ -83,7 +107,79 @@ class CryoVAE(keras.Model):
         out.update(self.pose(z_mean))
         if self.offset_layer is not None:
             out["offset"] = self.offset_layer(h)[:, 0]
+        if self.config.pose_search_deg is not None and self.config.pose_mode == "learned":
+            # the pose is the searched one, as in training
+            out["quaternion"], out["shift"], _ = self.search_pose(images, self.decode(z_mean, training),
+                                                                  out["quaternion"], out["shift"])
         return out
+
+    @property
+    def search_grid_size(self) -> int:
+        """Rotations in the pose-search grid (0 without search)."""
+        return 0 if self.config.pose_search_deg is None else int(self._search_grid.shape[0])
+
+    def search_pose(self, images, volumes, quaternion, shift, pose_noise=None):
+        """Global pose search (see ``model/pose_search.py``) for ``(B, n, n)`` images, given their
+        decoded ``volumes`` and the head's ``quaternion`` ``(B, 4)`` and ``shift`` ``(B, 2)``.
+
+        The grid rotation (images moved back by the head's shift) is the best one, or with
+        ``pose_noise`` (uniform ``(B, R)``) drawn from its posterior; it is then refined locally,
+        each candidate rotation at its best whole-pixel shift within ``max_shift``. Returns
+        ``(B, 4)`` quaternions, ``(B, 2)`` shifts (px) and a ``(B,)`` bool: the head's own
+        rotation won. No gradient flows through the search."""
+        cfg = self.config
+        n = cfg.box
+        images, volumes, quaternion, shift = (tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
+                                              for x in (images, volumes, quaternion, shift))
+        disc = self._disc
+        ref = tf.reduce_mean(volumes, axis=0, keepdims=True)   # one volume serves every image
+
+        def project_ref(quats, band):                          # (K, 4) -> (K, n^2) normalised
+            rot = quaternion_to_matrix(quats)[None]
+            return pose_search.normalise(self.project(ref, rot, band=band)[0], disc)
+
+        # global: every grid rotation at the low band, the images moved back by the head's shift
+        band = cfg.pose_search_band * n
+        imgs = pose_search.normalise(lowpass(images, band, -shift), disc)            # (B, n^2)
+        corr = tf.matmul(imgs, project_ref(self._search_grid, band), transpose_b=True)  # (B, R)
+        if pose_noise is not None:
+            # Sampling rather than the best: early on the volume is wrong and the best pose often
+            # too; a hard choice then locks the volume into what it already is (projection
+            # matching's trap), a sample keeps every plausible pose in play (stochastic EM). The
+            # posterior is that of Gaussian noise in the band's n_eff real Fourier components, the
+            # projection scaled optimally: log p = -n_eff/2 (1 - c^2) / (1 - c_max^2) + const.
+            c2 = tf.square(tf.nn.relu(corr))
+            c2max = tf.reduce_max(c2, axis=1, keepdims=True)
+            logp = 0.5 * self._search_dof * (c2 - c2max) / tf.maximum(1.0 - c2max, 1e-3)
+            corr = logp - tf.math.log(-tf.math.log(tf.clip_by_value(pose_noise, 1e-12, 1.0 - 1e-7)))
+        q = tf.gather(self._search_grid, tf.argmax(corr, axis=1, output_type=tf.int32))
+
+        # local: +-step/2, then +-step/4, at the refinement band, with shifts by cross-correlation
+        # (one FFT product per candidate); the head's rotation competes in the first round
+        band = cfg.pose_refine_band * n
+        img_spec = tf.signal.rfft2d(tf.reshape(pose_search.normalise(lowpass(images, band), disc),
+                                               [-1, n, n]))
+        window = tf.constant(pose_search.shift_window(n, cfg.max_shift_px))          # (n, n) 0/1
+        head_won = tf.zeros(tf.shape(q)[:1], tf.bool)
+        shifts = tf.zeros(tf.shape(q)[:1] + [2])
+        for level, local in enumerate((self._search_local, self._search_local_fine)):
+            cand = quaternion_multiply(q[:, None], local[None])                      # (B, 27, 4)
+            if level == 0:
+                cand = tf.concat([quaternion[:, None], cand], axis=1)                # head first
+            k = cand.shape[1]
+            proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])
+            # xcorr[s] = sum_x image(x) proj(x - s): the image is the projection moved by +s
+            xcorr = tf.signal.irfft2d(img_spec[:, None] * tf.math.conj(tf.signal.rfft2d(proj)),
+                                      fft_length=[n, n])
+            xcorr = tf.reshape(tf.where(window > 0, xcorr, -2.0), [-1, k * n * n])
+            best = tf.argmax(xcorr, axis=1, output_type=tf.int32)
+            q = tf.gather(cand, best // (n * n), axis=1, batch_dims=1)
+            sy, sx = (best // n) % n, best % n
+            shifts = tf.cast(tf.stack([sx, sy], -1), tf.float32)
+            shifts = tf.where(shifts > n // 2, shifts - n, shifts)                 # wrap to signed
+            if level == 0:
+                head_won = tf.equal(best // (n * n), 0)
+        return q, shifts, head_won
 
     def add_offset(self, projections, offset=None) -> tf.Tensor:
         """Projections plus the per-image ``offset`` ``(B,)`` inside the mask disc (the model's logits);
@@ -107,14 +203,26 @@ class CryoVAE(keras.Model):
         v = tf.reshape(self.voxel_layer(h, training=training), [-1, n, n, n])
         return v if self._mask is None else v * self._mask
 
-    def project(self, volumes, rotations, shifts=None) -> tf.Tensor:
+    def project(self, volumes, rotations, shifts=None, band: float | None = None) -> tf.Tensor:
         """Project ``(B, n, n, n)`` volumes at ``(B, 3, 3)`` rotations and ``(B, 2)`` shifts with
-        the configured projector -> ``(B, n, n)``."""
+        the configured projector -> ``(B, n, n)``; ``(B, K, 3, 3)`` rotations give ``(B, K, n, n)``.
+        ``band`` (cycles per box) low-passes the projections."""
+        if self.config.projector == "real" and band is not None:
+            return lowpass(self.project(volumes, rotations, shifts), band)
         if self.config.projector == "real":
+            rotations = tf.convert_to_tensor(rotations, tf.float32)
+            if rotations.shape.rank == 4:
+                k = rotations.shape[1] or tf.shape(rotations)[1]
+                shifts = tf.zeros([tf.shape(volumes)[0], 2]) if shifts is None else shifts
+                shifts = tf.repeat(shifts[:, None], k, 1) if shifts.shape.rank == 2 else shifts
+                proj = project_real(tf.repeat(volumes, k, axis=0), tf.reshape(rotations, [-1, 3, 3]),
+                                    tf.reshape(shifts, [-1, 2]))
+                n = self.config.box
+                return tf.reshape(proj, [-1, k, n, n])
             return project_real(volumes, rotations, shifts)
         return project_fourier(volumes, rotations, shifts, pad=self.config.fourier_pad,
                                correction=self.config.gridding_correction,
-                               width=self.config.fourier_kernel_width)
+                               width=self.config.fourier_kernel_width, band=band)
 
     def call(self, images, training: bool = False):
         """Deterministic reconstruction of ``images`` (z = z_mean, learned pose)."""
@@ -135,7 +243,7 @@ class CryoVAE(keras.Model):
 
     # -- the objective -------------------------------------------------------------------------
     def compute_losses(self, images, rotations=None, shifts=None, training: bool = True,
-                       seed=None, noise=None) -> dict:
+                       seed=None, noise=None, pose_noise=None) -> dict:
         """All loss terms for a batch of tanh-normalised images ``(B, n, n)``.
 
         ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to known poses;
@@ -143,11 +251,15 @@ class CryoVAE(keras.Model):
         tensor of shape [2]) draws the reparameterisation noise with ``tf.random.stateless_normal``
         -- the same seed gives the same noise; ``seed=None`` uses z = z_mean (no noise).
         ``noise`` ``(B, latent)`` gives the standard normal draws directly (overrides ``seed``).
+        With ``pose_search_deg`` and learned poses, the seed (or ``pose_noise``, uniform ``(B, R)``)
+        also samples each image's searched pose from its posterior (see :meth:`search_pose`);
+        without either the search takes the best pose.
 
         Returns scalars ``recon`` (sum over pixels -- those inside the mask disc with
         ``loss_in_mask`` -- mean over batch; with ``symmetrized_loss`` and learned poses, the better
         of the projection and its 180-degree in-plane turn), ``kl``, ``averaging`` and
-        ``total = recon + beta * kl + averaging_factor * beta * averaging``, plus
+        ``pose`` (the pull of the pose head towards searched poses that beat it; 0 without search)
+        and ``total = recon + beta * kl + averaging_factor * beta * averaging + pose_distill * pose``, plus
         ``recon_per_sample`` ``(B,)``.
         """
         cfg = self.config
@@ -157,6 +269,8 @@ class CryoVAE(keras.Model):
         z = z_mean
         if noise is None and seed is not None:
             noise = latent_noise(tf.shape(z_mean), seed)
+        if pose_noise is None and seed is not None and cfg.pose_search_deg is not None:
+            pose_noise = search_noise([tf.shape(images)[0], self.search_grid_size], seed)
         if noise is not None:
             z = z_mean + tf.exp(0.5 * z_logvar) * noise
         learned = rotations is None
@@ -167,6 +281,19 @@ class CryoVAE(keras.Model):
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
+        pose_term = tf.constant(0.0)
+        if learned and cfg.pose_search_deg is not None:
+            q, found_shifts, head_won = self.search_pose(images, volumes, p["quaternion"], shifts,
+                                                         pose_noise)
+            # the head keeps its gradient where its rotation won; elsewhere it is pulled to the
+            # searched one (1 - <q, q'>^2: 0 for the same rotation, 1 at 180 degrees, sign-free),
+            # and the shift head to the searched shift (squared, in units of max_shift)
+            rotations = tf.where(head_won[:, None, None], rotations, quaternion_to_matrix(q))
+            agree = tf.reduce_sum(p["quaternion"] * q, axis=-1)
+            scale = max(cfg.max_shift_px, 1.0)
+            pose_term = (tf.reduce_mean(tf.where(head_won, 0.0, 1.0 - tf.square(agree)))
+                         + tf.reduce_mean(tf.reduce_sum(tf.square(shifts - found_shifts), -1)) / scale**2)
+            shifts = found_shifts
         logits = self.add_offset(self.project(volumes, rotations, shifts), offset)
         if learned and cfg.symmetrized_loss:
             recon = losses.symmetrized_reconstruction_loss(images, logits, self._pixel_mask)
@@ -174,8 +301,9 @@ class CryoVAE(keras.Model):
             recon = losses.reconstruction_loss(images, logits, self._pixel_mask)
         out = {"recon": tf.reduce_mean(recon),
                "kl": tf.reduce_mean(losses.kl_divergence(z_mean, z_logvar)),
-               "averaging": losses.averaging_loss(volumes, cfg.averaging_mirror)}
-        out["total"] = out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
+               "averaging": losses.averaging_loss(volumes, cfg.averaging_mirror), "pose": pose_term}
+        out["total"] = (out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
+                        + cfg.pose_distill * pose_term)
         out["recon_per_sample"] = recon
         return out
 

@@ -1,0 +1,161 @@
+"""The global pose search of learned-pose training (model/pose_search.py, CryoVAE.search_pose):
+its building blocks against direct computations, and the search against known poses and shifts."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+
+from cryovae_nb import geometry  # noqa: E402
+from cryovae_nb.errors import ConfigError  # noqa: E402
+from cryovae_nb.model import ModelConfig, build_model, make_train_step, pose_search  # noqa: E402
+from cryovae_nb.model.projectors import lowpass, project_fourier  # noqa: E402
+from cryovae_nb.model.vae import quaternion_multiply, quaternion_to_matrix  # noqa: E402
+from cryovae_nb.synthetic import lshape_volume  # noqa: E402
+
+
+def small(**kw):
+    base = dict(box=24, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
+                decoder_units=16, batch_size=8, pose_search_deg=15.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_several_poses_per_volume_equal_one_pose_each():
+    rng = np.random.default_rng(0)
+    vols = rng.normal(size=(2, 12, 12, 12)).astype(np.float32)
+    rots = geometry.random_rotations(6, rng).astype(np.float32).reshape(2, 3, 3, 3)
+    shifts = rng.normal(size=(2, 2)).astype(np.float32)
+    many = project_fourier(vols, rots, shifts).numpy()
+    assert many.shape == (2, 3, 12, 12)
+    for k in range(3):
+        np.testing.assert_allclose(many[:, k], project_fourier(vols, rots[:, k], shifts).numpy(), atol=1e-5)
+
+
+def test_band_limited_projection_is_the_low_passed_projection_and_lowpass_shifts_exactly():
+    rng = np.random.default_rng(1)
+    vols = rng.normal(size=(2, 12, 12, 12)).astype(np.float32)
+    rots = geometry.random_rotations(2, rng).astype(np.float32)
+    full = project_fourier(vols, rots)
+    np.testing.assert_allclose(project_fourier(vols, rots, band=3.0).numpy(), lowpass(full, 3.0).numpy(),
+                               atol=1e-5)
+    # a band covering every frequency keeps the image; whole-pixel shifts are periodic rolls
+    img = rng.normal(size=(2, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(lowpass(img, 12.0).numpy(), img, atol=1e-5)
+    moved = lowpass(img, 12.0, np.array([[2.0, -1.0], [0.0, 3.0]], np.float32)).numpy()
+    np.testing.assert_allclose(moved[0], np.roll(img[0], (-1, 2), axis=(0, 1)), atol=1e-5)
+    np.testing.assert_allclose(moved[1], np.roll(img[1], (3, 0), axis=(0, 1)), atol=1e-5)
+
+
+def test_grid_helpers():
+    grid = pose_search.search_grid(30.0)
+    np.testing.assert_allclose(np.linalg.norm(grid, axis=1), 1.0, atol=1e-6)
+    # every random rotation is within ~the step of a grid rotation
+    R = geometry.random_rotations(200, np.random.default_rng(2))
+    G = geometry.quaternion_to_matrix(grid)
+    nearest = geometry.rotation_angle_deg(R[:, None], G[None]).min(1)
+    assert nearest.max() < 30.0
+    local = pose_search.local_perturbations(10.0)
+    angles = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(local), np.eye(3))
+    assert local.shape == (27, 4) and np.isclose(angles.min(), 0.0, atol=1e-3)
+    np.testing.assert_allclose(angles.max(), np.sqrt(3) * 5.0, rtol=1e-3)
+    w = pose_search.shift_window(8, 1.0)
+    assert w.sum() == 5 and w[0, 0] == w[0, 7] == w[1, 0] == 1 and w[1, 1] == 0
+    assert pose_search.band_dof(24, 3.6) == int(np.sum(
+        (np.fft.fftfreq(24)[:, None] * 24) ** 2 + (np.fft.fftfreq(24)[None] * 24) ** 2 <= 3.6**2))
+
+
+def test_quaternion_product_is_the_matrix_product():
+    q = np.random.default_rng(3).normal(size=(2, 5, 4)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    prod = quaternion_to_matrix(tf.reshape(quaternion_multiply(q[0], q[1]), [-1, 4])).numpy()
+    Ra, Rb = (geometry.quaternion_to_matrix(x) for x in q)
+    np.testing.assert_allclose(prod, Ra @ Rb, atol=1e-5)
+
+
+def test_search_recovers_the_poses_and_shifts_of_clean_projections():
+    """Project the L at random poses and whole-pixel shifts; the search, given the true volume and
+    the true shift as the head's guess, must find them (rotation to a few degrees, shift exactly)."""
+    n = 24
+    model = build_model(small(box=n, pose_refine_band=0.35))
+    rng = np.random.default_rng(4)
+    truth = lshape_volume(n).astype(np.float32)
+    R = geometry.random_rotations(40, rng).astype(np.float32)
+    shifts = rng.integers(-2, 3, (40, 2)).astype(np.float32)
+    vols = np.repeat(truth[None], 40, 0)
+    images = model.project(vols, R, shifts).numpy()
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (40, 1))
+    q, found, head_won = model.search_pose(images, vols, head, shifts)
+    err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), R)
+    assert np.median(err) < 4.0 and np.mean(err < 8.0) >= 0.9, np.sort(err)
+    assert np.mean(np.all(found.numpy() == shifts, axis=1)) >= 0.9
+    assert not head_won.numpy().any()
+    # the head's rotation competes: given the truth, it wins (and its shift is found from scratch)
+    q, found, head_won = model.search_pose(images, vols, geometry.matrix_to_quaternion(R).astype(np.float32),
+                                           np.zeros_like(shifts))
+    assert head_won.numpy().mean() >= 0.9
+    assert np.mean(np.all(found.numpy() == shifts, axis=1)) >= 0.9
+
+
+def test_pose_sampling_is_seeded_and_the_step_is_deterministic():
+    n = 16
+    rng = np.random.default_rng(5)
+    images = rng.random((8, n, n)).astype(np.float32)
+    model = build_model(small(box=n))
+    vols = model.decode(model.encode(images)["z_mean"])
+    head = model.pose(model.encode(images)["z_mean"])
+    size = model.search_grid_size
+    assert size == len(pose_search.search_grid(15.0))
+    u = rng.random((8, size)).astype(np.float32)
+    a = model.search_pose(images, vols, head["quaternion"], head["shift"], u)[0].numpy()
+    b = model.search_pose(images, vols, head["quaternion"], head["shift"], u)[0].numpy()
+    other = rng.random((8, size)).astype(np.float32)
+    c = model.search_pose(images, vols, head["quaternion"], head["shift"], other)[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)  # a random volume: a flat posterior, other draws, other poses
+
+    def run():
+        m = build_model(small(box=n))
+        step = make_train_step(m)
+        for i in range(3):
+            out = step(images, seed=tf.constant([i, 1]))
+        return out, [v.numpy() for v in m.trainable_variables]
+
+    (o1, w1), (o2, w2) = run(), run()
+    assert set(o1) == {"recon", "kl", "averaging", "pose", "total"} and float(o1["pose"]) > 0
+    for x, y in zip(w1, w2):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_losses_with_search_add_the_pose_term_and_encode_reports_the_searched_pose():
+    n = 16
+    images = np.random.default_rng(6).random((8, n, n)).astype(np.float32)
+    cfg = small(box=n, pose_distill=7.0)
+    model = build_model(cfg)
+    out = model.compute_losses(images, training=False)
+    expected = (out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
+                + 7.0 * out["pose"])
+    np.testing.assert_allclose(float(out["total"]), float(expected), rtol=1e-6)
+    enc = model.encode(images)
+    q, s, _ = model.search_pose(images, model.decode(enc["z_mean"]), model.pose(enc["z_mean"])["quaternion"],
+                                model.pose(enc["z_mean"])["shift"])
+    np.testing.assert_allclose(enc["quaternion"].numpy(), q.numpy(), atol=1e-6)
+    np.testing.assert_allclose(enc["shift"].numpy(), s.numpy())
+    # the shift head starts centred (the global search moves the images back by it)
+    np.testing.assert_array_equal(model.pose(enc["z_mean"])["shift"].numpy(), 0.0)
+
+
+@pytest.mark.parametrize("bad", [dict(pose_search_deg=0.5), dict(pose_search_deg=120.0),
+                                 dict(pose_search_band=0.0), dict(pose_refine_band=0.6),
+                                 dict(pose_distill=-1.0), dict(symmetrized_loss=True)])
+def test_search_options_are_validated(bad):
+    with pytest.raises(ConfigError):
+        small(**bad).validate()
+
+
+def test_seed_preset_has_no_search():
+    assert ModelConfig.preset("seed").pose_search_deg is None
