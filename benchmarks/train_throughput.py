@@ -107,7 +107,8 @@ def main(argv=None) -> None:
         spec, plus, _ = name.partition("+search")
         kind, _, width = spec.partition(":")
         extra = {"fourier_kernel_width": int(width)} if width else {}
-        extra["pose_search_deg"] = 15.0 if plus else None
+        if not plus:  # the thesis' step; "+search" keeps the config's default search
+            extra["pose_search_deg"] = None
         cfg = ModelConfig(box=n, latent_dim=args.latent, batch_size=b, projector=kind,
                           fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
         model = build_model(cfg)

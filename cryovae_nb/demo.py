@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryovae_nb.atomic import atomic_path, write_json_atomic
+from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cryovae_nb.errors import ConfigError, InputError
 
 NOTEBOOKS = ("01_preprocess.ipynb", "02_train.ipynb", "04_evaluate.ipynb", "05_latent_landscape.ipynb")
@@ -334,8 +334,9 @@ def reconstruct_particles(run, particles, indices) -> tuple[np.ndarray, np.ndarr
     images = np.asarray(sub.images[np.arange(len(idx))], np.float32)
     enc = run.encode(sub, progress=False)
     volumes = run.decode(enc.z_mean)
-    proj = np.asarray(run.model.project(volumes, enc.rotations.astype(np.float32),
-                                        enc.shifts.astype(np.float32)))
+    proj = run.model.project(volumes, enc.rotations.astype(np.float32), enc.shifts.astype(np.float32))
+    # plus the per-image offset the loss adds (ModelConfig.image_offset), as Trainer.reconstruct
+    proj = np.asarray(run.model.add_offset(proj, run.model.encode(images).get("offset")))
     return images, 1.0 / (1.0 + np.exp(-proj))
 
 
@@ -399,8 +400,6 @@ def execute_notebook(path: str | os.PathLike, parameters: dict, cwd: str | os.Pa
 
         logging.getLogger("traitlets").setLevel(logging.ERROR)  # "alternative text missing" on plots
         body, _ = HTMLExporter().from_notebook_node(nb)
-        from cryovae_nb.atomic import write_text_atomic
-
         write_text_atomic(html, body)
     return nb
 
@@ -497,7 +496,8 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
 
     _say("4/5 reconstruction and FSC against the truth (aligned, both hands tried)")
     run = load_run(run_dir)
-    vol = consensus_volume(run, run.split()[1] if len(run.split()[1]) else None)
+    test = run.split()[1]
+    vol = consensus_volume(run, test if len(test) else None)
     recon = out / "reconstruction.mrc"
     write_volume(recon, vol, run.pixel_size)
     ref, voxel = truth_volume(paths, run.box)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cryovae_nb import geometry
+from cryovae_nb import analysis, geometry
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.config import load_config
-from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.errors import InputError
 
 
 @dataclass
@@ -168,20 +168,19 @@ class TrainedRun:
             rotations, shifts = geometry.quaternion_to_matrix(cat["quaternion"]), cat["shift"]
         return Encoding.from_poses(cat["z_mean"], cat["z_logvar"], rotations, shifts)
 
-    def decode(self, z, *, progress: bool = False) -> np.ndarray:
+    def decode(self, z) -> np.ndarray:
         """Latents ``(k, latent_dim)`` (or one ``(latent_dim,)``) -> float32 volumes ``(k, n, n, n)``,
-        band-limited to what the Fourier projector sees (`band_limit`) when it trained the model."""
-        from tqdm.auto import tqdm
-
+        band-limited to what the Fourier projector sees (`band_limit`) when it trained the model
+        (a progress bar when there is more than a batch)."""
         z = np.asarray(z, np.float32)
         single = z.ndim == 1
         z = np.atleast_2d(z)
         if z.shape[1] != self.latent_dim:
             raise InputError(f"latents have {z.shape[1]} dimensions, the model has {self.latent_dim}")
-        vols = [np.asarray(self.model.decode(z[s : s + self.batch_size]), np.float32)
-                for s in tqdm(range(0, len(z), self.batch_size), desc="decode", disable=not progress)]
-        vols = np.concatenate(vols) if vols else np.zeros((0,) + (self.box,) * 3, np.float32)
-        if self.config.model.projector == "fourier" and len(vols):
+        if len(z) == 0:
+            return np.zeros((0,) + (self.box,) * 3, np.float32)
+        vols = analysis.decode_volumes(self.model.decode, z, self.batch_size)
+        if self.config.model.projector == "fourier":
             vols = band_limit(vols)
         return vols[0] if single else vols
 
@@ -203,24 +202,13 @@ class TrainedRun:
 
     def interpolate(self, z0, z1, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) of ``k`` evenly spaced points from ``z0`` to ``z1`` (both included)."""
-        z0, z1 = (np.asarray(v, np.float64).reshape(-1) for v in (z0, z1))
-        if k < 2:
-            raise ConfigError("interpolate needs k >= 2 points")
-        t = np.linspace(0.0, 1.0, k)[:, None]
-        z = ((1 - t) * z0 + t * z1).astype(np.float32)
-        return z, self.decode(z)
+        return analysis.interpolation_series(self.decode, z0, z1, k)
 
     def traverse(self, dim: int, k: int, latents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) along dimension ``dim`` from its observed min to max, the other
         dimensions held at their means over ``latents`` (default: the training data) (§3.4.3.3)."""
-        obs = self.observed_latents() if latents is None else np.asarray(latents)
-        if not 0 <= dim < self.latent_dim:
-            raise ConfigError(f"dimension {dim} out of range 0..{self.latent_dim - 1}")
-        if len(obs) == 0 or k < 2:
-            raise ConfigError("traverse needs observed latents and k >= 2")
-        z = np.repeat(obs.mean(axis=0, keepdims=True), k, axis=0).astype(np.float32)
-        z[:, dim] = np.linspace(obs[:, dim].min(), obs[:, dim].max(), k)
-        return z, self.decode(z)
+        obs = self.observed_latents() if latents is None else latents
+        return analysis.traversal_series(self.decode, obs, dim, k)
 
     def sample_prior(self, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) of ``k`` draws from the standard normal prior."""
@@ -240,20 +228,10 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
 
 def write_volumes(outdir: str | os.PathLike, volumes: np.ndarray, voxel_size: float | None,
                   prefix: str = "volume") -> list[Path]:
-    """One MRC per volume (``prefix_000.mrc`` ...), voxel size in the header; returns the paths."""
-    from cryovae_nb.io import write_volume
-
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    """One MRC per volume (``prefix_000.mrc`` ...), voxel size in the header; returns the paths.
+    A single ``(n, n, n)`` volume is accepted too (`analysis.save_series` does the writing)."""
     volumes = np.asarray(volumes, np.float32)
-    if volumes.ndim == 3:
-        volumes = volumes[None]
-    paths = []
-    for i, vol in enumerate(volumes):
-        path = outdir / f"{prefix}_{i:03d}.mrc"
-        write_volume(path, vol, voxel_size)
-        paths.append(path)
-    return paths
+    return analysis.save_series(outdir, volumes[None] if volumes.ndim == 3 else volumes, voxel_size, prefix)
 
 
 def write_star(path: str | os.PathLike, particles, encoding: Encoding, *,
@@ -331,7 +309,7 @@ def run_generate(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     if args.z_file:
         z = np.atleast_2d(_read_latents(args.z_file)).astype(np.float32)
-        vols, prefix = run.decode(z, progress=True), "volume"
+        vols, prefix = run.decode(z), "volume"
     elif args.interpolate:
         i, j = args.interpolate
         images, _ = run._as_images(run.particles)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import queue
+import shutil
 import threading
 import time
 import warnings
@@ -275,8 +276,6 @@ class CheckpointManager:
         write_text_atomic(self.directory / "latest", final.name + "\n")
         for old in self.all()[: -self.keep]:
             if old != final:
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
@@ -487,8 +486,6 @@ class Trainer:
     def _clear_previous_run(self) -> None:
         """A fresh start in a used run dir (resume=False, or killed before its first checkpoint):
         the old checkpoints, metrics and samples would mix with the new run's, so they go."""
-        import shutil
-
         for name in ("checkpoints", "samples"):
             shutil.rmtree(self.run_dir / name, ignore_errors=True)
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -539,12 +536,8 @@ class Trainer:
     # ---- data ----------------------------------------------------------------------------
 
     def _images(self, idx: np.ndarray) -> np.ndarray:
-        images = np.asarray(self.particles.images[idx], dtype=np.float32)
-        bad = ~np.isfinite(images).all(axis=(1, 2))
-        if bad.any():
-            raise InputError(f"particle(s) {idx[bad][:5].tolist()} (0-based) contain NaN or Inf values; "
-                             "fix or drop them in preprocessing", self.config.data)
-        return images
+        # ParticleStack reads refuse NaN/Inf, naming the file and image (io/mrc.py)
+        return np.asarray(self.particles.images[idx], dtype=np.float32)
 
     def _batch(self, idx: np.ndarray):
         images = self._images(idx)

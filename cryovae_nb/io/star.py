@@ -369,19 +369,21 @@ def _rebased_names(particles: Particles, dest: Path) -> list[str] | None:
     """
     if particles.source is None:
         return None
-    src_dir = Path(particles.source).resolve().parent
-    if src_dir == dest.resolve().parent:
+    src_dir, dest_dir = Path(particles.source).resolve().parent, dest.resolve().parent
+    if src_dir == dest_dir:
         return None
     names = particles.df["rlnImageName"].astype(str)
     fids, _ = particles.images._locate(np.arange(len(particles), dtype=np.int64))
     files = [Path(h.path).resolve() for h in particles.images._headers]
+    rebased = {}  # (name's path, file) -> its path in the new STAR: a few stacks, many particles
     out = []
     for name, fid in zip(names, fids):
         index, _, rel = name.partition("@")
-        target = files[int(fid)]
-        if (src_dir / rel).resolve() == target:
-            rel = os.path.relpath(target, dest.resolve().parent)
-        out.append(f"{index}@{rel}")
+        key = (rel, int(fid))
+        if key not in rebased:
+            target = files[key[1]]
+            rebased[key] = os.path.relpath(target, dest_dir) if (src_dir / rel).resolve() == target else rel
+        out.append(f"{index}@{rebased[key]}")
     return out
 
 

@@ -282,22 +282,28 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
 
     # onto the (n, n//2 + 1) rfft2 grid (zero beyond the band); shift by +s is the phase ramp
     # exp(-2 pi i k.s / n), separable in kx and ky
-    nh = n // 2 + 1
-    plane = tf.reshape(tf.gather(tf.pad(sl, [[0, 0], [0, 1]]), where, axis=1), [b, n, nh])
+    plane = tf.reshape(tf.gather(tf.pad(sl, [[0, 0], [0, 1]]), where, axis=1), [b, n, n // 2 + 1])
+    img = tf.signal.irfft2d(plane * shift_phase(n, shifts), fft_length=[n, n])
+    img = tf.roll(img, [n // 2, n // 2], axis=[1, 2])
+    return img if per_volume is None else tf.reshape(img, [-1, per_volume, n, n])
 
+
+def shift_phase(n: int, shifts) -> tf.Tensor:
+    """``(B, n, n//2 + 1)`` complex: the rfft2 phase ramp exp(-2 pi i k.s / n) that moves ``n x n``
+    images by ``shifts`` ``(B, 2)`` px (x, y); separable in kx and ky."""
     def ramp(freqs, s):
         a = (-2 * np.pi / n) * s[:, None] * freqs.astype(np.float32)
         return tf.complex(tf.cos(a), tf.sin(a))
 
-    plane = plane * ramp(np.fft.fftfreq(n) * n, shifts[:, 1])[:, :, None] * ramp(np.arange(nh), shifts[:, 0])[:, None, :]
-    img = tf.roll(tf.signal.irfft2d(plane, fft_length=[n, n]), [n // 2, n // 2], axis=[1, 2])
-    return img if per_volume is None else tf.reshape(img, [-1, per_volume, n, n])
+    return (ramp(np.fft.fftfreq(n) * n, shifts[:, 1])[:, :, None]
+            * ramp(np.arange(n // 2 + 1), shifts[:, 0])[:, None, :])
 
 
 @lru_cache(maxsize=16)
 def _band_mask(n: int, band: float) -> np.ndarray:
-    ky, kx = np.meshgrid(np.fft.fftfreq(n) * n, np.arange(n // 2 + 1, dtype=np.float64), indexing="ij")
-    return (kx**2 + ky**2 <= band * band).astype(np.complex64)
+    """``(n, n//2 + 1)`` complex 0/1: the rfft2 cells within ``band`` (those project_fourier slices)."""
+    k, where = _slice_frequencies(n, band)
+    return (where < len(k)).reshape(n, n // 2 + 1).astype(np.complex64)
 
 
 def lowpass(images, band: float, shifts=None) -> tf.Tensor:
@@ -308,11 +314,7 @@ def lowpass(images, band: float, shifts=None) -> tf.Tensor:
     n = images.shape[-1]
     spec = tf.signal.rfft2d(images) * _band_mask(n, float(band))
     if shifts is not None:
-        shifts = tf.convert_to_tensor(shifts, tf.float32)
-        ky = (np.fft.fftfreq(n) * n).astype(np.float32)
-        kx = np.arange(n // 2 + 1, dtype=np.float32)
-        a = (-2 * np.pi / n) * (shifts[:, 1, None, None] * ky[:, None] + shifts[:, 0, None, None] * kx)
-        spec = spec * tf.complex(tf.cos(a), tf.sin(a))
+        spec = spec * shift_phase(n, tf.convert_to_tensor(shifts, tf.float32))
     return tf.signal.irfft2d(spec, fft_length=[n, n])
 
 
