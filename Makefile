@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test test-fast deps horovod browser benchmarks clean help
 
 help:
-	@echo "make demo   - set up .venv and run the tutorial path on the embedded synthetic L-shape data"
+	@echo "make demo   - set up .venv and run the tutorial path on the embedded synthetic hinge data (a moving L)"
 	@echo "make test   - set up .venv (with Horovod and headless Chromium) and run the test suite"
 
 $(PY):

@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latent-dim", type=int, default=21)
     ap.add_argument("--averaging-factor", type=float, default=None, help="weight of the averaging loss")
     ap.add_argument("--beta", type=float, default=None, help="weight of the KL term")
+    ap.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default=None,
+                    help="data term: calibrated Gaussian (default) or the seed's cross-entropy")
     flag = argparse.BooleanOptionalAction  # --x / --no-x; unset: the preset's
     ap.add_argument("--averaging-mirror", action=flag, help="mirrored volumes in the averaging loss")
     ap.add_argument("--image-offset", action=flag, help="per-image logit offset head")
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
 
     star = prepare_data(args)
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}"
-    options = ("learning_rate", "averaging_factor", "beta", "averaging_mirror", "image_offset",
+    options = ("learning_rate", "likelihood", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
                "pose_refine_band", "pose_distill")
     chosen = {k: getattr(args, k) for k in options if getattr(args, k) is not None}

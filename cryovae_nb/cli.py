@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "launch": ("cryovae_nb.launch", "add_launch_parser", "run_launch",
                "launch Horovod training locally, with mpirun or on Slurm"),
     "demo": ("cryovae_nb.demo", "add_demo_parser", "run_demo",
-             "run the tutorial path on the embedded synthetic L-shape data"),
+             "run the tutorial path on the embedded synthetic hinge data (a moving L)"),
 }
 
 

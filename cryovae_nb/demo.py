@@ -2,17 +2,22 @@
 
 A tutorial *workdir* holds everything the notebooks pass to each other::
 
-    WORKDIR/simulated/        the embedded L-shape dataset (only when no STAR file is given):
-                              particles.star/.mrcs, truth.npz, volumes/conformation_000.mrc
+    WORKDIR/simulated/        the embedded hinge dataset (only when no STAR file is given):
+                              particles.star/.mrcs, truth.npz (per-particle hinge parameter t),
+                              volumes/conformation_XXX.mrc (the truth map of every hinge level)
     WORKDIR/preprocessed/     particles.star/.mrcs, particles_split.npz  (01_preprocess)
     WORKDIR/<run name>/       the training run                           (02_train)
     WORKDIR/evaluate/         reconstruction, FSC JSON/PNG               (04_evaluate)
     WORKDIR/landscape/        latents, trajectory MRCs, kept particles   (05_latent_landscape)
 
+The embedded dataset is the project's *hinge* phantom (``synthetic.hinge_volume``): the thesis'
+L whose short bar is lifted out of plane by 0..60 degrees in 32 equally spaced levels, one level
+drawn per particle, so the latent landscape has a real, known motion to recover.
 ``ensure_tutorial_data`` / ``ensure_tutorial_run`` create what is missing, so every notebook also
 runs on its own. ``cryovae demo`` simulates, preprocesses, trains for a wall-clock budget, writes
-a reconstruction and its FSC against the truth, then executes the notebooks on the same workdir
-and saves them as HTML. Headless: matplotlib (Agg) draws the PNGs.
+a reconstruction and its FSC against the truth, measures how well the latent recovers the hinge
+angle (``latent_vs_truth``), then executes the notebooks on the same workdir and saves them as
+HTML. Headless: matplotlib (Agg) draws the PNGs.
 """
 from __future__ import annotations
 
@@ -30,11 +35,17 @@ from cryovae_nb.errors import ConfigError, InputError
 
 NOTEBOOKS = ("01_preprocess.ipynb", "02_train.ipynb", "04_evaluate.ipynb", "05_latent_landscape.ipynb")
 
-# Tutorial-sized model: the thesis' network (10x512 encoder, 20x200 decoder, lr 1e-5) needs hours
-# on a CPU; this one learns the L-shape in a few minutes with known poses.
+# The tutorial's model and optimiser settings, in this one place: tutorial_train_config starts
+# from them, and so do ensure_tutorial_run, 02_train (its parameters default to None = these) and
+# `cryovae demo` (DemoSettings.model holds only the demo's overrides). Any ModelConfig or
+# TrainConfig field can be added here. The thesis' network (10x512 encoder, 20x200 decoder,
+# lr 1e-5) needs hours on a CPU; this one trains in minutes with known poses.
 TUTORIAL_MODEL = dict(latent_dim=8, encoder_layers=3, encoder_units=256, decoder_layers=2,
                       decoder_units=256)
 TUTORIAL_TRAIN = dict(batch_size=64, learning_rate=1e-3, pose_mode="known")
+
+TUTORIAL_PHANTOM = "hinge"   # the embedded dataset (synthetic.PHANTOMS: lshape, hinge, two_state)
+STATE_BINS = 4               # latent_vs_truth: the hinge angle cut into this many states
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,46 +54,86 @@ TUTORIAL_TRAIN = dict(batch_size=64, learning_rate=1e-3, pose_mode="known")
 
 @dataclass
 class TutorialData:
-    """Where a tutorial's data lives; ``truth_*`` are None for a user's own STAR file."""
+    """Where a tutorial's data lives; ``truth*`` are None / empty for a user's own STAR file."""
 
     workdir: Path
     raw: Path                        # the particles as acquired (STAR or stack)
     particles: Path                  # preprocessed STAR
     split: Path                      # preprocessed split (.npz with is_test)
     truth: Path | None               # simulation truth.npz
-    truth_volume: Path | None        # the ground-truth map
     datadir: Path | None = None      # where the raw STAR file's image paths point
 
     @property
     def simulated(self) -> bool:
         return self.truth is not None
 
+    @property
+    def truth_volume_files(self) -> list[Path]:
+        """The truth map of every simulated conformation, in order of the hinge parameter t (as
+        ``truth.npz`` lists them; before simulating, those the default tutorial phantom will write)."""
+        return [] if self.truth is None else _truth_table(self.truth)[1]
+
+    @property
+    def truth_volume(self) -> Path | None:
+        """The *reference* truth map, for a single (consensus) reconstruction's FSC: the simulated
+        conformation nearest the middle of the motion (t = 0.5; the only one of a rigid phantom)."""
+        if self.truth is None:
+            return None
+        t, files = _truth_table(self.truth)
+        return files[reference_level(t)]
+
     def run_dir(self, run_name: str = "run") -> Path:
         return self.workdir / run_name
 
 
+def reference_level(volume_t) -> int:
+    """Index of the conformation nearest the middle of the motion (t = 0.5; ties: the lower)."""
+    return int(np.argmin(np.abs(np.asarray(volume_t, np.float64) - 0.5)))
+
+
+def _truth_table(truth: Path) -> tuple[np.ndarray, list[Path]]:
+    """(t of each truth map, their paths) from ``truth.npz``, or, before the simulation, those of
+    the default tutorial phantom (nothing is written)."""
+    sim = truth.parent
+    if truth.is_file():
+        try:
+            with np.load(truth, allow_pickle=False) as f:  # lazy: only these two small arrays are read
+                return np.asarray(f["volume_t"], np.float64), [sim / str(p) for p in f["volume_files"]]
+        except (KeyError, OSError, ValueError) as e:
+            raise InputError(f"cannot read the simulation truth ({e})", truth) from None
+    from cryovae_nb.synthetic import SimulationConfig
+
+    cfg = SimulationConfig(phantom=TUTORIAL_PHANTOM)
+    levels = {"hinge": cfg.hinge_levels, "two_state": 2}.get(cfg.phantom, 1)
+    t = np.linspace(0.0, 1.0, levels) if levels > 1 else np.zeros(1)
+    return t, [sim / "volumes" / f"conformation_{j:03d}.mrc" for j in range(levels)]
+
+
 def tutorial_paths(workdir: str | os.PathLike, star_file: str | os.PathLike | None = None,
                    datadir: str | os.PathLike | None = None) -> TutorialData:
-    """The paths of a tutorial workdir (nothing is read or written)."""
+    """The paths of a tutorial workdir (nothing is written; the truth maps' names are looked up
+    in ``truth.npz`` only when ``truth_volume`` / ``truth_volume_files`` are asked for)."""
     w = Path(workdir)
     pre = w / "preprocessed" / "particles"
     if star_file is None:
         sim = w / "simulated"
         return TutorialData(w, sim / "particles.star", pre.with_suffix(".star"),
-                            pre.with_name("particles_split.npz"), sim / "truth.npz",
-                            sim / "volumes" / "conformation_000.mrc")
+                            pre.with_name("particles_split.npz"), sim / "truth.npz")
     return TutorialData(w, Path(star_file), pre.with_suffix(".star"), pre.with_name("particles_split.npz"),
-                        None, None, None if datadir is None else Path(datadir))
+                        None, None if datadir is None else Path(datadir))
 
 
 def simulate_tutorial_data(workdir: str | os.PathLike, *, box: int = 40, n_particles: int = 2000,
-                           snr: float = 0.1, seed: int = 0, progress: bool = True):
-    """Simulate the embedded L-shape dataset (random poses, SNR 0.1, thesis §3.4.1) into
-    ``WORKDIR/simulated``; an existing dataset made with the same settings is reused."""
+                           snr: float = 0.1, seed: int = 0, progress: bool = True,
+                           phantom: str = TUTORIAL_PHANTOM):
+    """Simulate the embedded dataset into ``WORKDIR/simulated``: by default the hinge phantom
+    (the thesis' L with its short bar lifted 0..60 degrees, 32 levels; ``phantom`` "lshape" is the
+    rigid L of thesis §3.4.1, "two_state" its two extremes), random poses, SNR 0.1. An existing
+    dataset made with the same settings is reused."""
     from cryovae_nb.config import load_config, to_dict
     from cryovae_nb.synthetic import SimulatedDataset, SimulationConfig, load_truth, simulate
 
-    cfg = SimulationConfig(phantom="lshape", box=int(box), n_particles=int(n_particles), snr=snr,
+    cfg = SimulationConfig(phantom=phantom, box=int(box), n_particles=int(n_particles), snr=snr,
                            seed=int(seed))
     out = Path(workdir) / "simulated"
     paths = tutorial_paths(workdir)
@@ -93,18 +144,19 @@ def simulate_tutorial_data(workdir: str | os.PathLike, *, box: int = 40, n_parti
             same = False
         if same:
             return SimulatedDataset(out, out / "particles.mrcs", paths.raw, paths.truth,
-                                    [paths.truth_volume], None, cfg, load_truth(paths.truth))
+                                    paths.truth_volume_files, None, cfg, load_truth(paths.truth))
     return simulate(cfg, out, progress=progress)
 
 
 def ensure_tutorial_data(workdir: str | os.PathLike, star_file: str | os.PathLike | None = None, *,
                          datadir: str | os.PathLike | None = None, box: int = 40,
                          n_particles: int = 2000, snr: float = 0.1, seed: int = 0,
-                         preprocess=None, progress: bool = True) -> TutorialData:
+                         phantom: str = TUTORIAL_PHANTOM, preprocess=None,
+                         progress: bool = True) -> TutorialData:
     """Make sure the workdir holds preprocessed particles (what 01_preprocess writes).
 
-    With ``star_file`` None the L-shape dataset is simulated when missing (``box``,
-    ``n_particles``, ``snr``, ``seed``); otherwise the user's STAR file is read. Preprocessing
+    With ``star_file`` None the hinge dataset is simulated when missing (``box``,
+    ``n_particles``, ``snr``, ``seed``, ``phantom``); otherwise the user's STAR file is read. Preprocessing
     (``preprocess``: a ``PreprocessConfig``, default tanh + mask) runs only when its output is
     missing: existing data, as a previous notebook left it, is never replaced here.
     """
@@ -113,7 +165,7 @@ def ensure_tutorial_data(workdir: str | os.PathLike, star_file: str | os.PathLik
     paths = tutorial_paths(workdir, star_file, datadir)
     if star_file is None and not paths.raw.is_file():
         simulate_tutorial_data(workdir, box=box, n_particles=n_particles, snr=snr, seed=seed,
-                               progress=progress)
+                               phantom=phantom, progress=progress)
     elif star_file is not None and not paths.raw.is_file():
         raise InputError("STAR file not found", paths.raw)
     if not (paths.particles.is_file() and paths.split.is_file()):
@@ -128,15 +180,16 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
                           log_every: int = 25, sample_every: int = 100, checkpoint_every: int = 500,
                           **overrides):
     """A ``TrainConfig`` for the tutorial: the small model of ``TUTORIAL_MODEL`` and the settings
-    of ``TUTORIAL_TRAIN``; any ``ModelConfig`` or ``TrainConfig`` field can be overridden by name."""
+    of ``TUTORIAL_TRAIN``; any ``ModelConfig`` or ``TrainConfig`` field can be overridden by name
+    (each name goes where it belongs, in the two dicts too; a name both configs have, such as
+    ``learning_rate``, goes to the ``TrainConfig``)."""
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.train import TrainConfig
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    model_kw = {**TUTORIAL_MODEL}
-    train_kw = {**TUTORIAL_TRAIN}
-    for k, v in overrides.items():
+    model_kw, train_kw = {}, {}
+    for k, v in {**TUTORIAL_MODEL, **TUTORIAL_TRAIN, **overrides}.items():
         if k in train_fields and k != "model":   # batch_size, learning_rate, pose_mode go here
             train_kw[k] = v
         elif k in model_fields:
@@ -146,10 +199,11 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
     if isinstance(data, TutorialData):
         train_kw.setdefault("split_file", str(data.split) if data.split.is_file() else None)
         data = data.particles
-    return TrainConfig(data=str(data), run_dir=str(run_dir), model=ModelConfig(**model_kw),
-                       max_steps=int(max_steps), max_time_s=max_time_s, seed=int(seed),
-                       log_every=int(log_every), sample_every=int(sample_every),
-                       checkpoint_every=int(checkpoint_every), **train_kw)
+    # this function's own arguments win over the same names in the dicts
+    train_kw.update(max_steps=int(max_steps), max_time_s=max_time_s, seed=int(seed),
+                    log_every=int(log_every), sample_every=int(sample_every),
+                    checkpoint_every=int(checkpoint_every))
+    return TrainConfig(data=str(data), run_dir=str(run_dir), model=ModelConfig(**model_kw), **train_kw)
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -180,30 +234,342 @@ def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike
 # evaluation helpers shared by the notebooks and the demo
 
 
-def truth_volume(data: TutorialData, box: int | None = None) -> tuple[np.ndarray, float]:
-    """The simulated ground truth, Fourier-resampled to ``box`` (the box the model saw after
-    coarsening / cropping; the physical extent is kept) -> (volume, voxel size Å)."""
-    from cryovae_nb.io import read_volume
+def _resampled(vol: np.ndarray, voxel: float | None, box: int | None) -> tuple[np.ndarray, float]:
     from cryovae_nb.synthetic import resample_volume
 
-    if data.truth_volume is None:
-        raise InputError("no ground truth: the data is not the simulated tutorial dataset", data.raw)
-    vol, voxel = read_volume(data.truth_volume)
-    voxel = voxel or 1.0
+    voxel = float(voxel or 1.0)
     if box is not None and box != vol.shape[0]:
         voxel = voxel * vol.shape[0] / box
         vol = resample_volume(vol, box)
-    return vol, float(voxel)
+    return np.asarray(vol, np.float32), voxel
+
+
+def _need_truth(data: TutorialData) -> Path:
+    if data.truth is None:
+        raise InputError("no ground truth: the data is not the simulated tutorial dataset", data.raw)
+    return data.truth
+
+
+def truth_volume(data: TutorialData, box: int | None = None) -> tuple[np.ndarray, float]:
+    """The simulated *reference* truth (``data.truth_volume``: the conformation nearest the middle
+    of the motion), Fourier-resampled to ``box`` (the box the model saw after coarsening /
+    cropping; the physical extent is kept) -> (volume, voxel size Å)."""
+    from cryovae_nb.io import read_volume
+
+    _need_truth(data)
+    return _resampled(*read_volume(data.truth_volume), box)
+
+
+def truth_volumes(data: TutorialData, box: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Every simulated conformation's truth map, resampled like `truth_volume` ->
+    (volumes ``(S, n, n, n)``, their hinge parameter t ``(S,)`` in [0, 1], voxel size Å)."""
+    from cryovae_nb.io import read_volume
+
+    t, files = _truth_table(_need_truth(data))
+    vols = [_resampled(*read_volume(f), box) for f in files]
+    return np.stack([v for v, _ in vols]), t, vols[0][1]
+
+
+def reference_t(data: TutorialData) -> float:
+    """The hinge parameter t of the reference truth map (``data.truth_volume``)."""
+    t, _ = _truth_table(_need_truth(data))
+    return float(t[reference_level(t)])
+
+
+def simulation_config(data: TutorialData):
+    """The ``SimulationConfig`` the tutorial data was simulated with (``simulated/config.json``)."""
+    from cryovae_nb.config import load_config
+    from cryovae_nb.synthetic import SimulationConfig
+
+    return load_config(SimulationConfig, _need_truth(data).parent / "config.json")
+
+
+def truth_volume_at(data: TutorialData, t: float, box: int | None = None) -> tuple[np.ndarray, float]:
+    """The truth map at any hinge parameter ``t`` in [0, 1] (also between the simulated levels),
+    made like the simulation's (``synthetic.hinge_volume``) and resampled like `truth_volume` ->
+    (volume, voxel size Å). A rigid phantom has one map, whatever ``t``."""
+    from cryovae_nb.synthetic import hinge_volume
+
+    cfg = simulation_config(data)
+    if cfg.phantom not in ("hinge", "two_state"):
+        return truth_volume(data, box)
+    return _resampled(hinge_volume(cfg.box, float(t), cfg.max_angle_deg), cfg.pixel_size, box)
+
+
+def truth_t(data: TutorialData) -> np.ndarray | None:
+    """Each particle's true hinge parameter t in [0, 1] (truth.npz; the preprocessed particles keep
+    the simulated order), or None for a user's own data."""
+    if data.truth is None:
+        return None
+    from cryovae_nb.synthetic import load_truth
+
+    return np.asarray(load_truth(data.truth)["t"], np.float64)
+
+
+def max_angle_deg(data: TutorialData) -> float:
+    """The hinge angle at t = 1 (degrees) of the simulated data (0 for a rigid phantom)."""
+    cfg = simulation_config(data)
+    return float(cfg.max_angle_deg) if cfg.phantom in ("hinge", "two_state") else 0.0
 
 
 def consensus_volume(run, indices=None, max_particles: int = 2000) -> np.ndarray:
     """The volume at the mean latent of (up to ``max_particles`` of) the run's particles: one
-    reconstruction for a homogeneous dataset, the 'average' conformation otherwise."""
-    images = run.particles.images
-    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
+    reconstruction for a homogeneous dataset, the 'average' conformation otherwise. The particles
+    are encoded with their poses (a known-pose encoder may read them)."""
+    idx = np.arange(len(run.particles)) if indices is None else np.asarray(indices)
     idx = idx[:max_particles]
-    z = run.encode(images[idx], progress=False).z_mean
+    z = run.encode(run.particles.subset(idx), progress=False).z_mean
     return run.decode(z.mean(axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# the latent landscape against the simulated motion
+
+
+@dataclass
+class MotionReport:
+    """How well a run's latent recovers the simulated hinge motion (`latent_vs_truth`).
+
+    ``figures`` is JSON-ready (what ``summary.json`` holds and `format_motion` prints); the arrays
+    are the particles used (``indices`` into the run's data), their latent means ``z``, true ``t``
+    and state ``labels``, the states' mean ``state_t``, their truth maps ``truths`` and the maps
+    decoded at each state's mean latent ``decoded`` (aligned onto the truth for learned poses).
+    """
+
+    figures: dict
+    indices: np.ndarray
+    z: np.ndarray
+    t: np.ndarray
+    labels: np.ndarray
+    state_t: np.ndarray
+    truths: np.ndarray
+    decoded: np.ndarray
+
+    def __str__(self) -> str:
+        return format_motion(self.figures)
+
+
+def _finite(x):
+    """float / list of floats for JSON: inf and nan (an FSC that never crossed) become None."""
+    a = np.asarray(x, np.float64)
+    if a.ndim == 0:
+        return float(a) if np.isfinite(a) else None
+    return [_finite(v) for v in a]
+
+
+def state_labels(t, bins: int = STATE_BINS) -> np.ndarray:
+    """The hinge parameter ``t`` in [0, 1] cut into ``bins`` equal ranges -> state 0..bins-1."""
+    t = np.asarray(t, np.float64)
+    return np.clip((t * bins).astype(np.int64), 0, bins - 1)
+
+
+def latent_vs_truth(run, data: TutorialData, *, z=None, indices=None, bins: int = STATE_BINS,
+                    max_particles: int | None = 4000, seed: int = 0) -> MotionReport | None:
+    """Does the run's latent carry the simulated motion? The figures of `cryovae_nb.heterogeneity`
+    against the truth, for (up to ``max_particles`` of) the run's particles.
+
+    ``z`` (latent means, e.g. from 05_latent_landscape) with ``indices`` (their rows in the run's
+    data; default all in order) skips encoding; otherwise the particles are encoded with their
+    poses. Figures: ``spearman_pc`` / ``knn_r2`` (`heterogeneity.motion_recovery`: |Spearman rho|
+    of the best latent principal component with t, cross-validated kNN R^2 of t from z) and, with t
+    cut into ``bins`` states, the maps decoded at each state's mean latent against each state's
+    truth (`heterogeneity.state_volumes`; the truth at the state's mean t). Known poses compare in
+    place; learned poses align the middle state onto its truth (both hands) and move all alike.
+    Returns None when there is no truth (own data) or no motion in it (a rigid phantom).
+    """
+    from cryovae_nb.heterogeneity import motion_recovery, state_volumes
+
+    t_all = truth_t(data)
+    if t_all is None:
+        return None
+    n = len(run.particles)
+    if len(t_all) != n:
+        raise InputError(f"the simulation truth has {len(t_all)} particles but the run's data has {n}: "
+                         "not the same dataset", data.truth)
+    if z is None:
+        idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
+        if max_particles is not None and len(idx) > max_particles:
+            idx = np.sort(np.random.default_rng(seed).choice(idx, int(max_particles), replace=False))
+        z = run.encode(run.particles.subset(idx), progress=False).z_mean
+    else:
+        z = np.asarray(z, np.float32)
+        idx = np.arange(len(z)) if indices is None else np.asarray(indices, np.int64)
+        if len(idx) != len(z):
+            raise InputError(f"{len(z)} latents but {len(idx)} particle indices")
+    t = t_all[idx]
+    if np.ptp(t) == 0:
+        return None
+    motion = motion_recovery(z, t, seed=seed)
+    raw = state_labels(t, bins)
+    present = np.unique(raw)                      # a two-state phantom fills only the end bins
+    labels = np.searchsorted(present, raw)
+    state_t = np.array([t[labels == i].mean() for i in range(len(present))])
+    truths = np.stack([truth_volume_at(data, c, run.box)[0] for c in state_t])
+    known = run.config.model.pose_mode == "known"
+    align_to = None if known else len(state_t) // 2
+    sv = state_volumes(run.decode, z, labels, truths, run.pixel_size, align_to=align_to)
+    angle = max_angle_deg(data)
+    corr = np.asarray(sv["correlation"], np.float64)
+    px = run.pixel_size
+    figures = {
+        "n_particles": int(len(z)), "max_angle_deg": angle,
+        "spearman_pc": float(motion["spearman_pc"]), "best_pc": int(motion["best_pc"]),
+        "spearman_dim": float(motion["spearman_dim"]), "knn_r2": float(motion["knn_r2"]),
+        "states": int(len(state_t)), "state_t": _finite(state_t),
+        "state_angle_deg": _finite(state_t * angle),
+        "state_particles": np.bincount(labels, minlength=len(state_t)).tolist(),
+        "state_correlation": _finite(np.diag(corr)), "correlation_matrix": _finite(corr),
+        "own_closest": bool(sv["own_closest"]),
+        "state_fsc05_A": _finite(sv["fsc05"]), "state_fsc0143_A": _finite(sv["fsc0143"]),
+        "state_fsc05_px": _finite(np.asarray(sv["fsc05"]) / px),
+        "consensus_correlation": _finite(sv["mean_latent_correlation"]),
+        "consensus_fsc05_A": _finite(sv["mean_latent_fsc05"]),
+        "aligned": align_to is not None,
+    }
+    return MotionReport(figures, idx, z, t, labels, state_t, truths, np.asarray(sv["volumes"], np.float32))
+
+
+def _fmt_list(values, fmt: str = "{:.2f}") -> str:
+    return ", ".join("n/a" if v is None else fmt.format(v) for v in values)
+
+
+def format_motion(figures: dict | None) -> str:
+    """One printed paragraph of `latent_vs_truth`'s figures (or why there are none)."""
+    if not figures:
+        return "latent vs truth: no simulated motion to compare with"
+    f = figures
+    aligned = " (aligned on the middle state's truth)" if f.get("aligned") else ""
+    return (f"latent vs true hinge angle: |Spearman rho| {f['spearman_pc']:.2f} (best PC {f['best_pc'] + 1}), "
+            f"kNN R^2 {f['knn_r2']:.2f} ({f['n_particles']} particles); decoded states closest to their "
+            f"own truth{aligned}: {'yes' if f['own_closest'] else 'no'} (correlation with own truth "
+            f"{_fmt_list(f['state_correlation'])} at {_fmt_list(f['state_angle_deg'], '{:.0f}°')}; "
+            f"the one map at the mean latent: {_fmt_list(f['consensus_correlation'])})")
+
+
+def motion_axis(latents, t=None, n_components: int = 5) -> dict:
+    """The latent direction of the motion: of the first ``n_components`` principal components of
+    ``latents``, the one whose coordinate is most Spearman-correlated with ``t`` (the same PCA
+    and choice as `heterogeneity.motion_recovery`), oriented so that t grows along it; without
+    ``t`` (own data) the first, the direction of largest spread.
+
+    Returns ``{"pc": index, "direction": (d,) unit vector, "mean": (d,), "coords": (n,) each
+    latent's coordinate along it, "rho": signed Spearman rho with t or None, "explained_variance":
+    its fraction of the latents' variance}``.
+    """
+    from sklearn.decomposition import PCA
+
+    from cryovae_nb.analysis import _as_latents
+
+    z = _as_latents(latents)
+    m = min(n_components, z.shape[1], len(z))
+    mean = z.mean(0)
+    pca = PCA(n_components=m, svd_solver="full").fit(z - mean)
+    coords = (z - mean) @ pca.components_.T
+    rho, pc = None, 0
+    if t is not None:
+        from scipy.stats import spearmanr
+
+        t = np.asarray(t, np.float64)
+        if len(t) != len(z):
+            raise InputError(f"{len(z)} latents but {len(t)} truth values")
+        r = [0.0 if np.ptp(coords[:, j]) == 0 or np.ptp(t) == 0 else float(spearmanr(coords[:, j], t).statistic)
+             for j in range(m)]
+        pc = int(np.argmax(np.abs(r)))
+        rho = r[pc]
+    direction = pca.components_[pc].astype(np.float64)
+    sign = -1.0 if (rho is not None and rho < 0) else 1.0
+    return {"pc": pc, "direction": sign * direction, "mean": mean, "coords": sign * coords[:, pc],
+            "rho": None if rho is None else abs(rho), "explained_variance": float(pca.explained_variance_ratio_[pc])}
+
+
+def axis_traversal(decode, latents, t=None, steps: int = 8, quantiles=(0.02, 0.98)):
+    """Walk the latent `motion_axis` through the particles' mean, from the ``quantiles`` of their
+    coordinates along it (not the extremes: single outliers would set the range) -> (coordinates
+    ``(steps,)``, latents ``(steps, d)``, volumes ``(steps, n, n, n)``, the axis dict)."""
+    from cryovae_nb.analysis import decode_volumes
+
+    axis = motion_axis(latents, t)
+    lo, hi = np.quantile(axis["coords"], quantiles)
+    s = np.linspace(lo, hi, int(steps))
+    path = (axis["mean"][None] + s[:, None] * axis["direction"][None]).astype(np.float32)
+    return s, path, decode_volumes(decode, path), axis
+
+
+def extreme_states(latents, t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean latent of the particles at the lowest and at the highest true ``t`` (the two
+    ends of the motion) -> (z0, z1, (their particle counts))."""
+    z = np.asarray(latents, np.float64)
+    t = np.asarray(t, np.float64)
+    lo, hi = t == t.min(), t == t.max()
+    return z[lo].mean(0).astype(np.float32), z[hi].mean(0).astype(np.float32), np.array([lo.sum(), hi.sum()])
+
+
+def farthest_clusters_along(centres, axis: dict) -> tuple[int, int]:
+    """The two cluster centres farthest apart along a `motion_axis` (lowest coordinate first)."""
+    c = (np.asarray(centres, np.float64) - axis["mean"]) @ axis["direction"]
+    return int(np.argmin(c)), int(np.argmax(c))
+
+
+def side_view(volume, axis: int = 2) -> np.ndarray:
+    """A volume's projection along ``axis`` (default x: the hinge's axis, so the moving bar's
+    angle shows), for display."""
+    return np.asarray(volume, np.float32).sum(axis=axis)
+
+
+def plot_strips(rows: dict, col_titles=None, *, title: str | None = None, axis: int = 2,
+                size: float = 1.5, inline: bool = True):
+    """Rows of volumes side by side, each shown as its projection along ``axis`` (`side_view`),
+    ``{row name: volumes}``; the grey scale is clipped at 60 % of the bright end so that a thin
+    moving part stays visible next to a thick one. ``inline``: a pyplot figure (a notebook shows
+    it), else a detached one for saving. Returns the figure."""
+    rows = {k: [np.asarray(v) for v in vols] for k, vols in rows.items()}
+    cols = max(len(v) for v in rows.values())
+    shape = (size * cols + 0.6, size * len(rows) + (0.4 if title else 0.1))
+    if inline:
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(len(rows), cols, figsize=shape, squeeze=False)
+    else:
+        fig, axes = _figure(*shape, rows=len(rows), cols=cols)
+    axes = np.asarray(axes).reshape(len(rows), cols)
+    for r, (name, vols) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(vols):
+                ax.set_axis_off()
+                continue
+            img = side_view(vols[c], axis)
+            top = float(np.quantile(img, 0.98))
+            ax.imshow(img, cmap="gray", origin="lower", vmin=0.0, vmax=0.6 * top if top > 0 else None)
+            label = col_titles.get(name) if isinstance(col_titles, dict) else col_titles
+            if label is not None and c < len(label):
+                ax.set_title(label[c], fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_states(report: MotionReport, frames=None, *, title: str | None = None, inline: bool = True):
+    """`plot_strips` of a `MotionReport`: each state's truth (titled with its hinge angle) above
+    the map decoded at its mean latent (titled with their correlation), and, with ``frames``, a
+    trajectory below."""
+    angle = report.figures["max_angle_deg"]
+    rows = {"truth": report.truths, "decoded": report.decoded}
+    titles = {"truth": [f"{t * angle:.0f}°" for t in report.state_t],
+              "decoded": [("corr n/a" if c is None else f"corr {c:.2f}") for c in report.figures["state_correlation"]]}
+    if frames is not None:
+        rows["trajectory"] = frames
+    return plot_strips(rows, titles, title=title, inline=inline)
+
+
+def save_states_png(path: str | os.PathLike, report: MotionReport, frames=None,
+                    title: str | None = None) -> None:
+    """`plot_states` into a PNG (atomic; headless)."""
+    _save(plot_states(report, frames, title=title, inline=False), path)
 
 
 def compare_to_reference(volume, reference, pixel_size: float, *, frame_known: bool = False) -> dict:
@@ -302,6 +668,30 @@ def plot_images(images, *, ncols: int = 8, title: str | None = None, labels=None
     return fig
 
 
+def plot_embeddings(embeddings: dict, colour_by: dict, *, size: float = 3.6):
+    """2-D embeddings (``{method: analysis.Embedding}``) as scatter plots, one row per colouring
+    ``{name: (n,) values}`` (values indexed like the latents; integer labels get a qualitative
+    palette, anything else a colour bar). Returns the (pyplot) figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(colour_by), len(embeddings), squeeze=False,
+                             figsize=(size * 1.15 * len(embeddings), size * len(colour_by)))
+    for r, (name, values) in enumerate(colour_by.items()):
+        values = np.asarray(values)
+        labels = values.dtype.kind in "iub"
+        for c, (m, e) in enumerate(embeddings.items()):
+            ax = axes[r, c]
+            sc = ax.scatter(e.coords[:, 0], e.coords[:, 1], c=values[e.indices], s=4,
+                            cmap="tab10" if labels else "viridis")
+            ax.set_title(f"{name}\n{e.note}", fontsize=8)
+            ax.set_xlabel(f"{m} 1")
+            ax.set_ylabel(f"{m} 2")
+            if not labels:
+                fig.colorbar(sc, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_volumes(volumes, labels=None, *, title: str | None = None, size: float = 1.8):
     """Each volume as its three projections (along z, y and x): a row per volume; returns the figure."""
     import matplotlib.pyplot as plt
@@ -334,9 +724,11 @@ def reconstruct_particles(run, particles, indices) -> tuple[np.ndarray, np.ndarr
     images = np.asarray(sub.images[np.arange(len(idx))], np.float32)
     enc = run.encode(sub, progress=False)
     volumes = run.decode(enc.z_mean)
-    proj = run.model.project(volumes, enc.rotations.astype(np.float32), enc.shifts.astype(np.float32))
+    rot, sh = enc.rotations.astype(np.float32), enc.shifts.astype(np.float32)
+    proj = run.model.project(volumes, rot, sh)
     # plus the per-image offset the loss adds (ModelConfig.image_offset), as Trainer.reconstruct
-    proj = np.asarray(run.model.add_offset(proj, run.model.encode(images).get("offset")))
+    known = {"rotations": rot, "shifts": sh} if run.config.model.pose_mode == "known" else {}
+    proj = np.asarray(run.model.add_offset(proj, run.model.encode(images, **known).get("offset")))
     return images, 1.0 / (1.0 + np.exp(-proj))
 
 
@@ -410,14 +802,22 @@ def execute_notebook(path: str | os.PathLike, parameters: dict, cwd: str | os.Pa
 
 @dataclass
 class DemoSettings:
+    """What ``cryovae demo`` does. The model and optimiser are the tutorial's (``TUTORIAL_MODEL``,
+    ``TUTORIAL_TRAIN``); ``model`` holds only this demo's overrides (any ModelConfig or
+    TrainConfig field, routed by `tutorial_train_config`), passed to 02_train as well."""
+
     n_particles: int = 5000
     box: int = 40
     snr: float = 0.1
+    phantom: str = TUTORIAL_PHANTOM
     budget_s: float = 240.0
     pose_mode: str = "known"
     notebook_budget_s: float = 20.0      # extra training 02_train adds to the shared run
     embed_methods: tuple = ("umap", "pca", "tsne")
     model: dict = dataclasses.field(default_factory=dict)
+    state_bins: int = STATE_BINS         # latent_vs_truth: the hinge angle cut into this many states
+    max_encode: int = 4000               # particles encoded for the latent-vs-truth figures
+    trajectory_steps: int = 6
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -439,6 +839,9 @@ def add_demo_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="known: poses from the STAR file (a good map in minutes); "
                              "learned: ab initio, poses from the encoder and a global pose search "
                              "(about 4x slower per step; give it 10 minutes or more)")
+    parser.add_argument("--phantom", choices=("hinge", "two_state", "lshape"), default=TUTORIAL_PHANTOM,
+                        help="hinge: the L's short bar lifted 0-60 degrees, a continuous motion for the "
+                             "latent to recover; two_state: its two ends; lshape: rigid (default: %(default)s)")
     parser.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
     return parser
 
@@ -451,6 +854,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.n_particles is not None:
         s.n_particles = int(args.n_particles)
     s.pose_mode = args.pose_mode
+    s.phantom = getattr(args, "phantom", s.phantom)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = demo(out, s, notebooks=not args.no_notebooks)
@@ -466,8 +870,9 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     from cryovae_nb.train import Trainer, save_sample_png
 
     t0 = time.monotonic()
-    _say(f"1/5 simulating {s.n_particles} L-shape particles ({s.box} px, SNR {s.snr}) in {out}")
-    simulate_tutorial_data(out, box=s.box, n_particles=s.n_particles, snr=s.snr, progress=False)
+    _say(f"1/5 simulating {s.n_particles} {s.phantom} particles ({s.box} px, SNR {s.snr}) in {out}")
+    simulate_tutorial_data(out, box=s.box, n_particles=s.n_particles, snr=s.snr, phantom=s.phantom,
+                           progress=False)
     paths = tutorial_paths(out)
     _say("2/5 preprocessing (tanh normalisation, circular mask)")
     paths.particles.parent.mkdir(parents=True, exist_ok=True)
@@ -494,7 +899,8 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     save_sample_png(samples_png, images, proj, trainer.step)
     del trainer
 
-    _say("4/5 reconstruction and FSC against the truth (aligned, both hands tried)")
+    _say("4/5 reconstruction and FSC against the truth (aligned, both hands tried); "
+         "the latent against the true hinge angle")
     run = load_run(run_dir)
     test = run.split()[1]
     vol = consensus_volume(run, test if len(test) else None)
@@ -506,17 +912,33 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     if cmp["fsc_unaligned"] is not None:
         curves["as trained (known-pose frame)"] = cmp["fsc_unaligned"]
     fsc_png, fsc_json = out / "fsc.png", out / "fsc.json"
-    save_fsc_png(fsc_png, curves)
+    ref_t = reference_t(paths)                          # the reference truth's hinge parameter
+    save_fsc_png(fsc_png, curves, title=f"FSC against the truth (t = {ref_t:.2f})")
     write_json_atomic(fsc_json, {
         "pose_mode": s.pose_mode, "mirrored": bool(cmp["aligned"].mirrored),
         "correlation": cmp["aligned"].correlation,
         "correlation_other_hand": cmp["aligned"].correlation_other_hand,
+        "reference": str(paths.truth_volume), "reference_t": ref_t,
         **fsc_summary(cmp["fsc"]),
         "curves": {k: v.to_dict() for k, v in curves.items()}})
-    # an interpolation between the latents of two particles, as MRC frames (ChimeraX: a series)
-    enc = run.encode(run.particles.images[:2], progress=False)
-    _, frames = run.interpolate(enc.z_mean[0], enc.z_mean[1], 6)
+
+    # the latent against the simulated motion, and a trajectory from one end of it to the other
+    report = latent_vs_truth(run, paths, bins=s.state_bins, max_particles=s.max_encode)
+    states_png = None
+    if report is not None:
+        z0, z1, counts = extreme_states(report.z, report.t)
+        traj_note = (f"mean latents of the {counts[0]} particles at the lowest and the {counts[1]} "
+                     f"at the highest hinge angle")
+    else:  # a rigid phantom: between two particles, as before
+        enc = run.encode(run.particles.subset([0, 1]), progress=False)
+        z0, z1 = enc.z_mean
+        traj_note = "latents of particles 0 and 1"
+    _, frames = run.interpolate(z0, z1, s.trajectory_steps)
     traj = write_volumes(out / "trajectory", frames, run.pixel_size, prefix="interpolation")
+    if report is not None:
+        states_png = out / "states.png"
+        save_states_png(states_png, report, frames,
+                        title="the hinge seen along its axis: truth, decoded states, trajectory")
     del run
 
     html = []
@@ -527,12 +949,17 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
         _say("5/5 notebooks skipped (--no-notebooks)")
     summary = {
         "out": str(out), "particles": str(paths.raw), "preprocessed": str(paths.particles),
-        "run_dir": str(run_dir), "steps": result.step, "train_seconds": round(result.elapsed_s, 1),
+        "phantom": s.phantom, "run_dir": str(run_dir), "steps": result.step,
+        "train_seconds": round(result.elapsed_s, 1),
         "pose_mode": s.pose_mode, "preview_png": str(preview), "sample_grid_png": str(samples_png),
         "reconstruction_mrc": str(recon), "fsc_png": str(fsc_png), "fsc_json": str(fsc_json),
-        "trajectory_mrcs": [str(p) for p in traj], "notebooks_html": [str(p) for p in html],
+        "fsc_reference_t": ref_t,
+        "trajectory_mrcs": [str(p) for p in traj], "trajectory_between": traj_note,
+        "notebooks_html": [str(p) for p in html],
         "fsc": fsc_summary(cmp["fsc"]), "mirrored": bool(cmp["aligned"].mirrored),
         "fsc_unaligned": None if cmp["fsc_unaligned"] is None else fsc_summary(cmp["fsc_unaligned"]),
+        "latent_vs_truth": None if report is None else report.figures,
+        "states_png": None if states_png is None else str(states_png),
         "total_seconds": round(time.monotonic() - t0, 1), "truth_voxel_size": voxel,
     }
     write_json_atomic(out / "summary.json", summary)
@@ -540,20 +967,20 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
 
 
 def notebook_parameters(workdir: Path, s: DemoSettings) -> dict:
-    """Parameters for the four notebooks so that they share the demo's data and run."""
-    model = {**TUTORIAL_MODEL, **s.model}
+    """Parameters for the four notebooks so that they share the demo's data and run. The model
+    reaches 02_train as ``MODEL_OVERRIDES`` (the demo's overrides of ``TUTORIAL_MODEL`` /
+    ``TUTORIAL_TRAIN``); its named model parameters stay None, i.e. the tutorial defaults."""
     common = {"WORKDIR": str(workdir), "STAR_FILE": None, "SIM_BOX": s.box, "SIM_PARTICLES": s.n_particles,
-              "SIM_SNR": s.snr}
-    train = {"POSE_MODE": s.pose_mode, "LATENT_DIM": model["latent_dim"],
-             "ENCODER_LAYERS": model["encoder_layers"], "ENCODER_UNITS": model["encoder_units"],
-             "DECODER_LAYERS": model["decoder_layers"], "DECODER_UNITS": model["decoder_units"],
+              "SIM_SNR": s.snr, "SIM_PHANTOM": s.phantom}
+    train = {"POSE_MODE": s.pose_mode, "MODEL_OVERRIDES": dict(s.model),
              "TRAIN_BUDGET_S": s.notebook_budget_s, "SAMPLE_EVERY": 10**9, "CHECKPOINT_EVERY": 10**9}
     return {
         "01_preprocess.ipynb": dict(common),
         "02_train.ipynb": {**common, **train},
         "04_evaluate.ipynb": {**common, "N_GALLERY": 8},
         "05_latent_landscape.ipynb": {**common, "EMBED_METHODS": list(s.embed_methods),
-                                      "N_CLUSTERS": 3, "TRAJECTORY_STEPS": 6},
+                                      "N_CLUSTERS": 3, "TRAJECTORY_STEPS": 6,
+                                      "STATE_BINS": s.state_bins},
     }
 
 
@@ -593,10 +1020,18 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  FSC as trained (known-pose frame, no interpolation): 0.5 at {u['resolution_05_A']:.2f} Å "
                      f"({u['resolution_05_px']:.2f} px), 0.143 at {u['resolution_0143_A']:.2f} Å "
                      f"({u['resolution_0143_px']:.2f} px)")
+    if summary.get("fsc_reference_t") is not None and summary.get("latent_vs_truth"):
+        lines.append(f"  (the FSC's truth: the simulated conformation nearest the middle of the motion, "
+                     f"t = {summary['fsc_reference_t']:.2f}, a hinge angle of "
+                     f"{summary['fsc_reference_t'] * summary['latent_vs_truth']['max_angle_deg']:.0f}°)")
+    lines.append("  " + format_motion(summary.get("latent_vs_truth")))
     lines += [f"  {k:<20} {summary[k]}" for k in ("preview_png", "sample_grid_png", "reconstruction_mrc",
-                                                  "fsc_png", "fsc_json", "run_dir")]
-    lines.append(f"  trajectory           {len(summary['trajectory_mrcs'])} MRC frames in "
-                 f"{Path(summary['trajectory_mrcs'][0]).parent}" if summary["trajectory_mrcs"] else "")
+                                                  "fsc_png", "fsc_json", "states_png", "run_dir")
+              if summary.get(k)]
+    if summary["trajectory_mrcs"]:
+        lines.append(f"  trajectory           {len(summary['trajectory_mrcs'])} MRC frames in "
+                     f"{Path(summary['trajectory_mrcs'][0]).parent} "
+                     f"({summary.get('trajectory_between', '')})")
     for p in summary["notebooks_html"]:
         lines.append(f"  notebook             {p}")
     return "\n".join(lines)

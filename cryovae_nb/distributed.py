@@ -174,7 +174,7 @@ _STOP_REASONS = ("max_steps", "stop_requested", "max_time", "stop_file")
 
 
 def _trainer_class():
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.train import LOSS_KEYS, Trainer
 
     class HorovodTrainer(Trainer):
         """A Trainer whose ranks agree on when to stop and log metrics averaged over ranks."""
@@ -194,7 +194,13 @@ def _trainer_class():
             return None if agreed == 0 else _STOP_REASONS[agreed - 1]
 
         def reduce_metrics(self, record: dict) -> dict:
-            keys = [k for k in ("recon", "kl", "averaging", "total", "images_per_s") if k in record]
+            # The scalar losses are averaged over ranks (for train records each rank saw its own
+            # shard). A test record's kl_per_dim / active_dims / latent_collapsed are not: every
+            # rank evaluates the same held-out images with the same (broadcast, all-reduced)
+            # weights, so they agree, and rank 0's are the ones written (an averaged count of
+            # active dimensions would not be a count). Every rank must pass the same keys here:
+            # the all-reduce pairs the ranks' lists by position.
+            keys = [k for k in (*LOSS_KEYS, "images_per_s") if k in record]
             vals = [math.nan if record[k] is None else float(record[k]) for k in keys]
             means = self.context.allreduce_mean(vals, name=f"cryovae.metrics.{record['split']}")
             out = dict(record, ranks=self.context.size)

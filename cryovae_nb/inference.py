@@ -155,10 +155,16 @@ class TrainedRun:
 
         images, known = self._as_images(data)
         n = len(images)
+        use_known = self.config.model.pose_mode == "known" and known is not None
         out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
         for start in tqdm(range(0, n, self.batch_size), desc="encode", unit="batch", disable=not progress):
-            batch = np.asarray(images[start : start + self.batch_size], np.float32)
-            enc = self.model.encode(batch)
+            sl = slice(start, start + self.batch_size)
+            batch = np.asarray(images[sl], np.float32)
+            # a known-pose model may read the poses to infer the latent (latent_inference=
+            # "linearized"): give it the known ones whenever the data carries them
+            poses = (dict(rotations=np.asarray(known.rotations[sl], np.float32),
+                          shifts=np.asarray(known.shifts[sl], np.float32)) if use_known else {})
+            enc = self.model.encode(batch, **poses)
             for k in out:
                 out[k].append(np.asarray(enc[k]))
         cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}

@@ -4,7 +4,8 @@ A run directory holds everything a run needs to be resumed, inspected or used fo
 
     run_dir/config.json, config.yaml    the TrainConfig (model config nested), written at start
     run_dir/split.npz                   train / test particle indices (0-based rows of the data)
-    run_dir/metrics.jsonl               one JSON record per line: step, split, recon, kl, averaging, total, ...
+    run_dir/metrics.jsonl               one JSON record per line: step, split, recon, kl, averaging, total, ...;
+                                        test records add kl_per_dim, active_dims (latent_collapsed)
     run_dir/samples/step_XXXXXXXX.png   inputs above the projections of their reconstructed volumes
     run_dir/samples/step_XXXXXXXX/      a few of those volumes as MRC (voxel size in the header)
     run_dir/checkpoints/step_XXXXXXXX/  tf.train.Checkpoint (weights + optimizer) + state.json
@@ -39,7 +40,15 @@ from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
 from cryovae_nb.model import ModelConfig
 
-LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total")
+LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
+# what a held-out evaluation adds to the mean losses (test records only)
+EVAL_KEYS = ("kl_per_dim", "active_dims", "latent_collapsed")
+ACTIVE_VARIANCE = 0.01     # a latent dimension is active when Var_x(z_mean) exceeds this (Burda et al. 2015)
+COLLAPSE_MIN_STEP = 500    # collapse is judged from max(kl_warmup_steps, this) steps on
+
+
+class LatentCollapseWarning(UserWarning):
+    """A held-out evaluation found no active latent dimension (`Trainer.check_latent_collapse`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,10 +305,19 @@ class CheckpointManager:
             raise TrainingError(f"{path}: cannot restore checkpoint ({type(e).__name__}: {e})") from None
 
 
-def _clean(v):
-    """JSON-safe scalar: NaN/inf become null (JSON has no NaN)."""
+def _clean(v, digits: int | None = None):
+    """JSON-safe value: NaN/inf become null (JSON has no NaN); None, bools and ints stay as they
+    are, lists/tuples/arrays become lists of clean values; ``digits``: significant digits kept."""
+    if v is None or isinstance(v, (bool, np.bool_)):
+        return None if v is None else bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (list, tuple, np.ndarray)) and np.ndim(v) > 0:
+        return [_clean(x, digits) for x in v]
     v = float(v)
-    return v if math.isfinite(v) else None
+    if not math.isfinite(v):
+        return None
+    return float(f"{v:.{digits}g}") if digits else v
 
 
 class MetricsLog:
@@ -424,6 +442,7 @@ class Trainer:
         self.progress = progress
         self.run_dir = Path(cfg.run_dir)
         self._stop_event = threading.Event()
+        self._collapse_warned = False  # check_latent_collapse warns once per Trainer
 
         # data ---------------------------------------------------------------------------
         self.particles = read_particles(cfg.data, datadir=cfg.datadir)
@@ -555,33 +574,69 @@ class Trainer:
 
         return tf.constant([self.config.seed, step], dtype=tf.int32)
 
-    def evaluate(self, indices: np.ndarray | None = None) -> dict[str, float]:
-        """Mean losses over ``indices`` (default: the first ``n_test_eval`` test images)."""
+    def evaluate(self, indices: np.ndarray | None = None) -> dict:
+        """Mean losses over ``indices`` (default: the first ``n_test_eval`` test images), plus how
+        much the latent is used there: ``kl_per_dim`` (list, nats per image for each latent
+        dimension; they sum to ``kl``) and ``active_dims``, the number of dimensions whose
+        ``z_mean`` varies across the images by more than ``ACTIVE_VARIANCE`` (Burda et al. 2015;
+        None for fewer than 2 images). 0 active dimensions: the latent says nothing about the
+        particles (see `check_latent_collapse`)."""
         idx = self.test_indices[: self.config.n_test_eval] if indices is None else np.asarray(indices)
         if len(idx) == 0:
             return {}
         sums, total = {k: 0.0 for k in LOSS_KEYS}, 0
+        kl_dims, z_means = 0.0, []
         for start in range(0, len(idx), self.config.batch_size):
             chunk = idx[start : start + self.config.batch_size]
             images, rot, sh = self._batch(chunk)
             losses = self._eval_step(images, rot, sh, None)  # seed None: z = z_mean, no noise
             for k in LOSS_KEYS:
                 sums[k] += float(losses[k]) * len(chunk)
+            kl_dims = kl_dims + np.asarray(losses["kl_per_dim"], np.float64) * len(chunk)
+            z_means.append(np.asarray(losses["z_mean"], np.float64))
             total += len(chunk)
-        return {k: v / total for k, v in sums.items()}
+        out = {k: v / total for k, v in sums.items()}
+        out["kl_per_dim"] = [float(v) for v in np.atleast_1d(kl_dims / total)]
+        z = np.concatenate(z_means)
+        out["active_dims"] = int(np.sum(z.var(axis=0) > ACTIVE_VARIANCE)) if len(z) > 1 else None
+        return out
+
+    def check_latent_collapse(self, losses: dict, step: int | None = None) -> dict:
+        """Flag a held-out evaluation (``evaluate()``'s dict) whose latent is unused.
+
+        From step ``max(kl_warmup_steps, COLLAPSE_MIN_STEP)`` on (earlier, an unused latent is
+        just a model that has not learned yet), 0 active dimensions add ``latent_collapsed: True``
+        to the returned copy, and the first time it happens in this Trainer, the chief warns.
+        """
+        step = self.step if step is None else int(step)
+        if losses.get("active_dims") != 0 or step < max(self.config.model.kl_warmup_steps, COLLAPSE_MIN_STEP):
+            return losses
+        if not self._collapse_warned and self.is_chief:
+            self._collapse_warned = True
+            n = len(losses.get("kl_per_dim") or []) or self.config.model.latent_dim
+            kl = losses.get("kl")
+            kl_text = "?" if kl is None or not math.isfinite(kl) else f"{kl:.3g}"
+            warnings.warn(
+                f"step {step}: the latent carries no information about the particles (0 of {n} "
+                f"dimensions active on the held-out images, KL {kl_text} nats/image): either the "
+                "particles are homogeneous, or the posterior collapsed. If you expect heterogeneity, "
+                "train with a KL warm-up (model.kl_warmup_steps, e.g. a few thousand steps), "
+                "model.free_bits (e.g. 0.5 nats per dimension) or a lower model.averaging_factor.",
+                LatentCollapseWarning, stacklevel=2)
+        return {**losses, "latent_collapsed": True}
 
     def reconstruct(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images, projections of their reconstructed volumes, volumes) for particle rows."""
         from cryovae_nb.geometry import quaternion_to_matrix
 
         images, rot, sh = self._batch(np.asarray(indices))
-        enc = self.model.encode(images)
+        enc = self.model.encode(images, rotations=rot, shifts=sh)
         volumes = self.model.decode(enc["z_mean"])
         if rot is None:
             rot = quaternion_to_matrix(np.asarray(enc["quaternion"])).astype(np.float32)
             sh = np.asarray(enc["shift"], np.float32)
-        proj = np.asarray(self.model.add_offset(self.model.project(volumes, rot, sh), enc.get("offset")))
-        proj = 1.0 / (1.0 + np.exp(-proj))  # projections are logits (sigmoid cross-entropy loss)
+        proj = self.model.add_offset(self.model.project(volumes, rot, sh), enc.get("offset"))
+        proj = np.asarray(self.model.image_prediction(proj))  # in the images' units
         return images, proj, np.asarray(volumes)
 
     def write_samples(self) -> None:
@@ -634,6 +689,8 @@ class Trainer:
         record = {"step": self.step, "split": split, **{k: _clean(losses[k]) for k in LOSS_KEYS},
                   "images_per_s": None if images_per_s is None else round(images_per_s, 2),
                   "time": round(self.elapsed_s, 3)}
+        # held-out extras (evaluate(), check_latent_collapse()); per-dimension KL to 4 digits
+        record.update({k: _clean(losses[k], 4) for k in EVAL_KEYS if k in losses})
         record = self.reduce_metrics(record)
         self.metrics.append(record)
         self._emit("on_metrics", record)
@@ -675,7 +732,7 @@ class Trainer:
                     self._log("train", {k: v / n_acc for k, v in acc.items()}, ips)
                     test = self.evaluate()
                     if test:
-                        self._log("test", test, None)
+                        self._log("test", self.check_latent_collapse(test), None)
                     bar.set_postfix(img_s=f"{ips:.0f}", recon=f"{acc['recon'] / n_acc:.4g}",
                                     kl=f"{acc['kl'] / n_acc:.3g}", total=f"{acc['total'] / n_acc:.4g}")
                     acc, n_acc, step_time = {k: 0.0 for k in LOSS_KEYS}, 0, 0.0

@@ -57,6 +57,37 @@ def test_demo_writes_valid_outputs(quick_demo):
     assert fsc["resolution_05_px"] * fsc["pixel_size_A"] == pytest.approx(fsc["resolution_05_A"])
     assert f"0.5 at {fsc['resolution_05_A']:.2f} Å ({fsc['resolution_05_px']:.2f} px)" in stdout
     assert "known poses" in stdout
+    # the consensus is judged against the middle conformation of the hinge
+    assert fsc["reference"].endswith("conformation_015.mrc") and fsc["reference_t"] == pytest.approx(15 / 31)
+
+
+def test_demo_summary_holds_the_latent_vs_truth_figures(quick_demo):
+    out, stdout = quick_demo
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["phantom"] == "hinge"
+    m = summary["latent_vs_truth"]
+    # types and ranges only: whether the latent recovers the motion after seconds is not tested
+    assert m["n_particles"] == 300 and m["max_angle_deg"] == pytest.approx(60.0)
+    assert 0.0 <= m["spearman_pc"] <= 1.0 and 0.0 <= m["spearman_dim"] <= 1.0
+    assert isinstance(m["knn_r2"], float) and np.isfinite(m["knn_r2"]) and m["knn_r2"] <= 1.0
+    assert isinstance(m["best_pc"], int) and 0 <= m["best_pc"] < 4  # latent_dim 4 in the quick demo
+    assert isinstance(m["own_closest"], bool) and m["aligned"] is False  # known poses: in place
+    s = m["states"]
+    assert s == 4 and sum(m["state_particles"]) == 300 and min(m["state_particles"]) > 0
+    assert np.all(np.diff(m["state_t"]) > 0) and 0 <= m["state_t"][0] and m["state_t"][-1] <= 1
+    assert m["state_angle_deg"] == pytest.approx([x * 60 for x in m["state_t"]])
+    corr = np.array(m["correlation_matrix"], dtype=float)
+    assert corr.shape == (s, s) and np.all(np.abs(corr) <= 1) and np.diag(corr) == pytest.approx(m["state_correlation"])
+    for key in ("consensus_correlation", "state_fsc05_A", "state_fsc0143_A", "state_fsc05_px"):
+        assert len(m[key]) == s and all(v is None or isinstance(v, float) for v in m[key]), key
+    assert all(v is None or v >= 2.0 for v in m["state_fsc05_A"])  # not beyond Nyquist
+    # printed next to the FSC line, with the saved numbers
+    assert f"|Spearman rho| {m['spearman_pc']:.2f}" in stdout and f"kNN R^2 {m['knn_r2']:.2f}" in stdout
+    assert "decoded states closest to their own truth: " + ("yes" if m["own_closest"] else "no") in stdout
+    # the trajectory runs between the two ends of the motion; the strip of states is a PNG
+    assert "lowest" in summary["trajectory_between"] and "highest" in summary["trajectory_between"]
+    w, h = _png_ok(Path(summary["states_png"]))
+    assert w > 300 and h > 200
 
 
 def test_demo_notebooks_executed_without_errors(quick_demo):
@@ -68,10 +99,15 @@ def test_demo_notebooks_executed_without_errors(quick_demo):
         # an error output is an IPython traceback; warnings on stderr are not errors
         assert "<html" in text and "Traceback (most recent call last)" not in text, p.name
         assert "data:image/png;base64" in text, f"{p.name} has no inline plot"
-    # 02 resumed the demo's run rather than starting another: one run, more steps
+    # 02 resumed the demo's run rather than starting another: one run, more steps (its newest
+    # checkpoint; metrics.jsonl need not have a line past the demo's steps: on a busy machine the
+    # notebook's seconds may not reach the next log_every)
+    from cryovae_nb.train import CheckpointManager
+
     summary = json.loads((out / "summary.json").read_text())
-    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in metrics) >= summary["steps"]
+    latest = CheckpointManager(out / "run" / "checkpoints").latest()
+    assert int(latest.name.split("_")[-1]) > summary["steps"], latest
+    assert f"resuming {out / 'run'} at step {summary['steps']}" in (out / "notebooks" / "02_train.html").read_text()
     assert (out / "landscape" / "trajectory").is_dir() and (out / "evaluate" / "fsc.json").is_file()
 
 
@@ -92,10 +128,15 @@ def test_tutorial_paths_layout(tmp_path):
     assert sim.simulated and sim.raw == tmp_path / "simulated" / "particles.star"
     assert sim.particles == tmp_path / "preprocessed" / "particles.star"
     assert sim.split == tmp_path / "preprocessed" / "particles_split.npz"
+    # before simulating, the reference truth is the default hinge's middle conformation
+    assert sim.truth_volume == tmp_path / "simulated" / "volumes" / "conformation_015.mrc"
+    assert len(sim.truth_volume_files) == 32
     own = demo.tutorial_paths(tmp_path, "/data/p.star")
     assert not own.simulated and own.raw == Path("/data/p.star") and own.truth_volume is None
-    with pytest.raises(InputError, match="no ground truth"):
-        demo.truth_volume(own)
+    assert own.truth_volume_files == [] and demo.truth_t(own) is None
+    for f in (demo.truth_volume, demo.truth_volumes):
+        with pytest.raises(InputError, match="no ground truth"):
+            f(own)
 
 
 def test_ensure_tutorial_data_simulates_once_and_reuses(tmp_path):
@@ -115,6 +156,62 @@ def test_ensure_tutorial_data_simulates_once_and_reuses(tmp_path):
     assert vol.shape == (6, 6, 6) and voxel == pytest.approx(2.0)
 
 
+def test_tutorial_data_is_the_hinge_with_a_truth_per_conformation(tmp_path):
+    from cryovae_nb.analysis import correlation
+    from cryovae_nb.synthetic import hinge_volume, resample_volume
+
+    data = demo.ensure_tutorial_data(tmp_path, box=12, n_particles=40, progress=False)
+    assert demo.simulation_config(data).phantom == "hinge" and demo.max_angle_deg(data) == 60.0
+    t = demo.truth_t(data)
+    assert t.shape == (40,) and 0 <= t.min() and t.max() <= 1 and np.ptp(t) > 0
+    vols, levels, voxel = demo.truth_volumes(data, 6)
+    assert vols.shape == (32, 6, 6, 6) and levels == pytest.approx(np.linspace(0, 1, 32)) and voxel == 2.0
+    # the reference is the level nearest t = 0.5, resampled like the others
+    ref, _ = demo.truth_volume(data, 6)
+    assert demo.reference_t(data) == pytest.approx(15 / 31) and ref == pytest.approx(vols[15], abs=1e-6)
+    # any t, also between the levels, from the same phantom
+    v, vx = demo.truth_volume_at(data, 0.4)
+    assert vx == 1.0 and v == pytest.approx(hinge_volume(12, 0.4), abs=1e-6)
+    assert demo.truth_volume_at(data, 1.0, 6)[0] == pytest.approx(resample_volume(hinge_volume(12, 1.0), 6), abs=1e-6)
+    assert correlation(vols[0], vols[-1]) < correlation(vols[0], vols[1])  # it moves
+    # a rigid phantom still works, with one truth map
+    rigid = demo.simulate_tutorial_data(tmp_path / "rigid", box=12, n_particles=20, phantom="lshape",
+                                        progress=False)
+    rd = demo.tutorial_paths(tmp_path / "rigid")
+    assert len(rigid.volumes) == 1 and rd.truth_volume == rd.truth_volume_files[0] and demo.max_angle_deg(rd) == 0
+
+
+def test_motion_axis_follows_the_truth_and_endpoints():
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, 400)
+    # the motion hides in the second-largest direction of spread, and runs against dimension 2
+    z = np.stack([rng.normal(0, 3, 400), -2 * t + rng.normal(0, 0.05, 400), rng.normal(0, 0.1, 400)], 1)
+    ax = demo.motion_axis(z, t)
+    assert ax["pc"] == 1 and ax["rho"] > 0.95 and abs(ax["direction"][1]) > 0.99
+    assert np.corrcoef(ax["coords"], t)[0, 1] > 0.95   # oriented: t grows along it
+    assert demo.motion_axis(z)["pc"] == 0 and demo.motion_axis(z)["rho"] is None
+    s, path, vols, _ = demo.axis_traversal(lambda zz: np.repeat(zz[:, :1, None, None], 4, 1) * np.ones((1, 4, 4, 4)),
+                                           z, t, steps=5)
+    assert path.shape == (5, 3) and vols.shape == (5, 4, 4, 4) and np.all(np.diff(s) > 0)
+    assert np.all(np.diff(path[:, 1]) < 0)  # dimension 2 falls as t grows
+    t_levels = np.round(t * 3) / 3
+    z0, z1, n = demo.extreme_states(z, t_levels)
+    assert z0[1] > z1[1] and n.sum() == np.sum(t_levels == 0) + np.sum(t_levels == 1)
+    centres = np.array([[0, -1.8, 0], [0, -0.2, 0], [5, -1.0, 0]])
+    assert demo.farthest_clusters_along(centres, ax) == (1, 0)
+    assert demo.state_labels([0, 0.24, 0.25, 0.99, 1.0]).tolist() == [0, 0, 1, 3, 3]
+
+
+def test_format_motion_reads_the_figures():
+    fig = {"n_particles": 10, "max_angle_deg": 60.0, "spearman_pc": 0.934, "best_pc": 0, "knn_r2": 0.851,
+           "own_closest": True, "state_correlation": [0.9, None], "state_angle_deg": [7.4, 52.5],
+           "consensus_correlation": [0.8, 0.7]}
+    text = demo.format_motion(fig)
+    assert "|Spearman rho| 0.93 (best PC 1), kNN R^2 0.85" in text and "own truth: yes" in text
+    assert "0.90, n/a at 7°, 52°" in text
+    assert "no simulated motion" in demo.format_motion(None)
+
+
 def test_ensure_tutorial_data_missing_star_names_it(tmp_path):
     with pytest.raises(InputError, match="nothere.star"):
         demo.ensure_tutorial_data(tmp_path, tmp_path / "nothere.star", progress=False)
@@ -127,6 +224,15 @@ def test_tutorial_train_config_routes_overrides(tmp_path):
     assert cfg.model.latent_dim == 3 and cfg.batch_size == 16 and cfg.learning_rate == 2e-4
     assert cfg.pose_mode == "learned" and cfg.max_time_s == 5 and cfg.data == str(data.particles)
     assert cfg.model.decoder_layers == demo.TUTORIAL_MODEL["decoder_layers"]
+    # a TrainConfig or ModelConfig field may sit in either tutorial dict: each goes where it belongs
+    mp = pytest.MonkeyPatch()
+    mp.setitem(demo.TUTORIAL_MODEL, "beta", 2.0)
+    mp.setitem(demo.TUTORIAL_MODEL, "n_test_eval", 7)
+    try:
+        cfg = demo.tutorial_train_config(data, tmp_path / "run", log_every=3)
+        assert cfg.model.beta == 2.0 and cfg.n_test_eval == 7 and cfg.log_every == 3
+    finally:
+        mp.undo()
     with pytest.raises(ConfigError, match="latnet_dim"):
         demo.tutorial_train_config(data, tmp_path / "run", latnet_dim=3)
 

@@ -78,12 +78,15 @@ def reference_weights(cfg: dict, steps: int, size: int = 2) -> tuple[list[np.nda
     KL are per-sample means, so over G they are the mean of the shard means; the averaging term
     is a batch statistic and the distributed run computes it per shard, so the reference does
     too. Each shard draws its reparameterisation noise from the step's seed, as each rank does.
-    One gradient of that objective, one Adam update per step: no all-reduce anywhere.
+    One gradient of that objective, one Adam update per step: no all-reduce anywhere. The Gaussian
+    likelihood's running noise variance is then updated with the mean of the shards' residuals
+    (what the ranks all-reduce along with the gradients), the global batch's residual.
     """
     import tensorflow as tf
 
-    from cryovae_nb.train import EpochOrder, Trainer, TrainConfig
     from cryovae_nb.config import from_dict
+    from cryovae_nb.model.train_step import kl_scale
+    from cryovae_nb.train import EpochOrder, Trainer, TrainConfig
 
     ref_cfg = from_dict(TrainConfig, {**cfg, "run_dir": cfg["run_dir"] + "_reference"})
     trainer = Trainer(ref_cfg, resume=False, progress=False)  # same init, data, split, optimizer
@@ -95,11 +98,12 @@ def reference_weights(cfg: dict, steps: int, size: int = 2) -> tuple[list[np.nda
         batch = global_order.batch(step)
         seed = tf.constant([SEED, step], tf.int32)
         with tf.GradientTape() as tape:
-            shard_losses = [model.compute_losses(trainer._images(batch[r::size]), training=True, seed=seed)["total"]
-                            for r in range(size)]
-            total = tf.add_n(shard_losses) / size
+            shards = [model.compute_losses(trainer._images(batch[r::size]), training=True, seed=seed,
+                                           kl_scale=kl_scale(model, opt)) for r in range(size)]
+            total = tf.add_n([out["total"] for out in shards]) / size
         grads = tape.gradient(total, variables)
         opt.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        model.update_noise_variance(tf.add_n([out["residual"] for out in shards]) / size)
     return initial, [v.numpy() for v in variables]
 
 
@@ -223,6 +227,32 @@ def test_killed_rank_fails_the_job_then_a_resumed_run_matches_one_process(tiny_s
     assert max(float(np.abs(g - r0).max()) for g, r0 in zip(got, initial)) > 1e-3  # it trained
     for i, (g, r) in enumerate(zip(got, ref)):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-5, err_msg=f"variable {i}")
+
+
+def test_metrics_reduction_averages_every_loss_key_and_keeps_the_latent_statistics():
+    """What ranks average is train.LOSS_KEYS (+ throughput), not a copy that can fall behind (it
+    once missed ``pose``); the held-out latent statistics are rank 0's, untouched."""
+    from types import SimpleNamespace
+
+    from cryovae_nb.train import LOSS_KEYS
+
+    seen = []
+
+    class FakeContext:
+        size = 2
+
+        def allreduce_mean(self, values, name):
+            seen.append(name)
+            return [v + 1.0 for v in values]     # stand-in for the other rank's contribution
+
+    record = {"step": 3, "split": "test", **{k: float(i) for i, k in enumerate(LOSS_KEYS)},
+              "images_per_s": None, "time": 1.5, "kl_per_dim": [0.5, 0.0], "active_dims": 1,
+              "latent_collapsed": True}
+    out = D._trainer_class().reduce_metrics(SimpleNamespace(context=FakeContext()), record)
+    assert {"pose", "noise_var"} <= set(LOSS_KEYS) and seen == ["cryovae.metrics.test"]
+    assert {k: out[k] for k in LOSS_KEYS} == {k: i + 1.0 for i, k in enumerate(LOSS_KEYS)}
+    assert out["images_per_s"] is None and out["ranks"] == 2 and out["time"] == 1.5
+    assert (out["kl_per_dim"], out["active_dims"], out["latent_collapsed"]) == ([0.5, 0.0], 1, True)
 
 
 # ---------------------------------------------------------------------------------------------

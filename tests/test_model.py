@@ -313,9 +313,10 @@ def numpy_losses(model, images, seed, rotations=None, shifts=None):
     eps = latent_noise((B, cfg.latent_dim), seed).numpy()  # the noise is an input
     z = mu + np.exp(0.5 * logvar) * eps
     if rotations is None:
-        q = np.tanh(dense(model.quaternion_layer, z))
+        head_in = h if cfg.pose_input == "hidden" else z  # the last hidden layer, or the seed's z
+        q = np.tanh(dense(model.quaternion_layer, head_in))
         rotations = np_quat_to_matrix(q)  # normalises
-        shifts = cfg.max_shift_px * np.tanh(dense(model.shift_layer, z))
+        shifts = cfg.max_shift_px * np.tanh(dense(model.shift_layer, head_in))
     d = z
     for layer in model.decoder_layers:
         d = lrelu(dense(layer, d))
@@ -324,21 +325,34 @@ def numpy_losses(model, images, seed, rotations=None, shifts=None):
     zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
     vols = vols * ((xx**2 + yy**2 + zz**2) <= (cfg.volume_mask * n / 2) ** 2)
     logits = np.stack([scipy_projection(vols[i], rotations[i], shifts[i]) for i in range(B)])
-    ce = np.maximum(logits, 0) - logits * images + np.log1p(np.exp(-np.abs(logits)))
-    recon = ce.sum(axis=(1, 2)).mean()
+    # every pixel scored (loss_in_mask=False); a fresh model: the noise variance is this batch's
+    # mean squared residual of the sigmoid-linked prediction
+    sq = (images - 1 / (1 + np.exp(-logits))) ** 2
+    noise_var = sq.mean()
+    if cfg.likelihood == "bernoulli":
+        ce = np.maximum(logits, 0) - logits * images + np.log1p(np.exp(-np.abs(logits)))
+        recon = ce.sum(axis=(1, 2)).mean()
+    else:
+        nll = 0.5 * sq.sum(axis=(1, 2)) / noise_var + 0.5 * n * n * np.log(2 * np.pi * noise_var)
+        recon = nll.mean()
     kl = (-0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)).mean()
     idx = (2 * (n // 2) - np.arange(n)) % n
     S = np.concatenate([vols, vols[:, idx][:, :, idx][:, :, :, idx]])  # volumes and mirror images
     averaging = ((S - S.mean(0)) ** 2).mean()
     total = recon + cfg.beta * kl + cfg.averaging_factor * cfg.beta * averaging
-    return dict(recon=recon, kl=kl, averaging=averaging, total=total)
+    return dict(recon=recon, kl=kl, averaging=averaging, total=total, residual=noise_var, noise_var=noise_var)
 
 
-@pytest.mark.parametrize("known", [False, True])
-def test_losses_match_a_numpy_computation_by_hand(known):
-    # numpy_losses is the seed's objective: every pixel scored, mirrored averaging (the offset starts at 0)
+@pytest.mark.parametrize("known,likelihood,pose_input", [
+    (False, "gaussian", "hidden"), (False, "gaussian", "latent"), (False, "bernoulli", "hidden"),
+    (False, "bernoulli", "latent"), (True, "gaussian", "hidden"), (True, "bernoulli", "latent")])
+def test_losses_match_a_numpy_computation_by_hand(known, likelihood, pose_input):
+    # numpy_losses: every pixel scored, mirrored averaging (the offset starts at 0); bernoulli +
+    # latent is the seed's objective
     cfg = tiny_config(projector="real", beta=0.7, averaging_factor=50.0, loss_in_mask=False,
-                      averaging_mirror=True, pose_mode="known" if known else "learned")
+                      averaging_mirror=True, pose_mode="known" if known else "learned",
+                      likelihood=likelihood, pose_input=pose_input,
+                      latent_inference="encoder")  # the encoder's posterior, recomputed by hand
     model = build_model(cfg)
     rng = np.random.default_rng(9)
     images = rng.uniform(0, 1, (4, 8, 8)).astype(np.float32)
@@ -348,13 +362,14 @@ def test_losses_match_a_numpy_computation_by_hand(known):
     got = model.compute_losses(images, None if R is None else R.astype(np.float32),
                                None if s is None else s.astype(np.float32), seed=seed)
     want = numpy_losses(model, images, seed, R, s)
-    for key in ("recon", "kl", "averaging", "total"):
+    for key in ("recon", "kl", "averaging", "total", "residual", "noise_var"):
         assert float(got[key]) == pytest.approx(want[key], rel=2e-4), key
     assert got["recon_per_sample"].shape == (4,)
 
 
-def test_seeded_noise_is_reproducible_and_none_means_no_noise():
-    model = build_model(tiny_config(loss_in_mask=False))  # every pixel scored, as below
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_seeded_noise_is_reproducible_and_none_means_no_noise(likelihood):
+    model = build_model(tiny_config(loss_in_mask=False, likelihood=likelihood))  # every pixel scored
     images = np.random.default_rng(10).uniform(0, 1, (4, 8, 8)).astype(np.float32)
     a = model.compute_losses(images, seed=[1, 2])["total"]
     b = model.compute_losses(images, seed=[1, 2])["total"]
@@ -367,13 +382,19 @@ def test_seeded_noise_is_reproducible_and_none_means_no_noise():
     rec = model(images)  # z_mean and the learned pose
     from cryovae_nb.model import reconstruction_loss
 
-    np.testing.assert_allclose(det.numpy(), reconstruction_loss(images, rec).numpy(), rtol=1e-5)
+    if likelihood == "bernoulli":
+        want = reconstruction_loss(images, rec).numpy()
+    else:  # a fresh model: the noise variance is the batch's mean squared residual
+        sq = (images - 1 / (1 + np.exp(-rec.numpy().astype(np.float64)))) ** 2
+        var = sq.mean()
+        want = 0.5 * sq.sum(axis=(1, 2)) / var + 0.5 * sq[0].size * np.log(2 * np.pi * var)
+    np.testing.assert_allclose(det.numpy(), want, rtol=1e-5)
     assert np.allclose(np.linalg.norm(enc["quaternion"].numpy(), axis=1), 1, atol=1e-5)
     assert np.abs(enc["shift"].numpy()).max() <= model.config.max_shift_px
 
 
 def test_bad_inputs_raise_clear_errors():
-    model = build_model(tiny_config(pose_mode="known"))
+    model = build_model(tiny_config(pose_mode="known", latent_inference="encoder"))
     with pytest.raises(InputError, match=r"\(batch, 8, 8\)"):
         model.encode(np.zeros((2, 9, 9), np.float32))
     with pytest.raises(ConfigError, match="known"):
@@ -388,25 +409,36 @@ def _batch(rng, n=8, b=8):
     return (1 / (1 + np.exp(-imgs))).astype(np.float32), R.astype(np.float32)
 
 
-def test_train_step_learns_and_jit_matches_eager():
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_train_step_learns_and_jit_matches_eager(likelihood):
     rng = np.random.default_rng(11)
     images, _ = _batch(rng)
-    cfg = tiny_config(learning_rate=3e-3, averaging_factor=1.0)
-    results = {}
+    cfg = tiny_config(learning_rate=3e-3, averaging_factor=1.0, likelihood=likelihood)
+    results, residual = {}, {}
     for jit, steps in ((False, 40), (True, 5)):
         model = build_model(cfg)  # same seed -> same initial weights
+        before = float(model.compute_losses(images)["residual"])
         step = make_train_step(model, jit=jit)
         results[jit] = [float(step(images, seed=[0, i])["recon"]) for i in range(steps)]
-    # the cross-entropy cannot go below the targets' own entropy: judge the excess over it
-    floor = float(np.mean(np.sum(-images * np.log(images) - (1 - images) * np.log(1 - images), axis=(1, 2))))
-    assert results[False][-1] - floor < 0.5 * (results[False][0] - floor)
+        residual[jit] = (before, float(model.compute_losses(images)["residual"]))
+    if likelihood == "bernoulli":
+        # the cross-entropy cannot go below the targets' own entropy: judge the excess over it
+        floor = float(np.mean(np.sum(-images * np.log(images) - (1 - images) * np.log(1 - images),
+                                     axis=(1, 2))))
+        assert results[False][-1] - floor < 0.5 * (results[False][0] - floor)
+    else:
+        # noise-free targets: the squared residual itself must fall (the NLL's scale moves with
+        # the running noise variance, so judge what it is estimated from)
+        assert residual[False][1] < 0.5 * residual[False][0], residual
+        assert results[False][-1] < results[False][0]
     np.testing.assert_allclose(results[True][:5], results[False][:5], rtol=1e-3)
 
 
 def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
     rng = np.random.default_rng(12)
     images, R = _batch(rng)
-    model = build_model(tiny_config(pose_mode="known", learning_rate=1e-3))
+    # the encoder's heads (linearized latents would take no gradient through z_mean/z_logvar)
+    model = build_model(tiny_config(pose_mode="known", latent_inference="encoder", learning_rate=1e-3))
     head = [w.numpy().copy() for w in model.quaternion_layer.weights + model.shift_layer.weights]
     enc0 = model.encoder_layers[0].kernel.numpy().copy()
     calls = []
@@ -418,8 +450,12 @@ def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
     step = make_train_step(model, jit=False, grad_reducer=zero_reducer)
     step(images, R, None, seed=[0, 0])
     n_vars = len(model.trainable_variables)
-    assert calls == [n_vars - 4]  # everything but the pose head's kernels and biases
+    # everything but the pose head's kernels and biases, plus the batch's squared residual (reduced
+    # with the gradients so that every rank keeps the same noise variance)
+    assert calls == [n_vars - 4 + 1]
     np.testing.assert_array_equal(model.encoder_layers[0].kernel.numpy(), enc0)  # zero grads: no move
+    # the noise variance is updated from the reduced residual (zeroed here), not the local one
+    assert float(model.residual_count) == 1.0 and float(model.residual_ema) == 0.0
 
     step = make_train_step(model, jit=False, grad_reducer=lambda g: g)
     for i in range(3):

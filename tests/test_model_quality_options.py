@@ -28,6 +28,10 @@ def test_presets_and_round_trip(tmp_path):
     seed = ModelConfig.preset("seed", box=16)
     assert (seed.averaging_mirror, seed.image_offset, seed.loss_in_mask, seed.symmetrized_loss,
             seed.learning_rate, seed.box) == (True, False, False, False, 1e-5, 16)
+    assert (seed.likelihood, seed.link, seed.pose_input) == ("bernoulli", "sigmoid", "latent")
+    default = ModelConfig()
+    assert (default.likelihood, default.link, default.pose_input, default.search_reference) == (
+        "gaussian", "sigmoid", "hidden", "own")
     assert ModelConfig.preset() == ModelConfig()
     save_config(seed, tmp_path / "m.yaml")
     assert load_config(ModelConfig, tmp_path / "m.yaml") == seed
@@ -95,6 +99,29 @@ def _images(n, b=2, seed=0):
     return np.random.default_rng(seed).uniform(0.2, 0.8, (b, n, n)).astype(np.float32)
 
 
+def numpy_recon(likelihood, images, logits, mask, noise_logits=None):
+    """Per-image data term by hand, pixels weighted by ``mask``. For the gaussian likelihood the
+    noise variance is that of a fresh model: the batch's mean squared residual inside the mask, of
+    the sigmoid of ``noise_logits`` (default ``logits``)."""
+    t = images.astype(np.float64)
+    logits = np.asarray(logits, np.float64)
+    if likelihood == "bernoulli":
+        ce = np.maximum(logits, 0) - logits * t + np.log1p(np.exp(-np.abs(logits)))
+        return (ce * mask).sum(axis=(1, 2))
+    sigmoid = lambda x: 1 / (1 + np.exp(-np.asarray(x, np.float64)))  # noqa: E731
+    ref = logits if noise_logits is None else noise_logits
+    var = ((t - sigmoid(ref)) ** 2 * mask).sum() / (mask.sum() * len(t))
+    sq = (t - sigmoid(logits)) ** 2 * mask
+    return 0.5 * sq.sum(axis=(1, 2)) / var + 0.5 * mask.sum() * np.log(2 * np.pi * var)
+
+
+def numpy_rotate180(x):
+    """out[y, x] = in[2c - y, 2c - x] (mod n), c = n // 2 (see the rotate180 test above)."""
+    n = x.shape[-1]
+    idx = (2 * (n // 2) - np.arange(n)) % n
+    return np.asarray(x)[..., idx, :][..., idx]
+
+
 def test_loss_in_mask_ignores_pixels_outside_the_disc():
     n = 8
     disc = spherical_mask(n, 0.95)[n // 2]
@@ -103,7 +130,7 @@ def test_loss_in_mask_ignores_pixels_outside_the_disc():
     b = a.copy()
     b[:, disc == 0] = 0.0  # what preprocessing does outside the mask
     for in_mask, same in ((True, True), (False, False)):
-        model = build_model(tiny(loss_in_mask=in_mask, pose_mode="known"))
+        model = build_model(tiny(loss_in_mask=in_mask, pose_mode="known", latent_inference="encoder"))
         # blind the encoder to the outside pixels, so that only the loss could see them
         k = model.encoder_layers[0].kernel
         k.assign(k.numpy() * disc.reshape(-1, 1))
@@ -112,13 +139,15 @@ def test_loss_in_mask_ignores_pixels_outside_the_disc():
         assert (ra == pytest.approx(rb, rel=1e-6)) is same
 
 
-def test_image_offset_is_added_inside_the_disc_and_starts_at_zero():
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_image_offset_is_added_inside_the_disc_and_starts_at_zero(likelihood):
     n = 8
     disc = spherical_mask(n, 0.95)[n // 2]
     rot = random_rotations(2, np.random.default_rng(4)).astype(np.float32)
     images = _images(n, seed=1)
-    model = build_model(tiny(pose_mode="known"))
-    seed_like = build_model(tiny(pose_mode="known", image_offset=False))
+    # latents from the encoder, whose offset head is under test
+    model = build_model(tiny(pose_mode="known", likelihood=likelihood, latent_inference="encoder"))
+    seed_like = build_model(tiny(pose_mode="known", image_offset=False, latent_inference="encoder"))
     assert seed_like.offset_layer is None and "offset" not in seed_like.encode(images)
     assert np.all(model.encode(images)["offset"].numpy() == 0.0)  # zero init: the seed's model
     model.offset_layer.bias.assign([0.7])
@@ -126,9 +155,7 @@ def test_image_offset_is_added_inside_the_disc_and_starts_at_zero():
     np.testing.assert_allclose(enc["offset"].numpy(), [0.7, 0.7])
     vols = model.decode(enc["z_mean"]).numpy()
     logits = model.project(vols, rot).numpy() + 0.7 * disc
-    t = images
-    ce = np.maximum(logits, 0) - logits * t + np.log1p(np.exp(-np.abs(logits)))
-    expect = (ce * disc).sum(axis=(1, 2)).mean()
+    expect = numpy_recon(likelihood, images, logits, disc).mean()
     got = float(model.compute_losses(images, rot, training=False)["recon"])
     assert got == pytest.approx(expect, rel=1e-5)
     # call() (learned pose) gives the same logits: the projection plus 0.7 inside the disc only
@@ -142,17 +169,22 @@ def model_rotations(model, images):
     return quaternion_to_matrix(model.encode(images)["quaternion"]).numpy()
 
 
-def test_symmetrized_loss_only_applies_to_learned_poses():
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_symmetrized_loss_only_applies_to_learned_poses(likelihood):
     n = 8
     images = _images(n, seed=2)
-    cfg = tiny(symmetrized_loss=True)
+    cfg = tiny(symmetrized_loss=True, likelihood=likelihood)
     model = build_model(cfg)
     out = model.compute_losses(images, training=False)
     enc = model.encode(images)
     logits = model.add_offset(model.project(model.decode(enc["z_mean"]), model_rotations(model, images),
                                             enc["shift"]), enc["offset"])
     disc = spherical_mask(n, 0.95)[n // 2]
-    both = [losses.reconstruction_loss(images, l, disc).numpy() for l in (logits, losses.rotate180(logits))]
+    logits = logits.numpy()
+    # the noise variance comes from the unturned projection's residual (what compute_losses does)
+    both = [numpy_recon(likelihood, images, lg, disc, noise_logits=logits)
+            for lg in (logits, numpy_rotate180(logits))]
+    assert not np.allclose(both[0], both[1])  # the turn matters: the minimum is a real choice
     np.testing.assert_allclose(out["recon_per_sample"].numpy(), np.minimum(*both), rtol=1e-5)
     # given poses: the plain loss
     rot = model_rotations(model, images)

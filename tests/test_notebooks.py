@@ -130,6 +130,8 @@ def test_04_evaluate_writes_reconstruction_and_a_consistent_fsc(executed):
     assert fsc.nyquist == pytest.approx(2.0)
     # the number printed is the one saved
     assert f"0.5 at {fsc.resolution_05:.2f} Å" in _stream_text(nbs["04_evaluate.ipynb"])
+    # against the hinge's middle conformation
+    assert "reference: the simulated truth conformation_015.mrc (t = 0.48" in _stream_text(nbs["04_evaluate.ipynb"])
     assert (ev / "fsc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -150,3 +152,26 @@ def test_05_landscape_writes_encoding_trajectory_and_kept_star(executed):
     text = _stream_text(nbs["05_latent_landscape.ipynb"])
     assert f"kept {len(kept)} of 240 particles" in text
     assert len(sorted((land / "clusters").glob("cluster_*.mrc"))) == 2
+    # the simulated hinge: the latent against the true angle, the traversal along the motion's
+    # latent direction, the interpolation between the two ends of the motion
+    assert "latent vs true hinge angle: |Spearman rho|" in text and "kNN R^2" in text
+    assert re.search(r"latent PC \d: \d+% of the latent variance; \|Spearman rho\| with the true angle", text)
+    assert len(sorted((land / "traverse_motion").glob("frame_*.mrc"))) == 3
+    assert re.search(r"mean latent of the \d+ particles at 0° -> of the \d+ at 60°", text)
+
+
+def test_05_landscape_on_own_data_skips_the_truth(executed, tmp_path, repo_root):
+    """A user's STAR file: no truth, so the comparisons with it are skipped and the traversal and
+    interpolation follow the latent's main direction (run on a copy of the tutorial's folder)."""
+    import shutil
+
+    cwd, _ = executed
+    shutil.copytree(cwd / "wd", tmp_path / "wd")
+    params = {**PARAMS["05_latent_landscape.ipynb"], "STAR_FILE": "wd/simulated/particles.star"}
+    nb = run_notebook(repo_root / "notebooks" / "05_latent_landscape.ipynb", params, tmp_path, timeout=600)
+    _no_errors(nb)
+    text = _stream_text(nb)
+    assert "no simulated motion to compare with" in text and "latent vs true" not in text
+    assert "the latent's main direction of spread" in text
+    assert "farthest apart along the latent's main direction" in text
+    assert len(sorted((tmp_path / "wd" / "landscape" / "trajectory").glob("frame_*.mrc"))) == 3

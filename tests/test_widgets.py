@@ -279,6 +279,52 @@ def test_monitor_takes_the_trainers_callbacks_in_process():
         mon.refresh()
 
 
+def _test_record(step, kl_per_dim, active, collapsed=False):
+    rec = {**_records([step], "test")[0], "kl": float(sum(kl_per_dim)), "kl_per_dim": kl_per_dim,
+           "active_dims": active, "noise_var": 0.01}
+    if collapsed:
+        rec["latent_collapsed"] = True
+    return rec
+
+
+def test_monitor_shows_kl_per_dimension_active_dims_and_a_collapse_warning(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = _records([10]) + [_test_record(10, [0.5, 0.25, 1e-4], 2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    mon = TrainingMonitor(tmp_path)
+    bars = mon.kl_figure.data[0]
+    assert bars.type == "bar" and bars.x == ("z1", "z2", "z3") and bars.y == pytest.approx((0.5, 0.25, 1e-4))
+    assert "step 10" in mon.kl_figure.layout.title.text
+    assert "active latent dims 2/3" in mon.status.value
+    assert mon.warning.layout.display == "none" and "collapsed" not in mon.warning.value
+    assert mon.warning in mon.children
+
+    # the trainer flags a collapse on a later held-out evaluation: the newest test record rules
+    with open(path, "a") as f:
+        for r in _records([600]) + [_test_record(600, [1e-4, 0.0, 2e-4], 0, collapsed=True)]:
+            f.write(json.dumps(r) + "\n")
+    assert mon.refresh() == 2
+    assert bars.y == pytest.approx((1e-4, 0.0, 2e-4)) and "step 600" in mon.kl_figure.layout.title.text
+    assert "active latent dims 0/3" in mon.status.value
+    assert mon.warning.layout.display != "none"
+    assert "latent collapsed at step 600" in mon.warning.value and "0 of 3" in mon.warning.value
+    assert "kl_warmup_steps" in mon.warning.value
+
+    # in-process: a recovered latent hides the warning again; train records leave the bars alone
+    mon.on_metrics(_test_record(700, [0.3, 0.0, 0.0], 1))
+    mon.on_metrics(_records([800])[0])
+    assert bars.y == pytest.approx((0.3, 0.0, 0.0)) and mon.warning.layout.display == "none"
+    assert "active latent dims 1/3 (test, step 700)" in mon.status.value
+
+
+def test_monitor_without_latent_statistics_shows_no_bars():
+    mon = TrainingMonitor()
+    for rec in _records([5]) + _records([5], "test"):   # a log from before kl_per_dim existed
+        mon.on_metrics(rec)
+    assert mon.latent is None and mon.kl_figure.data[0].y in (None, ())
+    assert "active" not in mon.status.value and mon.warning.layout.display == "none"
+
+
 # -- latent explorer ----------------------------------------------------------------------------
 
 def blob_decoder(n=16):

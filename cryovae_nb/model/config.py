@@ -9,6 +9,11 @@ KERNEL_WIDTHS = (2, 3, 4, 5, 6)  # = projectors.KERNEL_WIDTHS (kept import-free 
 
 PROJECTORS = ("fourier", "real")
 POSE_MODES = ("learned", "known")
+LIKELIHOODS = ("gaussian", "bernoulli")
+LINKS = ("sigmoid", "identity")
+POSE_INPUTS = ("hidden", "latent")
+SEARCH_REFERENCES = ("own", "mean")
+LATENT_INFERENCES = ("encoder", "linearized")
 OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
 
 
@@ -34,7 +39,15 @@ class ModelConfig:
     fourier_kernel_width: int = 3    # Fourier interpolation: 3..6 Kaiser-Bessel taps/axis, 2 trilinear
     gridding_correction: bool = True  # pre-divide by the interpolation kernel's apodisation
     pose_mode: str = "learned"       # "learned" (pose head) or "known" (poses from a STAR file)
+    likelihood: str = "gaussian"     # "gaussian": white noise, its variance estimated from the
+                                     # residuals as training goes (ELBO in nats); "bernoulli": the
+                                     # seed's sigmoid cross-entropy
+    link: str = "sigmoid"            # model image = link(projection + offset): "sigmoid" for [0, 1]
+                                     # (tanh-normalised) images, "identity" for standardised ones
+    noise_ema: float = 0.99          # decay of the running residual variance (gaussian likelihood)
     beta: float = 1.0                # weight of the KL term
+    kl_warmup_steps: int = 0         # beta (and the averaging weight) ramp up from 0 over these steps
+    free_bits: float = 0.0           # nats per latent dimension the KL term does not charge
     averaging_factor: float = 1e4    # averaging loss weight, relative to beta
     averaging_mirror: bool = False   # mirrored volumes in the averaging loss (True: the seed's)
     image_offset: bool = True        # per-image logit offset inside the mask disc (False: the seed's)
@@ -48,6 +61,14 @@ class ModelConfig:
     pose_search_band: float = 0.15   # the search compares images low-passed to this (cycles/px)
     pose_refine_band: float = 0.25   # ... and refines the grid pose locally against this band
     pose_distill: float = 100.0      # weight pulling the pose head towards a searched pose that won
+    pose_input: str = "hidden"       # the pose head reads the encoder's last hidden layer, so the
+                                     # latent need not carry the pose; "latent": the seed's (z)
+    latent_inference: str = "encoder"  # "encoder": the encoder's heads (the seed's); "linearized"
+                                     # (known poses, experimental): each latent solved from the
+                                     # decoder linearised at z = 0 at the known pose (model/vae.py)
+    latent_band: float = 0.25        # linearized latents compare images up to this (cycles/px)
+    search_reference: str = "own"    # local pose refinement against each image's own decoded volume;
+                                     # "mean": the batch's mean volume (the global stage always is)
     learning_rate: float = 1e-5
     batch_size: int = 120
     seed: int = 0                    # weight initialisation
@@ -91,6 +112,23 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.projector must be one of {PROJECTORS}, got {self.projector!r}")
         if self.pose_mode not in POSE_MODES:
             raise ConfigError(f"ModelConfig.pose_mode must be one of {POSE_MODES}, got {self.pose_mode!r}")
+        for name, allowed in (("likelihood", LIKELIHOODS), ("link", LINKS), ("pose_input", POSE_INPUTS),
+                              ("search_reference", SEARCH_REFERENCES),
+                              ("latent_inference", LATENT_INFERENCES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.latent_inference == "linearized" and self.pose_mode != "known":
+            raise ConfigError("ModelConfig.latent_inference='linearized' needs pose_mode='known' "
+                              "(use 'encoder' for learned poses)")
+        if self.likelihood == "bernoulli" and self.link != "sigmoid":
+            raise ConfigError("ModelConfig: the bernoulli likelihood needs link='sigmoid' (its logits)")
+        if not 0 <= self.noise_ema < 1:
+            raise ConfigError(f"ModelConfig.noise_ema must lie in [0, 1), got {self.noise_ema!r}")
+        if isinstance(self.kl_warmup_steps, bool) or not isinstance(self.kl_warmup_steps, int) \
+                or self.kl_warmup_steps < 0:
+            raise ConfigError(f"ModelConfig.kl_warmup_steps must be an integer >= 0, got {self.kl_warmup_steps!r}")
+        if not self.free_bits >= 0:
+            raise ConfigError(f"ModelConfig.free_bits must be >= 0 nats, got {self.free_bits!r}")
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ConfigError(f"ModelConfig.output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                               f"got {self.output_activation!r}")
@@ -114,6 +152,9 @@ class ModelConfig:
         if not 0 < self.pose_search_band <= 0.5:
             raise ConfigError(f"ModelConfig.pose_search_band is a frequency in cycles/px in (0, 0.5], "
                               f"got {self.pose_search_band!r}")
+        if not 0 < self.latent_band <= 0.5:
+            raise ConfigError(f"ModelConfig.latent_band is a frequency in cycles/px in (0, 0.5], "
+                              f"got {self.latent_band!r}")
         if not 0 < self.pose_refine_band <= 0.5:
             raise ConfigError(f"ModelConfig.pose_refine_band is a frequency in cycles/px in (0, 0.5], "
                               f"got {self.pose_refine_band!r}")
@@ -131,6 +172,7 @@ class ModelConfig:
 PRESETS = {
     "default": {},
     "seed": {"averaging_mirror": True, "image_offset": False, "loss_in_mask": False,
-             "symmetrized_loss": False, "pose_search_deg": None,
+             "symmetrized_loss": False, "pose_search_deg": None, "likelihood": "bernoulli",
+             "pose_input": "latent", "latent_inference": "encoder",
              "learning_rate": 1e-5},
 }

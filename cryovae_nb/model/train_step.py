@@ -8,7 +8,16 @@ import tensorflow as tf
 
 from cryovae_nb.model.vae import CryoVAE, latent_noise, search_noise
 
-SCALARS = ("recon", "kl", "averaging", "pose", "total")
+SCALARS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
+
+
+def kl_scale(model: CryoVAE, optimizer) -> tf.Tensor:
+    """The KL warm-up factor of the coming update: ramps from 1/warmup to 1 over
+    ``kl_warmup_steps`` (counted by the optimizer, so a resumed run continues the ramp)."""
+    warmup = model.config.kl_warmup_steps
+    if not warmup:
+        return tf.constant(1.0)
+    return tf.minimum(1.0, (tf.cast(optimizer.iterations, tf.float32) + 1.0) / float(warmup))
 
 
 def configure_threads(intra_op: int | None = None, inter_op: int | None = None) -> bool:
@@ -73,10 +82,11 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         def fused(images, rotations, shifts, noise, pose_noise):
             with tf.GradientTape() as tape:
                 out = model.compute_losses(images, rotations, shifts, training=True, noise=noise,
-                                           pose_noise=pose_noise)
+                                           pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
             grads = tape.gradient(out["total"], variables)
             # with known poses the pose head gets no gradient: leave it out (static, per trace)
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+            model.update_noise_variance(out["residual"])
             return {k: out[k] for k in SCALARS}
 
         def step(images, rotations=None, shifts=None, seed=None):
@@ -90,18 +100,22 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
     def compute(images, rotations, shifts, noise, pose_noise):
         with tf.GradientTape() as tape:
             out = model.compute_losses(images, rotations, shifts, training=True, noise=noise,
-                                       pose_noise=pose_noise)
+                                       pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
         grads = tape.gradient(out["total"], variables)
         used[rotations is not None] = [i for i, g in enumerate(grads) if g is not None]
-        return [g for g in grads if g is not None], {k: out[k] for k in SCALARS}
+        # the residual rides with the gradients through the reducer, so every rank keeps the same
+        # noise variance (the mean of the ranks' batches, as one big batch would give)
+        return [g for g in grads if g is not None] + [out["residual"]], {k: out[k] for k in SCALARS}
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def apply(grads, known):
+    def apply(grads, residual, known):
         optimizer.apply_gradients([(g, variables[i]) for g, i in zip(grads, used[known])])
+        model.update_noise_variance(residual)
 
     def step(images, rotations=None, shifts=None, seed=None):
         grads, losses = compute(*_inputs(model, images, rotations, shifts, seed))
-        apply(list(grad_reducer(list(grads))), rotations is not None)
+        reduced = list(grad_reducer(list(grads)))
+        apply(reduced[:-1], reduced[-1], rotations is not None)
         return losses
 
     return step
@@ -109,7 +123,8 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
 
 def make_eval_step(model: CryoVAE, *, jit: bool = True) -> Callable[..., dict]:
     """Return ``step(images, rotations=None, shifts=None, seed=None) -> dict`` of losses without
-    updating weights (``seed=None``: z = z_mean). Includes ``recon_per_sample`` ``(B,)``."""
+    updating weights (``seed=None``: z = z_mean). Includes ``recon_per_sample`` ``(B,)`` and
+    ``kl_per_dim`` ``(latent,)``."""
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def evaluate(images, rotations, shifts, noise, pose_noise):

@@ -96,17 +96,27 @@ class CryoVAE(keras.Model):
             self._search_local = tf.constant(pose_search.local_perturbations(cfg.pose_search_deg))
             self._search_local_fine = tf.constant(pose_search.local_perturbations(cfg.pose_search_deg / 2))
             self._search_dof = pose_search.band_dof(cfg.box, cfg.pose_search_band * cfg.box)
+        # The Gaussian likelihood's noise variance: a bias-corrected running mean of the per-pixel
+        # squared residual (its maximum-likelihood value), updated by the train step. Weights, so
+        # checkpoints carry it and a resumed run continues exactly. Plain variables, not add_weight:
+        # that would put the model's per-process name (cryo_vae_3/...) in their paths, which
+        # train.make_checkpoint keys by, so a fresh model could not restore them.
+        self.residual_ema = keras.Variable(0.0, dtype="float32", trainable=False, name="residual_ema")
+        self.residual_count = keras.Variable(0.0, dtype="float32", trainable=False, name="residual_count")
 
     # -- the pieces --------------------------------------------------------------------------
-    def encode(self, images, training: bool = False) -> dict:
+    def encode(self, images, training: bool = False, rotations=None, shifts=None) -> dict:
         """``(B, n, n)`` images -> dict ``z_mean``, ``z_logvar`` ``(B, latent)``, ``quaternion``
-        ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose is read from ``z_mean``."""
+        ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose head reads the hidden
+        layer (``pose_input="hidden"``) or ``z_mean`` (the seed's). With linearized latents
+        (``latent_inference``) the known poses ``rotations`` ``(B, 3, 3)`` (and ``shifts``) are required."""
         h = self._hidden(images, training)
-        z_mean = self.z_mean_layer(h)
-        out = {"z_mean": z_mean, "z_logvar": self.z_logvar_layer(h)}
-        out.update(self.pose(z_mean))
-        if self.offset_layer is not None:
-            out["offset"] = self.offset_layer(h)[:, 0]
+        offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
+        z_mean, z_logvar = self._posterior(h, images, rotations, shifts, offset)
+        out = {"z_mean": z_mean, "z_logvar": z_logvar}
+        out.update(self.pose(h if self.config.pose_input == "hidden" else z_mean))
+        if offset is not None:
+            out["offset"] = offset
         if self.config.pose_search_deg is not None and self.config.pose_mode == "learned":
             # the pose is the searched one, as in training
             out["quaternion"], out["shift"], _ = self.search_pose(images, self.decode(z_mean, training),
@@ -138,6 +148,14 @@ class CryoVAE(keras.Model):
             rot = quaternion_to_matrix(quats)[None]
             return pose_search.normalise(self.project(ref, rot, band=band)[0], disc)
 
+        def project_own(quats, band):                          # (B, K, 4) -> (B, K, n^2) normalised
+            # Why each image's own volume: the batch mean blurs whatever moves, so on a flexible
+            # particle it misplaces fine poses; the global stage keeps the mean (one volume for
+            # thousands of rotations), where the low band hides the motion anyway.
+            # quaternion_to_matrix flattens to (B*K, 3, 3): restore (B, K, 3, 3) for project
+            rot = tf.reshape(quaternion_to_matrix(quats), [-1, quats.shape[1], 3, 3])
+            return pose_search.normalise(self.project(volumes, rot, band=band), disc)
+
         # global: every grid rotation at the low band, the images moved back by the head's shift
         band = cfg.pose_search_band * n
         imgs = pose_search.normalise(lowpass(images, band, -shift), disc)            # (B, n^2)
@@ -167,7 +185,10 @@ class CryoVAE(keras.Model):
             if level == 0:
                 cand = tf.concat([quaternion[:, None], cand], axis=1)                # head first
             k = cand.shape[1]
-            proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])
+            if cfg.search_reference == "own":
+                proj = tf.reshape(project_own(cand, band), [-1, k, n, n])
+            else:
+                proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])
             # xcorr[s] = sum_x image(x) proj(x - s): the image is the projection moved by +s
             xcorr = tf.signal.irfft2d(img_spec[:, None] * tf.math.conj(tf.signal.rfft2d(proj)),
                                       fft_length=[n, n])
@@ -181,6 +202,25 @@ class CryoVAE(keras.Model):
                 head_won = tf.equal(best // (n * n), 0)
         return q, shifts, head_won
 
+    def image_prediction(self, logits) -> tf.Tensor:
+        """The model's image (in the data's units) from projections plus offset: the link."""
+        return tf.sigmoid(logits) if self.config.link == "sigmoid" else logits
+
+    def noise_variance(self, fallback=None) -> tf.Tensor:
+        """The Gaussian likelihood's per-pixel noise variance: the running mean of the squared
+        residual; ``fallback`` (e.g. this batch's) before the first training step."""
+        count = self.residual_count
+        est = self.residual_ema / tf.maximum(1.0 - tf.pow(self.config.noise_ema, count), 1e-12)
+        if fallback is not None:
+            est = tf.where(count > 0, est, tf.cast(fallback, tf.float32))
+        return tf.maximum(est, 1e-8)  # blank (all-masked) data must not divide by zero
+
+    def update_noise_variance(self, batch_residual) -> None:
+        """One step of the running residual variance (call once per training step)."""
+        d = self.config.noise_ema
+        self.residual_ema.assign(d * self.residual_ema + (1.0 - d) * tf.cast(batch_residual, tf.float32))
+        self.residual_count.assign_add(1.0)
+
     def add_offset(self, projections, offset=None) -> tf.Tensor:
         """Projections plus the per-image ``offset`` ``(B,)`` inside the mask disc (the model's logits);
         unchanged when the model has no offset head or ``offset`` is None."""
@@ -189,7 +229,8 @@ class CryoVAE(keras.Model):
         return projections + offset[:, None, None] * self._disc
 
     def pose(self, z) -> dict:
-        """Pose head on latent vectors: tanh -> normalised quaternion; tanh x max_shift -> shift (px)."""
+        """Pose head on its input (the encoder's hidden layer or latent vectors, ``pose_input``):
+        tanh -> normalised quaternion; tanh x max_shift -> shift (px)."""
         q = self.quaternion_layer(z)
         q = q / tf.maximum(tf.norm(q, axis=-1, keepdims=True), 1e-6)
         return {"quaternion": q, "shift": self.config.max_shift_px * self.shift_layer(z)}
@@ -231,6 +272,19 @@ class CryoVAE(keras.Model):
                             quaternion_to_matrix(enc["quaternion"]), enc["shift"])
         return self.add_offset(proj, enc.get("offset"))
 
+    @property
+    def linearized(self) -> bool:
+        """Whether latents come from :meth:`linearized_posterior` (else the encoder's heads)."""
+        return self.config.latent_inference == "linearized"
+
+    def _posterior(self, h, images, rotations, shifts, offset, noise_var=None):
+        if not self.linearized:
+            return self.z_mean_layer(h), self.z_logvar_layer(h)
+        if rotations is None:
+            raise InputError("this model infers latents from the known poses (latent_inference="
+                             "'linearized'): pass the poses (rotations, shifts)")
+        return self.linearized_posterior(images, rotations, shifts, offset, noise_var)
+
     def _hidden(self, images, training):
         images = tf.convert_to_tensor(images, tf.float32)
         n = self.config.box
@@ -243,7 +297,7 @@ class CryoVAE(keras.Model):
 
     # -- the objective -------------------------------------------------------------------------
     def compute_losses(self, images, rotations=None, shifts=None, training: bool = True,
-                       seed=None, noise=None, pose_noise=None) -> dict:
+                       seed=None, noise=None, pose_noise=None, kl_scale=1.0) -> dict:
         """All loss terms for a batch of tanh-normalised images ``(B, n, n)``.
 
         ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to known poses;
@@ -255,17 +309,29 @@ class CryoVAE(keras.Model):
         also samples each image's searched pose from its posterior (see :meth:`search_pose`);
         without either the search takes the best pose.
 
-        Returns scalars ``recon`` (sum over pixels -- those inside the mask disc with
+        Returns scalars ``recon`` (the negative log-likelihood in nats for ``likelihood="gaussian"``,
+        the cross-entropy for ``"bernoulli"``; summed over pixels -- those inside the mask disc with
         ``loss_in_mask`` -- mean over batch; with ``symmetrized_loss`` and learned poses, the better
-        of the projection and its 180-degree in-plane turn), ``kl``, ``averaging`` and
+        of the projection and its 180-degree in-plane turn), ``kl`` (nats per image), ``averaging`` and
         ``pose`` (the pull of the pose head towards searched poses that beat it; 0 without search)
-        and ``total = recon + beta * kl + averaging_factor * beta * averaging + pose_distill * pose``, plus
-        ``recon_per_sample`` ``(B,)``.
+        and ``total = recon + b * (kl' + averaging_factor * averaging) + pose_distill * pose`` with
+        ``b = beta * kl_scale`` (the warm-up) and ``kl'`` the KL less ``free_bits``; plus
+        ``recon_per_sample`` ``(B,)``, ``kl_per_dim`` ``(latent,)`` (batch means), ``residual``
+        (mean squared residual per pixel, what the noise variance is estimated from) and
+        ``noise_var`` (the variance used).
         """
         cfg = self.config
         images = tf.convert_to_tensor(images, tf.float32)
         h = self._hidden(images, training)
-        z_mean, z_logvar = self.z_mean_layer(h), self.z_logvar_layer(h)
+        offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
+        if self.linearized:
+            # before the first update there is no residual yet: the images' own variance bounds it
+            mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+            v0 = tf.reduce_mean(tf.square(images - mean))
+            z_mean, z_logvar = self._posterior(h, images, rotations, shifts, offset,
+                                               self.noise_variance(fallback=v0))
+        else:
+            z_mean, z_logvar = self.z_mean_layer(h), self.z_logvar_layer(h)
         z = z_mean
         if noise is None and seed is not None:
             noise = latent_noise(tf.shape(z_mean), seed)
@@ -277,10 +343,9 @@ class CryoVAE(keras.Model):
         if learned:
             if cfg.pose_mode == "known":
                 raise ConfigError("pose_mode='known' needs rotations (and shifts) for every batch")
-            p = self.pose(z)
+            p = self.pose(h if cfg.pose_input == "hidden" else z)
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
-        offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
         pose_term = tf.constant(0.0)
         if learned and cfg.pose_search_deg is not None:
             q, found_shifts, head_won = self.search_pose(images, volumes, p["quaternion"], shifts,
@@ -295,16 +360,34 @@ class CryoVAE(keras.Model):
                          + tf.reduce_mean(tf.reduce_sum(tf.square(shifts - found_shifts), -1)) / scale**2)
             shifts = found_shifts
         logits = self.add_offset(self.project(volumes, rotations, shifts), offset)
-        if learned and cfg.symmetrized_loss:
-            recon = losses.symmetrized_reconstruction_loss(images, logits, self._pixel_mask)
+        pixel_mask = self._pixel_mask
+        n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.box * cfg.box)
+        predicted = self.image_prediction(logits)
+        sq = tf.square(images - tf.stop_gradient(predicted))
+        residual = tf.reduce_sum(sq if pixel_mask is None else sq * pixel_mask) / (
+            n_pix * tf.cast(tf.shape(images)[0], tf.float32))
+        noise_var = self.noise_variance(fallback=residual)
+        if cfg.likelihood == "gaussian":
+            def data_term(pred):
+                return losses.gaussian_nll(images, pred, noise_var, pixel_mask)
+            pred_or_logits = predicted
         else:
-            recon = losses.reconstruction_loss(images, logits, self._pixel_mask)
-        out = {"recon": tf.reduce_mean(recon),
-               "kl": tf.reduce_mean(losses.kl_divergence(z_mean, z_logvar)),
+            def data_term(lg):
+                return losses.reconstruction_loss(images, lg, pixel_mask)
+            pred_or_logits = logits
+        if learned and cfg.symmetrized_loss:
+            recon = tf.minimum(data_term(pred_or_logits), data_term(losses.rotate180(pred_or_logits)))
+        else:
+            recon = data_term(pred_or_logits)
+        kl_dims = tf.reduce_mean(losses.kl_per_dimension(z_mean, z_logvar), axis=0)
+        out = {"recon": tf.reduce_mean(recon), "kl": tf.reduce_sum(kl_dims),
                "averaging": losses.averaging_loss(volumes, cfg.averaging_mirror), "pose": pose_term}
-        out["total"] = (out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
+        kl_charged = tf.reduce_sum(tf.maximum(kl_dims, cfg.free_bits)) if cfg.free_bits > 0 else out["kl"]
+        b = cfg.beta * tf.cast(kl_scale, tf.float32)
+        out["total"] = (out["recon"] + b * (kl_charged + cfg.averaging_factor * out["averaging"])
                         + cfg.pose_distill * pose_term)
-        out["recon_per_sample"] = recon
+        out.update(recon_per_sample=recon, kl_per_dim=kl_dims, residual=residual, noise_var=noise_var)
+        out["z_mean"] = z_mean
         return out
 
     def get_config(self):
@@ -317,7 +400,11 @@ def build_model(config: ModelConfig | None = None) -> CryoVAE:
     """Create a :class:`CryoVAE` and its weights (so ``load_weights`` works right away)."""
     model = CryoVAE(config or ModelConfig())
     n = model.config.box
-    model.encode(np.zeros((1, n, n), np.float32))
+    known = np.eye(3, dtype=np.float32)[None] if model.config.pose_mode == "known" else None
+    images = np.zeros((1, n, n), np.float32)
+    model.encode(images, rotations=known)
+    h = model._hidden(images, False)
+    model.z_mean_layer(h), model.z_logvar_layer(h)  # built even when latents are not read from them
     model.decode(np.zeros((1, model.config.latent_dim), np.float32))
     model.built = True
     return model

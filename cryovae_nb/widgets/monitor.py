@@ -1,9 +1,12 @@
-"""Training monitor: live log-scaled loss curves (train vs test) and the latest sample grid.
+"""Training monitor: live log-scaled loss curves (train vs test), the KL of each latent dimension
+on the held-out images (how much of the latent is used), and the latest sample grid.
 
 Fed either in-process -- the Trainer calls ``on_metrics(dict)`` and ``on_samples(images,
 projections, step)`` -- or from a run directory written by any process (a Horovod job, a Slurm
 run): ``run_dir/metrics.jsonl`` (one JSON record a line: step, split, recon, kl, averaging,
-total, ...) and ``run_dir/samples/step_XXXXXXX.png``, read by ``refresh()`` or a background poll.
+total, ...; test records also kl_per_dim, active_dims and, when the latent carries no
+information, latent_collapsed) and ``run_dir/samples/step_XXXXXXX.png``, read by ``refresh()`` or
+a background poll.
 """
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ SPLITS = {"train": "#1a73e8", "test": "#e8710a"}
 
 
 class TrainingMonitor(W.VBox):
-    """``history[split][metric]`` holds ``(steps, values)`` lists; the figure shows them log-scaled."""
+    """``history[split][metric]`` holds ``(steps, values)`` lists; the figure shows them log-scaled.
+
+    ``latent`` is the newest test record that carries ``kl_per_dim`` (None before one arrives):
+    its per-dimension KL is drawn as bars (``kl_figure``), its ``active_dims`` go into the status
+    line, and ``latent_collapsed`` shows a warning line (``warning``) above the curves.
+    """
 
     def __init__(self, run_dir: str | os.PathLike | None = None, *, metrics: Sequence[str] = METRICS,
                  poll_interval: float | None = None, max_samples: int = 8):
@@ -37,6 +45,7 @@ class TrainingMonitor(W.VBox):
         self.history: dict[str, dict[str, tuple[list, list]]] = defaultdict(
             lambda: {m: ([], []) for m in self.metrics})
         self.sample_step: int | None = None
+        self.latent: dict | None = None
         self._offset = 0          # bytes of metrics.jsonl already consumed
         self._lines_read = 0
         self._lock = threading.Lock()
@@ -44,10 +53,12 @@ class TrainingMonitor(W.VBox):
         self._thread: threading.Thread | None = None
         self.figure = _loss_figure(self.metrics)
         self.samples = W.Image(format="png")
+        self.kl_figure = _kl_figure()
         self.status = W.HTML()
+        self.warning = W.HTML(layout=W.Layout(display="none"))
         refresh = W.Button(description="refresh", icon="refresh", disabled=self.run_dir is None)
         refresh.on_click(lambda _: self._safe_refresh())
-        super().__init__([W.HBox([refresh, self.status]), self.figure,
+        super().__init__([W.HBox([refresh, self.status]), self.warning, self.figure, self.kl_figure,
                           W.HTML("<b>latest samples</b>: input, projection, overlay"), self.samples])
         if self.run_dir is not None:
             self._safe_refresh()
@@ -89,6 +100,7 @@ class TrainingMonitor(W.VBox):
                 if os.fstat(fh.fileno()).st_size < self._offset:   # file replaced: a new run
                     self._offset, self._lines_read = 0, 0
                     self.history.clear()
+                    self.latent = None
                 fh.seek(self._offset)
                 chunk = fh.read()
             complete = chunk[:chunk.rfind(b"\n") + 1]
@@ -145,6 +157,9 @@ class TrainingMonitor(W.VBox):
         with self._lock:
             for rec in records:
                 split = str(rec.get("split", "train"))
+                if split == "test" and isinstance(rec.get("kl_per_dim"), list) and (
+                        self.latent is None or int(rec["step"]) >= int(self.latent["step"])):
+                    self.latent = rec
                 for m in self.metrics:
                     if rec.get(m) is not None and np.isfinite(float(rec[m])):
                         steps, values = self.history[split][m]
@@ -169,16 +184,57 @@ class TrainingMonitor(W.VBox):
                 steps, values = self.history[split][metric] if split in self.history else ([], [])
                 # log axes cannot show values <= 0 (a KL can be 0 at start): plotly drops them
                 trace.x, trace.y = list(steps), list(values)
+        self._draw_latent()
         self._set_status()
+
+    def _draw_latent(self) -> None:
+        with self._lock:
+            rec = self.latent
+        bars = self.kl_figure.data[0]
+        if rec is None:
+            with self.kl_figure.batch_update():
+                bars.x, bars.y = [], []
+            self.warning.layout.display = "none"
+            return
+        kl = [np.nan if v is None else float(v) for v in rec["kl_per_dim"]]
+        with self.kl_figure.batch_update():
+            bars.x, bars.y = [f"z{i + 1}" for i in range(len(kl))], kl
+            self.kl_figure.layout.title.text = (f"KL per latent dimension (test, step {rec['step']}, "
+                                                f"nats/image)")
+        if rec.get("latent_collapsed"):
+            total = rec.get("kl")
+            kl_text = "" if total is None else f", KL {float(total):.3g} nats/image"
+            self.warning.value = (
+                "<div style='color:#c5221f;font-weight:bold'>&#9888; latent collapsed at step "
+                f"{rec['step']}: 0 of {len(kl)} latent dimensions active on the held-out images{kl_text}. "
+                "The latent carries no information about the particles: either they are homogeneous, "
+                "or the posterior collapsed (try model.kl_warmup_steps, model.free_bits or a lower "
+                "model.averaging_factor).</div>")
+            self.warning.layout.display = None
+        else:
+            self.warning.value = ""
+            self.warning.layout.display = "none"
 
     def _set_status(self) -> None:
         last = max((s[-1] for h in self.history.values() for s, _ in h.values() if s), default=None)
         parts = [f"step {last}" if last is not None else "no metrics yet"]
+        rec = self.latent
+        if rec is not None and rec.get("active_dims") is not None:
+            parts.append(f"active latent dims {rec['active_dims']}/{len(rec['kl_per_dim'])} "
+                         f"(test, step {rec['step']})")
         if self.sample_step is not None:
             parts.append(f"samples from step {self.sample_step}")
         if self.polling:
             parts.append("polling")
         self.status.value = " &middot; ".join(parts)
+
+
+def _kl_figure() -> go.FigureWidget:
+    fig = go.Figure(go.Bar(x=[], y=[], marker=dict(color=SPLITS["test"]), name="KL"))
+    fig.update_layout(height=220, margin=dict(l=50, r=20, t=40, b=40),
+                      title=dict(text="KL per latent dimension (test, nats/image)", font=dict(size=13)))
+    fig.update_yaxes(rangemode="tozero")
+    return go.FigureWidget(fig)
 
 
 def _loss_figure(metrics: Sequence[str]) -> go.FigureWidget:

@@ -1,0 +1,282 @@
+"""The model changes against latent-space collapse (ModelConfig: likelihood, link, noise_ema,
+kl_warmup_steps, free_bits, pose_input, search_reference), each checked against independent math:
+the Gaussian NLL by formula, free bits and the KL warm-up by the weight they give the KL term, the
+noise variance by a numpy bias-corrected EMA (and through a checkpoint), the pose head's input by
+what the latent noise can change, and the pose search's reference volume on a two-state particle."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+
+from cryovae_nb import geometry  # noqa: E402
+from cryovae_nb.errors import ConfigError  # noqa: E402
+from cryovae_nb.model import ModelConfig, build_model, losses, make_train_step  # noqa: E402
+from cryovae_nb.model.projectors import spherical_mask  # noqa: E402
+from cryovae_nb.model.vae import latent_noise  # noqa: E402
+from cryovae_nb.synthetic import hinge_volume  # noqa: E402
+
+
+def tiny(**kw):
+    base = dict(box=8, latent_dim=3, encoder_layers=1, encoder_units=16, decoder_layers=1,
+                decoder_units=16, batch_size=4, projector="real", pose_search_deg=None)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def images_for(n=8, b=4, seed=0):
+    return np.random.default_rng(seed).uniform(0.1, 0.9, (b, n, n)).astype(np.float32)
+
+
+def freeze_volume(model, seed=0):
+    """Make the decoded volume independent of z: the decoder's first kernel zeroed (the leaky
+    ReLUs then pass zeros), the voxel layer's bias random (so the volume is not empty)."""
+    k = model.decoder_layers[0].kernel
+    k.assign(np.zeros(k.shape, np.float32))
+    b = model.voxel_layer.bias
+    b.assign(np.random.default_rng(seed).normal(size=b.shape).astype(np.float32))
+
+
+# -- the Gaussian likelihood -----------------------------------------------------------------------
+@pytest.mark.parametrize("masked", [False, True])
+def test_gaussian_nll_is_the_normal_log_density(masked):
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    pred = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    var = 0.37
+    mask = spherical_mask(8, 0.95)[4].astype(np.float32) if masked else np.ones((8, 8), np.float32)
+    # -log N(x; mu, var) = (x - mu)^2 / (2 var) + log(2 pi var) / 2, summed over the scored pixels
+    per_pixel = (images.astype(np.float64) - pred) ** 2 / (2 * var) + 0.5 * math.log(2 * math.pi * var)
+    want = (per_pixel * mask).sum(axis=(1, 2))
+    got = losses.gaussian_nll(images, pred, var, mask if masked else None).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    if masked:  # pixels outside the mask do not count, whatever they hold
+        assert mask.sum() < 64
+        moved = images.copy()
+        moved[:, mask == 0] += 5.0
+        np.testing.assert_allclose(losses.gaussian_nll(moved, pred, var, mask).numpy(), want, rtol=1e-5)
+    # the variance minimising the mean NLL is the mean squared residual (what the EMA tracks)
+    sq = float(((images.astype(np.float64) - pred) ** 2 * mask).sum() / (mask.sum() * 3))
+    mean_nll = [float(np.mean(losses.gaussian_nll(images, pred, v, mask).numpy()))
+                for v in (0.8 * sq, sq, 1.25 * sq)]
+    assert mean_nll[1] < mean_nll[0] and mean_nll[1] < mean_nll[2]
+
+
+def test_kl_per_dimension_sums_to_the_kl():
+    rng = np.random.default_rng(2)
+    mu, lv = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    want = 0.5 * (mu.astype(np.float64) ** 2 + np.exp(lv) - 1 - lv)
+    np.testing.assert_allclose(losses.kl_per_dimension(mu, lv).numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(losses.kl_divergence(mu, lv).numpy(), want.sum(-1), rtol=1e-5)
+
+
+def test_identity_link_scores_the_logits_themselves():
+    cfg = tiny(pose_mode="known", link="identity", image_offset=False, loss_in_mask=False,
+               latent_inference="encoder")
+    model = build_model(cfg)
+    images = images_for()
+    rot = geometry.random_rotations(4, np.random.default_rng(3)).astype(np.float32)
+    out = model.compute_losses(images, rot, training=False)
+    proj = model.project(model.decode(model.encode(images)["z_mean"]), rot).numpy().astype(np.float64)
+    sq = (images - proj) ** 2
+    var = sq.mean()
+    want = 0.5 * sq.sum(axis=(1, 2)) / var + 0.5 * 64 * np.log(2 * np.pi * var)
+    np.testing.assert_allclose(out["recon_per_sample"].numpy(), want, rtol=1e-5)
+    assert float(out["residual"]) == pytest.approx(var, rel=1e-5)
+
+
+# -- free bits and the KL warm-up -----------------------------------------------------------------
+def _set_posterior(model, mu, logvar):
+    """Every image gets the same posterior N(mu, exp(logvar)): zero kernels, chosen biases."""
+    for layer, bias in ((model.z_mean_layer, mu), (model.z_logvar_layer, logvar)):
+        layer.kernel.assign(np.zeros(layer.kernel.shape, np.float32))
+        layer.bias.assign(np.asarray(bias, np.float32))
+
+
+@pytest.mark.parametrize("free_bits", [0.0, 0.5])
+def test_free_bits_charge_the_allowance_below_it_and_no_gradient(free_bits):
+    beta = 0.7
+    model = build_model(tiny(beta=beta, free_bits=free_bits, averaging_factor=3.0))
+    freeze_volume(model)  # nothing but the KL term sees z (the pose head reads the hidden layer)
+    mu, lv = np.array([0.0, 2.0, 0.5]), np.array([0.0, -1.0, 0.2])
+    _set_posterior(model, mu, lv)
+    kl = 0.5 * (mu**2 + np.exp(lv) - 1 - lv)  # ~ [0, 2.18, 0.136]: dims 0 and 2 below 0.5 nats
+    images = images_for()
+    with tf.GradientTape() as tape:
+        out = model.compute_losses(images, training=True)
+    g_mu, g_lv = (g.numpy() for g in tape.gradient(out["total"], [model.z_mean_layer.bias,
+                                                                    model.z_logvar_layer.bias]))
+    np.testing.assert_allclose(out["kl_per_dim"].numpy(), kl, rtol=1e-5, atol=1e-7)
+    assert float(out["kl"]) == pytest.approx(kl.sum(), rel=1e-5)  # reported: the true KL
+    charged = np.maximum(kl, free_bits).sum()
+    want = float(out["recon"]) + beta * (charged + 3.0 * float(out["averaging"]))
+    assert float(out["total"]) == pytest.approx(want, rel=1e-6, abs=1e-5)
+    # d KL_d / d mu_d = mu_d, d KL_d / d logvar_d = (exp(logvar_d) - 1) / 2; zero where free
+    charged_dims = kl > free_bits
+    np.testing.assert_allclose(g_mu, beta * np.where(charged_dims, mu, 0.0), atol=1e-6)
+    np.testing.assert_allclose(g_lv, beta * np.where(charged_dims, 0.5 * (np.exp(lv) - 1), 0.0), atol=1e-6)
+    if free_bits:
+        assert float(out["total"]) - float(out["recon"]) - beta * 3.0 * float(out["averaging"]) == \
+            pytest.approx(beta * (free_bits + kl[1] + free_bits), rel=1e-4)
+
+
+@pytest.mark.parametrize("reducer", [False, True])
+def test_kl_warmup_ramps_the_kl_weight_in_a_compiled_step(reducer):
+    beta, factor, warmup = 0.5, 10.0, 4
+    model = build_model(tiny(beta=beta, averaging_factor=factor, kl_warmup_steps=warmup,
+                             learning_rate=1e-4))
+    step = make_train_step(model, jit=True, grad_reducer=(lambda g: g) if reducer else None)
+    images = images_for(seed=4)
+    weights = []
+    for i in range(warmup + 2):
+        out = step(images, seed=[5, i])
+        regulariser = float(out["kl"]) + factor * float(out["averaging"])
+        assert regulariser > 0.1  # a ratio worth measuring
+        weights.append((float(out["total"]) - float(out["recon"])) / (beta * regulariser))
+    # min(1, (iteration + 1) / warmup) for iterations 0, 1, ...
+    np.testing.assert_allclose(weights, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0], rtol=1e-3)
+    if reducer:
+        return
+    # without warm-up: the full weight from the first step
+    model = build_model(tiny(beta=beta, averaging_factor=factor, learning_rate=1e-4))
+    out = make_train_step(model, jit=False)(images, seed=[5, 0])
+    assert (float(out["total"]) - float(out["recon"])) / (
+        beta * (float(out["kl"]) + factor * float(out["averaging"]))) == pytest.approx(1.0, rel=1e-3)
+
+
+# -- the running noise variance ---------------------------------------------------------------------
+@pytest.mark.parametrize("reducer", [False, True])
+def test_noise_variance_is_the_bias_corrected_ema_of_the_residuals_and_is_checkpointed(tmp_path, reducer):
+    from cryovae_nb.train import make_checkpoint
+
+    d, steps = 0.9, 5
+    cfg = tiny(noise_ema=d, learning_rate=1e-2)
+    model = build_model(cfg)
+    images = images_for(seed=6)
+    step = make_train_step(model, jit=True, grad_reducer=(lambda g: g) if reducer else None)
+    residuals, used = [], []
+    for i in range(steps):
+        # the residual this step will see: same weights, same noise (the seed's, drawn outside XLA)
+        residuals.append(float(model.compute_losses(images, seed=[7, i])["residual"]))
+        used.append(float(step(images, seed=[7, i])["noise_var"]))
+    assert len(set(np.round(residuals, 6))) == steps  # the weights move: an EMA of distinct values
+
+    def ema(values):
+        m = 0.0
+        for r in values:
+            m = d * m + (1 - d) * r
+        return m / (1 - d ** len(values))
+
+    # the first step uses its own batch's residual; each later one the EMA of those before it
+    want_used = [residuals[0]] + [ema(residuals[:k]) for k in range(1, steps)]
+    np.testing.assert_allclose(used, want_used, rtol=1e-4)
+    assert float(model.residual_count) == steps
+    assert float(model.noise_variance()) == pytest.approx(ema(residuals), rel=1e-4)
+    assert abs(ema(residuals) - (1 - d) * sum(d ** (steps - 1 - k) * r for k, r in enumerate(residuals))) \
+        > 0.1 * ema(residuals)  # the bias correction matters at this step count
+
+    path = make_checkpoint(model).write(str(tmp_path / "ckpt"))
+    fresh = build_model(tiny(noise_ema=d, learning_rate=1e-2, seed=3))
+    assert float(fresh.residual_count) == 0.0
+    make_checkpoint(fresh).read(path).assert_existing_objects_matched()
+    assert float(fresh.residual_count) == steps
+    assert float(fresh.noise_variance()) == float(model.noise_variance())
+    # and the restored model scores a batch with it, not with the batch's own residual
+    a, b = model.compute_losses(images, training=False), fresh.compute_losses(images, training=False)
+    assert float(b["noise_var"]) == float(a["noise_var"]) == float(model.noise_variance())
+    assert float(b["noise_var"]) != pytest.approx(float(b["residual"]), rel=1e-3)
+
+
+# -- what the pose head reads ------------------------------------------------------------------------
+@pytest.mark.parametrize("pose_input", ["hidden", "latent"])
+def test_hidden_pose_input_makes_the_pose_independent_of_the_latent_noise(pose_input):
+    model = build_model(tiny(pose_input=pose_input, likelihood="bernoulli"))
+    freeze_volume(model)  # the volume ignores z: only the pose can carry the noise into the loss
+    images = images_for(seed=8)
+    n1 = latent_noise((4, 3), tf.constant([1, 1]))
+    n2 = latent_noise((4, 3), tf.constant([2, 2]))
+
+    def recon(noise):
+        return model.compute_losses(images, noise=noise)["recon_per_sample"].numpy()
+
+    np.testing.assert_array_equal(recon(n1), recon(n1))
+    # z does differ between the draws (a posterior that is not a point)
+    z_logvar = model.encode(images)["z_logvar"].numpy()
+    assert np.all(np.exp(0.5 * z_logvar) > 0.1)
+    if pose_input == "hidden":
+        np.testing.assert_array_equal(recon(n1), recon(n2))
+    else:
+        assert not np.allclose(recon(n1), recon(n2), rtol=1e-4)
+
+
+# -- the pose search's reference volume ------------------------------------------------------------
+def _search_models(n):
+    base = dict(box=n, latent_dim=2, encoder_layers=1, encoder_units=8, decoder_layers=1,
+                decoder_units=8, batch_size=8, pose_search_deg=15.0, pose_refine_band=0.35)
+    return build_model(ModelConfig(**base)), build_model(ModelConfig(**base, search_reference="mean"))
+
+
+def test_own_and_mean_reference_agree_when_the_batch_has_one_volume():
+    n, m = 16, 8
+    own, mean = _search_models(n)
+    assert own.config.search_reference == "own"
+    rng = np.random.default_rng(9)
+    R = geometry.random_rotations(m, rng).astype(np.float32)
+    shifts = rng.integers(-1, 2, (m, 2)).astype(np.float32)
+    vols = np.repeat(hinge_volume(n, 0.5)[None], m, 0)
+    images = own.project(vols, R, shifts).numpy()
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (m, 1))
+    a = [x.numpy() for x in own.search_pose(images, vols, head, shifts)]
+    b = [x.numpy() for x in mean.search_pose(images, vols, head, shifts)]
+    np.testing.assert_allclose(np.abs(np.sum(a[0] * b[0], -1)), 1.0, atol=1e-5)  # same rotation
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_own_reference_keeps_the_true_pose_where_the_mean_volume_misleads():
+    """Images of a closed and an open hinge (half each), the head given the true pose: against each
+    image's own volume the truth correlates perfectly and wins the local round; against the batch's
+    mean (half of each state) other rotations fit that blend better, and the truth is lost."""
+    n, m = 16, 16
+    own, mean = _search_models(n)
+    rng = np.random.default_rng(4)
+    R = geometry.random_rotations(m, rng).astype(np.float32)
+    vols = np.stack([hinge_volume(n, float(i % 2)) for i in range(m)]).astype(np.float32)
+    shifts = np.zeros((m, 2), np.float32)
+    images = own.project(vols, R, shifts).numpy()
+    truth = geometry.matrix_to_quaternion(R).astype(np.float32)
+    errors, won = {}, {}
+    for name, model in (("own", own), ("mean", mean)):
+        q, found, head_won = model.search_pose(images, vols, truth, shifts)
+        errors[name] = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), R)
+        won[name] = head_won.numpy()
+        np.testing.assert_array_equal(found.numpy(), shifts)
+    assert won["own"].all() and errors["own"].max() < 0.1, errors["own"]
+    assert won["mean"].mean() <= 0.75 and np.median(errors["mean"]) > 2.0, errors["mean"]
+
+
+# -- validation --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [
+    dict(likelihood="poisson"), dict(likelihood=None), dict(link="exp"), dict(pose_input="z"),
+    dict(search_reference="median"), dict(likelihood="bernoulli", link="identity"),
+    dict(noise_ema=1.0), dict(noise_ema=-0.1), dict(noise_ema=float("nan")),
+    dict(kl_warmup_steps=-1), dict(kl_warmup_steps=2.5), dict(kl_warmup_steps=True),
+    dict(free_bits=-0.1), dict(free_bits=float("nan"))])
+def test_new_options_are_validated(bad):
+    with pytest.raises(ConfigError):
+        tiny(**bad).validate()
+    with pytest.raises(ConfigError):
+        build_model(tiny(**bad))
+
+
+@pytest.mark.parametrize("good", [
+    dict(likelihood="bernoulli"), dict(link="identity"), dict(pose_input="latent"),
+    dict(search_reference="mean"), dict(noise_ema=0.0), dict(kl_warmup_steps=0),
+    dict(kl_warmup_steps=100), dict(free_bits=0.0), dict(free_bits=2.0)])
+def test_new_options_accept_good_values(good):
+    tiny(**good).validate()
