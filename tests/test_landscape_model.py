@@ -280,3 +280,75 @@ def test_new_options_are_validated(bad):
     dict(kl_warmup_steps=100), dict(free_bits=0.0), dict(free_bits=2.0)])
 def test_new_options_accept_good_values(good):
     tiny(**good).validate()
+
+
+# --------------------------------------------------------------------------------------------
+# linearized latents (latent_inference="linearized")
+
+
+def _linear_model(**kw):
+    """A decoder that is exactly linear in z (no hidden layer, linear voxels) and the identity
+    link: the model image is then y0 + G z exactly, and the linearised posterior is the exact one."""
+    cfg = tiny(box=12, latent_dim=3, decoder_layers=0, output_activation="linear", link="identity",
+               image_offset=False, pose_mode="known", projector="fourier", fourier_kernel_width=2,
+               latent_inference="linearized", latent_band=0.5, volume_mask=None, **kw)
+    return build_model(cfg)
+
+
+def test_linearized_posterior_recovers_the_latent_of_its_own_images():
+    from cryovae_nb.model.projectors import project_fourier
+
+    model = _linear_model()
+    rng = np.random.default_rng(0)
+    b, n = 16, 12
+    rot = geometry.random_rotations(b, rng).astype(np.float32)
+    z_true = rng.normal(0, 1, (b, 3)).astype(np.float32)
+    clean = project_fourier(model.decode(z_true), rot, None, width=2, band=0.5 * n).numpy()
+    images = clean + rng.normal(0, 1e-3, clean.shape).astype(np.float32)
+    z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=1e-6)
+    np.testing.assert_allclose(z_mean.numpy(), z_true, atol=0.02)
+    # the posterior shrinks: far below the prior's unit variance at this noise
+    assert np.all(z_logvar.numpy() < np.log(1e-2))
+    # and at a noise far above the signal it stays at the prior
+    z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=1e6)
+    assert np.all(np.abs(z_mean.numpy()) < 1e-2) and np.all(np.abs(z_logvar.numpy()) < 1e-2)
+
+
+def test_linearized_posterior_is_the_gaussian_posterior_by_numpy():
+    from cryovae_nb.model.projectors import project_fourier
+
+    model = _linear_model()
+    rng = np.random.default_rng(1)
+    b, n, d = 5, 12, 3
+    rot = geometry.random_rotations(b, rng).astype(np.float32)
+    images = rng.normal(0, 1, (b, n, n)).astype(np.float32)
+    var = 0.7
+    probes = np.concatenate([np.zeros((1, d)), np.eye(d)]).astype(np.float32)
+    proj = np.stack([project_fourier(model.decode(probes[k:k + 1]).numpy().repeat(b, 0), rot, None,
+                                     width=2, band=0.5 * n).numpy() for k in range(d + 1)])
+    disc = spherical_mask(n, 1.0)[n // 2]  # only the pixels the loss scores (loss_in_mask)
+    G = ((proj[1:] - proj[:1]) * disc).transpose(1, 0, 2, 3).reshape(b, d, -1).astype(np.float64)
+    r = ((images - proj[0]) * disc).reshape(b, -1).astype(np.float64)
+    z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=var)
+    for i in range(b):
+        A = G[i] @ G[i].T / var + np.eye(d)
+        np.testing.assert_allclose(z_mean.numpy()[i], np.linalg.solve(A, G[i] @ r[i] / var), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(np.exp(z_logvar.numpy()[i]), np.diag(np.linalg.inv(A)), rtol=1e-3)
+
+
+def test_linearized_latents_train_and_need_the_poses():
+    from cryovae_nb.errors import InputError
+
+    model = _linear_model()
+    rng = np.random.default_rng(2)
+    rot = geometry.random_rotations(4, rng).astype(np.float32)
+    images = rng.normal(0, 1, (4, 12, 12)).astype(np.float32)
+    step = make_train_step(model, jit=False)
+    before = model.voxel_layer.kernel.numpy().copy()
+    out = step(images, rot, None, seed=[0, 0])
+    assert np.isfinite(float(out["total"])) and not np.array_equal(model.voxel_layer.kernel.numpy(), before)
+    assert model.encode(images, rotations=rot)["z_mean"].shape == (4, 3)
+    with pytest.raises(InputError, match="poses"):
+        model.encode(images)
+    with pytest.raises(ConfigError, match="known"):
+        ModelConfig(latent_inference="linearized", pose_mode="learned").validate()
