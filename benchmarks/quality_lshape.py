@@ -74,7 +74,12 @@ def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
     from cryovae_nb.inference import band_limit
 
     images = trainer.particles.images[indices]
-    volumes = np.asarray(trainer.model.decode(trainer.model.encode(images)["z_mean"]))
+    poses = {}
+    if trainer.config.model.pose_mode == "known":  # linearized latents are read at the known pose
+        p = trainer.particles.poses
+        poses = dict(rotations=np.asarray(p.rotations[indices], np.float32),
+                     shifts=np.asarray(p.shifts[indices], np.float32))
+    volumes = np.asarray(trainer.model.decode(trainer.model.encode(images, **poses)["z_mean"]))
     if trainer.config.model.projector == "fourier":
         volumes = band_limit(volumes)  # drop what the projector never saw (see inference.band_limit)
     r05, r0143, corr, mirrored = [], [], [], 0
@@ -109,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=None, help="weight of the KL term")
     ap.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default=None,
                     help="data term: calibrated Gaussian (default) or the seed's cross-entropy")
+    ap.add_argument("--latent-inference", choices=["auto", "linearized", "encoder"], default=None,
+                    help="latents from the linearised decoder (auto: with known poses) or the encoder")
     flag = argparse.BooleanOptionalAction  # --x / --no-x; unset: the preset's
     ap.add_argument("--averaging-mirror", action=flag, help="mirrored volumes in the averaging loss")
     ap.add_argument("--image-offset", action=flag, help="per-image logit offset head")
@@ -136,7 +143,7 @@ def main(argv=None) -> int:
 
     star = prepare_data(args)
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}"
-    options = ("learning_rate", "likelihood", "averaging_factor", "beta", "averaging_mirror", "image_offset",
+    options = ("learning_rate", "likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
                "pose_refine_band", "pose_distill")
     chosen = {k: getattr(args, k) for k in options if getattr(args, k) is not None}

@@ -193,10 +193,17 @@ class TrainedRun:
     def volume_of(self, index: int, data=None) -> np.ndarray:
         """The volume the model reconstructs for particle ``index`` of ``data`` (default: the
         training data): the decoded latent mean of its image."""
-        images, _ = self._as_images(self.particles if data is None else data)
+        from cryovae_nb.io import read_particles
+
+        src = self.particles if data is None else data
+        if isinstance(src, (str, os.PathLike)):
+            src = read_particles(src)
+        images, _ = self._as_images(src)
         if not -len(images) <= index < len(images):
             raise InputError(f"particle index {index} out of range (0..{len(images) - 1})")
-        return self.decode(self.encode(images[[index]], progress=False).z_mean[0])
+        # a subset of Particles keeps its pose (linearized latents are read at the known pose)
+        one = src.subset([index % len(images)]) if hasattr(src, "subset") else images[[index]]
+        return self.decode(self.encode(one, progress=False).z_mean[0])
 
     # ---- exploring the latent space ---------------------------------------------------------
 
@@ -322,7 +329,7 @@ def run_generate(args: argparse.Namespace) -> int:
         for k in (i, j):
             if not 0 <= k < len(images):
                 raise InputError(f"particle {k} out of range 0..{len(images) - 1}", run.config.data)
-        zz = run.encode(images[[i, j]], progress=False).z_mean
+        zz = run.encode(run.particles.subset([i, j]), progress=False).z_mean
         z, vols = run.interpolate(zz[0], zz[1], args.steps)
         prefix = f"interp_{i}_{j}"
     elif args.traverse is not None:

@@ -289,9 +289,10 @@ def test_new_options_accept_good_values(good):
 def _linear_model(**kw):
     """A decoder that is exactly linear in z (no hidden layer, linear voxels) and the identity
     link: the model image is then y0 + G z exactly, and the linearised posterior is the exact one."""
-    cfg = tiny(box=12, latent_dim=3, decoder_layers=0, output_activation="linear", link="identity",
-               image_offset=False, pose_mode="known", projector="fourier", fourier_kernel_width=2,
-               latent_inference="linearized", latent_band=0.5, volume_mask=None, **kw)
+    cfg = tiny(**{**dict(box=12, latent_dim=3, decoder_layers=0, output_activation="linear",
+                         link="identity", image_offset=False, pose_mode="known", projector="fourier",
+                         fourier_kernel_width=2, latent_inference="linearized", latent_band=0.5,
+                         volume_mask=None), **kw})
     return build_model(cfg)
 
 
@@ -352,3 +353,66 @@ def test_linearized_latents_train_and_need_the_poses():
         model.encode(images)
     with pytest.raises(ConfigError, match="known"):
         ModelConfig(latent_inference="linearized", pose_mode="learned").validate()
+
+
+def test_principal_volume_estimate_finds_the_direction_the_particles_vary_along():
+    """Images of V0 + a_i u (a_i ~ N(0, s^2)) plus noise, at known random poses: the subspace
+    iteration of covariance_statistics / update_covariance turns the first basis volume towards u
+    and estimates the variance s^2 along it; the noise term is subtracted (pure noise gives ~0)."""
+    from cryovae_nb.model.projectors import project_fourier
+
+    model = _linear_model(latent_dim=2, covariance_ema=0.8)
+    n, b, s, noise = 12, 64, 1.5, 0.3
+    rng = np.random.default_rng(3)
+    v0 = model.decode(np.zeros((1, 2), np.float32)).numpy()[0]
+    zz, yy, xx = np.mgrid[:n, :n, :n]
+    u = np.exp(-((zz - 4.5) ** 2 + (yy - 6) ** 2 + (xx - 7) ** 2) / (2 * 1.5**2)).astype(np.float32)
+    u /= np.linalg.norm(u)            # a smooth blob that comes and goes (the estimate is low-passed)
+
+    def batch(signal: bool):
+        rot = geometry.random_rotations(b, rng).astype(np.float32)
+        a = rng.normal(0, s, b).astype(np.float32) if signal else np.zeros(b, np.float32)
+        vols = v0[None] + a[:, None, None, None] * u[None]
+        img = project_fourier(vols, rot, None, width=2, band=0.5 * n).numpy()
+        return img + rng.normal(0, noise, img.shape).astype(np.float32), rot
+
+    for _ in range(40):
+        img, rot = batch(True)
+        hu, var = model.covariance_statistics(img, rot, noise_var=noise**2)
+        model.update_covariance(hu, var)
+    basis = model.pc_basis.numpy().reshape(2, -1)
+    overlap = np.abs(basis @ u.ravel())
+    assert overlap[0] > 3 * overlap[1]
+    # The estimate is the top eigenvolume of the back-projected covariance sum_i P_i^T C P_i...:
+    # for C = s^2 u u^T that is ~ F u with F = mean_i P_i^T P_i (a ~1/|k| blur), computed here
+    # independently as the adjoint of the projector (TensorFlow's gradient of |P_i u|^2 / 2)
+    rot = geometry.random_rotations(400, rng).astype(np.float32)
+    ut = tf.constant(np.repeat(u[None], 400, 0))
+    with tf.GradientTape() as tape:
+        tape.watch(ut)
+        energy = 0.5 * tf.reduce_sum(tf.square(project_fourier(ut, rot, None, width=2) * model._disc))
+    fu = tf.reduce_sum(tape.gradient(energy, ut), 0).numpy().ravel()
+    fu /= np.linalg.norm(fu)
+    assert abs(basis[0] @ fu) > 0.9, abs(basis[0] @ fu)
+    # the variance along the basis volume b, as the images see it (least squares of a u's
+    # projections on b's): s^2 mean <P u, P b>^2 / mean |P b|^4, inside the disc
+    pb, pu = (project_fourier(np.repeat(v.reshape(1, n, n, n), 400, 0), rot, None, width=2).numpy()
+              * model._disc.numpy() for v in (basis[0], u))
+    want = s**2 * np.mean(np.sum(pu * pb, (1, 2)) ** 2) / np.mean(np.sum(pb * pb, (1, 2)) ** 2)
+    assert model.pc_variance.numpy()[0] == pytest.approx(want, rel=0.3)
+    # the decoder now varies along it: z_0 = 1 adds sqrt(variance) of the basis volume
+    def step_along_z0():
+        return (model.decode(np.array([[1.0, 0.0]], np.float32)) - model.decode(np.zeros((1, 2), np.float32))).numpy()[0]
+
+    var = model.pc_variance.numpy().copy()
+    with_pc = step_along_z0()
+    model.pc_variance.assign(np.zeros(2, np.float32))
+    without = step_along_z0()   # the decoder network's own (here linear) response to z
+    model.pc_variance.assign(var)
+    np.testing.assert_allclose((with_pc - without).ravel(), np.sqrt(var[0]) * basis[0], atol=1e-5)
+    # noise alone: the variance along any direction is estimated near zero
+    fresh = _linear_model(latent_dim=2, covariance_ema=0.8)
+    for _ in range(20):
+        img, rot = batch(False)
+        fresh.update_covariance(*fresh.covariance_statistics(img, rot, noise_var=noise**2))
+    assert np.all(fresh.pc_variance.numpy() < 0.1 * s**2)

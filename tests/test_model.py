@@ -85,7 +85,7 @@ def tiny_config(**kw):
 # -- config --------------------------------------------------------------------------------------
 def test_config_defaults_are_the_thesis_values_and_round_trip(tmp_path):
     cfg = ModelConfig()
-    assert (cfg.box, cfg.latent_dim, cfg.encoder_layers, cfg.encoder_units) == (40, 21, 10, 512)
+    assert (cfg.box, cfg.latent_dim, cfg.encoder_layers, cfg.encoder_units) == (40, 8, 10, 512)
     assert (cfg.decoder_layers, cfg.decoder_units, cfg.volume_mask) == (20, 200, 0.95)
     assert (cfg.beta, cfg.averaging_factor, cfg.learning_rate, cfg.batch_size) == (1.0, 1e4, 1e-5, 120)
     assert cfg.projector == "fourier" and cfg.pose_mode == "learned" and cfg.max_shift_px == 4.0

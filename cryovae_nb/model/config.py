@@ -13,7 +13,7 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 LINKS = ("sigmoid", "identity")
 POSE_INPUTS = ("hidden", "latent")
 SEARCH_REFERENCES = ("own", "mean")
-LATENT_INFERENCES = ("encoder", "linearized")
+LATENT_INFERENCES = ("auto", "linearized", "encoder")
 OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
 
 
@@ -25,7 +25,7 @@ class ModelConfig:
     """
 
     box: int = 40                    # image side n; the decoder emits n^3 voxels
-    latent_dim: int = 21
+    latent_dim: int = 8              # the thesis used 21 (preset "seed")
     encoder_layers: int = 10
     encoder_units: int = 512
     decoder_layers: int = 20
@@ -63,10 +63,13 @@ class ModelConfig:
     pose_distill: float = 100.0      # weight pulling the pose head towards a searched pose that won
     pose_input: str = "hidden"       # the pose head reads the encoder's last hidden layer, so the
                                      # latent need not carry the pose; "latent": the seed's (z)
-    latent_inference: str = "encoder"  # "encoder": the encoder's heads (the seed's); "linearized"
-                                     # (known poses, experimental): each latent solved from the
-                                     # decoder linearised at z = 0 at the known pose (model/vae.py)
+    latent_inference: str = "auto"   # "linearized" (known poses): each latent solved from the
+                                     # decoder linearised at z = 0 at the known pose, the decoder
+                                     # adding principal volumes estimated from the data (vae.py);
+                                     # "encoder": the encoder's heads (the seed's); "auto":
+                                     # linearized with known poses, the encoder with learned ones
     latent_band: float = 0.25        # linearized latents compare images up to this (cycles/px)
+    covariance_ema: float = 0.95     # linearized: running-mean decay of the principal-volume estimate
     search_reference: str = "own"    # local pose refinement against each image's own decoded volume;
                                      # "mean": the batch's mean volume (the global stage always is)
     learning_rate: float = 1e-5
@@ -119,9 +122,11 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.latent_inference == "linearized" and self.pose_mode != "known":
             raise ConfigError("ModelConfig.latent_inference='linearized' needs pose_mode='known' "
-                              "(use 'encoder' for learned poses)")
+                              "(use 'auto' or 'encoder' for learned poses)")
         if self.likelihood == "bernoulli" and self.link != "sigmoid":
             raise ConfigError("ModelConfig: the bernoulli likelihood needs link='sigmoid' (its logits)")
+        if not 0 <= self.covariance_ema < 1:
+            raise ConfigError(f"ModelConfig.covariance_ema must lie in [0, 1), got {self.covariance_ema!r}")
         if not 0 <= self.noise_ema < 1:
             raise ConfigError(f"ModelConfig.noise_ema must lie in [0, 1), got {self.noise_ema!r}")
         if isinstance(self.kl_warmup_steps, bool) or not isinstance(self.kl_warmup_steps, int) \
@@ -173,6 +178,6 @@ PRESETS = {
     "default": {},
     "seed": {"averaging_mirror": True, "image_offset": False, "loss_in_mask": False,
              "symmetrized_loss": False, "pose_search_deg": None, "likelihood": "bernoulli",
-             "pose_input": "latent", "latent_inference": "encoder",
+             "pose_input": "latent", "latent_inference": "encoder", "latent_dim": 21,
              "learning_rate": 1e-5},
 }

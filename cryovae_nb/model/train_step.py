@@ -87,6 +87,8 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
             # with known poses the pose head gets no gradient: leave it out (static, per trace)
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
             model.update_noise_variance(out["residual"])
+            if "pc_update" in out:
+                model.update_covariance(out["pc_update"], out["pc_variance"])
             return {k: out[k] for k in SCALARS}
 
         def step(images, rotations=None, shifts=None, seed=None):
@@ -105,17 +107,22 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         used[rotations is not None] = [i for i, g in enumerate(grads) if g is not None]
         # the residual rides with the gradients through the reducer, so every rank keeps the same
         # noise variance (the mean of the ranks' batches, as one big batch would give)
-        return [g for g in grads if g is not None] + [out["residual"]], {k: out[k] for k in SCALARS}
+        # (so do the principal-volume statistics of linearized latents)
+        extra = [out["pc_update"], out["pc_variance"]] if "pc_update" in out else []
+        return [g for g in grads if g is not None] + [out["residual"]] + extra, {k: out[k] for k in SCALARS}
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def apply(grads, residual, known):
+    def apply(grads, residual, extra, known):
         optimizer.apply_gradients([(g, variables[i]) for g, i in zip(grads, used[known])])
         model.update_noise_variance(residual)
+        if extra:
+            model.update_covariance(*extra)
 
     def step(images, rotations=None, shifts=None, seed=None):
         grads, losses = compute(*_inputs(model, images, rotations, shifts, seed))
         reduced = list(grad_reducer(list(grads)))
-        apply(reduced[:-1], reduced[-1], rotations is not None)
+        k = len(used[rotations is not None])
+        apply(reduced[:k], reduced[k], reduced[k + 1:], rotations is not None)
         return losses
 
     return step

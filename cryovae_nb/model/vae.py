@@ -74,6 +74,12 @@ class CryoVAE(keras.Model):
         if cfg.pose_search_deg is not None:  # start centred: the global search moves images by it
             self.shift_layer = keras.layers.Dense(2, "tanh", name="pose_shift", kernel_initializer="zeros")
         self.decoder_layers = [dense(cfg.decoder_units, act, f"dec{i}") for i in range(cfg.decoder_layers)]
+        if self.linearized and self.decoder_layers:
+            # The network's response to z starts at zero: a random one would hand every latent
+            # dimension a random direction, and the linearised posterior would fit noise along it.
+            # z-dependence is then learned where the data asks, beside the principal volumes.
+            self.decoder_layers[0] = keras.layers.Dense(cfg.decoder_units, act, name="dec0",
+                                                        kernel_initializer="zeros")
         out_act = act if cfg.output_activation == "leaky_relu" else None
         self.voxel_layer = dense(cfg.box ** 3, out_act, "voxels")
         self._mask = None if cfg.volume_mask is None else tf.constant(spherical_mask(cfg.box, cfg.volume_mask))
@@ -103,6 +109,21 @@ class CryoVAE(keras.Model):
         # train.make_checkpoint keys by, so a fresh model could not restore them.
         self.residual_ema = keras.Variable(0.0, dtype="float32", trainable=False, name="residual_ema")
         self.residual_count = keras.Variable(0.0, dtype="float32", trainable=False, name="residual_count")
+        if self.linearized:
+            # Principal volumes of the conformational covariance, estimated from the data by
+            # stochastic subspace iteration (covariance_statistics / update_covariance); the
+            # decoder adds sum_k z_k sqrt(variance_k) basis_k to its volume. Why: a deep decoder
+            # learns a z-dependent direction by gradient far too slowly at low SNR (the collapse);
+            # the covariance of the residuals finds it in a few passes, as in RECOVAR.
+            d, n = cfg.latent_dim, cfg.box
+            rng = np.random.default_rng(cfg.seed + 7919)
+            mask = 1.0 if self._mask is None else self._mask.numpy().reshape(-1, 1)
+            start = np.linalg.qr(rng.standard_normal((n ** 3, d)) * mask)[0].T.reshape(d, n, n, n)
+            self.pc_basis = keras.Variable(start.astype(np.float32), trainable=False, name="pc_basis")
+            self.pc_accum = keras.Variable(np.zeros((d, n, n, n), np.float32), trainable=False,
+                                           name="pc_accum")
+            self.pc_variance = keras.Variable(np.zeros(d, np.float32), trainable=False, name="pc_variance")
+            self.pc_count = keras.Variable(0.0, dtype="float32", trainable=False, name="pc_count")
 
     # -- the pieces --------------------------------------------------------------------------
     def encode(self, images, training: bool = False, rotations=None, shifts=None) -> dict:
@@ -242,6 +263,9 @@ class CryoVAE(keras.Model):
             h = layer(h, training=training)
         n = self.config.box
         v = tf.reshape(self.voxel_layer(h, training=training), [-1, n, n, n])
+        if self.linearized:
+            scale = tf.sqrt(tf.nn.relu(self.pc_variance))
+            v = v + tf.einsum("bk,kzyx->bzyx", tf.convert_to_tensor(z, tf.float32) * scale, self.pc_basis)
         return v if self._mask is None else v * self._mask
 
     def project(self, volumes, rotations, shifts=None, band: float | None = None) -> tf.Tensor:
@@ -291,9 +315,10 @@ class CryoVAE(keras.Model):
         cfg = self.config
         n, d = cfg.box, cfg.latent_dim
         images = tf.convert_to_tensor(images, tf.float32)
-        rotations = tf.convert_to_tensor(rotations, tf.float32)
+        # static ranks: a loosely retraced step (reduce_retracing) may hand these in rank-unknown
+        rotations = tf.reshape(tf.convert_to_tensor(rotations, tf.float32), [-1, 3, 3])
         b = tf.shape(rotations)[0]
-        shifts = tf.zeros([b, 2]) if shifts is None else tf.convert_to_tensor(shifts, tf.float32)
+        shifts = tf.zeros([b, 2]) if shifts is None else tf.reshape(tf.convert_to_tensor(shifts, tf.float32), [-1, 2])
         probes = tf.concat([tf.zeros([1, d]), tf.eye(d)], 0)                       # (d + 1, d)
         vols = tf.stop_gradient(self.decode(probes))
         # low-passed: the conformation shows at low resolution, and slicing only the band's
@@ -320,10 +345,74 @@ class CryoVAE(keras.Model):
         z_var = tf.linalg.diag_part(tf.linalg.cholesky_solve(chol, eye))
         return tf.stop_gradient(z_mean), tf.stop_gradient(tf.math.log(z_var))
 
+    def covariance_statistics(self, images, rotations, shifts=None, offset=None, noise_var=None):
+        """One batch's step of the principal-volume estimate (``latent_inference="linearized"``):
+        ``(H U, variance)`` with ``U`` the current basis ``(d, n, n, n)``, ``H = mean_i Q_i^T (r_i
+        r_i^T - var I) Q_i`` the images' residual covariance taken back into the volume (``Q_i``:
+        projection at pose i, low-passed to ``latent_band``, times the link's slope, inside the
+        loss mask; ``r_i`` the residual to the volume at z = 0), and the variance along each basis
+        volume (least squares from ``r_i . Q_i u_k``). The noise term makes ``H`` unbiased for the
+        conformational covariance as the back-projection sees it: the basis volumes come out
+        blurred by ``mean_i Q_i^T Q_i`` (~1/|k|), their projections, where latents are read, less so.
+        No gradient to the model."""
+        cfg = self.config
+        n, d = cfg.box, cfg.latent_dim
+        images = tf.convert_to_tensor(images, tf.float32)
+        # static ranks: a loosely retraced step (reduce_retracing) may hand these in rank-unknown
+        rotations = tf.reshape(tf.convert_to_tensor(rotations, tf.float32), [-1, 3, 3])
+        b = tf.shape(rotations)[0]
+        shifts = tf.zeros([b, 2]) if shifts is None else tf.reshape(tf.convert_to_tensor(shifts, tf.float32), [-1, 2])
+        band, mask = cfg.latent_band * n, (self._pixel_mask if self._pixel_mask is not None else 1.0)
+        v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
+        l0 = project_fourier(v0, rotations[None], shifts[None], width=2, band=band)[0]
+        if offset is not None and self.offset_layer is not None:
+            l0 = l0 + tf.stop_gradient(offset)[:, None, None] * self._disc
+        y0 = self.image_prediction(l0)
+        slope = y0 * (1.0 - y0) if cfg.link == "sigmoid" else tf.ones_like(y0)
+        r = (images - y0) * mask
+        var = tf.cast(self.noise_variance() if noise_var is None else noise_var, tf.float32)
+        basis = tf.convert_to_tensor(self.pc_basis)
+        with tf.GradientTape() as tape:
+            tape.watch(basis)
+            q = project_fourier(basis, tf.repeat(rotations[None], d, 0), tf.repeat(shifts[None], d, 0),
+                                width=2, band=band) * (slope * mask)[None]       # (d, B, n, n)
+            # Not ramp-filtered: over many views sum_i P_i^T P_i weights frequency k by ~1/|k|, so
+            # the basis volumes come out low-passed; a ramp filter (filtered back-projection)
+            # removes that bias but lets the high-frequency noise in, and measured worse at SNR
+            # 0.1 (hinge |rho| 0.40 vs 0.61; benchmarks/quality_heterogeneity.py)
+            c = tf.reduce_sum(q * r[None], axis=[2, 3])                             # (d, B)
+            noise = var * tf.reduce_sum(q * q, axis=[2, 3])                         # E[c^2] of noise
+            f = 0.5 * tf.reduce_mean(tf.square(c) - noise, axis=1)
+            total = tf.reduce_sum(f)
+        hu = tape.gradient(total, basis)
+        # c = a |q|^2 + noise for an image a basis volume's amplitude a away: least squares
+        gain = tf.reduce_sum(q * q, axis=[2, 3])
+        variance = tf.nn.relu(tf.reduce_mean(tf.square(c) - noise, axis=1)) / tf.maximum(
+            tf.reduce_mean(tf.square(gain), axis=1), 1e-12)
+        return tf.stop_gradient(hu), tf.stop_gradient(variance)
+
+    def update_covariance(self, hu, variance) -> None:
+        """Subspace iteration: the running mean of ``H U`` orthonormalised (signs kept) becomes
+        the basis; the variances follow as a running mean (both bias-corrected)."""
+        cfg = self.config
+        beta = cfg.covariance_ema
+        n, d = cfg.box, cfg.latent_dim
+        self.pc_accum.assign(beta * self.pc_accum + (1.0 - beta) * hu)
+        self.pc_count.assign_add(1.0)
+        corr = 1.0 - tf.pow(beta, self.pc_count)
+        q, _ = tf.linalg.qr(tf.transpose(tf.reshape(self.pc_accum / corr, [d, -1])))
+        q = tf.transpose(q)                                                          # (d, n^3)
+        old = tf.reshape(self.pc_basis, [d, -1])
+        sign = tf.where(tf.reduce_sum(q * old, axis=1) < 0, -1.0, 1.0)
+        self.pc_basis.assign(tf.reshape(q * sign[:, None], [d, n, n, n]))
+        # the variance is re-estimated each step along the current basis: a plain running mean
+        self.pc_variance.assign(beta * self.pc_variance + (1.0 - beta) * variance)
+
     @property
     def linearized(self) -> bool:
         """Whether latents come from :meth:`linearized_posterior` (else the encoder's heads)."""
-        return self.config.latent_inference == "linearized"
+        mode = self.config.latent_inference
+        return mode == "linearized" or (mode == "auto" and self.config.pose_mode == "known")
 
     def _posterior(self, h, images, rotations, shifts, offset, noise_var=None):
         if not self.linearized:
@@ -435,6 +524,9 @@ class CryoVAE(keras.Model):
         out["total"] = (out["recon"] + b * (kl_charged + cfg.averaging_factor * out["averaging"])
                         + cfg.pose_distill * pose_term)
         out.update(recon_per_sample=recon, kl_per_dim=kl_dims, residual=residual, noise_var=noise_var)
+        if self.linearized and training:
+            out["pc_update"], out["pc_variance"] = self.covariance_statistics(images, rotations, shifts,
+                                                                              offset, noise_var)
         out["z_mean"] = z_mean
         return out
 
