@@ -314,11 +314,7 @@ class CryoVAE(keras.Model):
         """
         cfg = self.config
         n, d = cfg.box, cfg.latent_dim
-        images = tf.convert_to_tensor(images, tf.float32)
-        # static ranks: a loosely retraced step (reduce_retracing) may hand these in rank-unknown
-        rotations = tf.reshape(tf.convert_to_tensor(rotations, tf.float32), [-1, 3, 3])
-        b = tf.shape(rotations)[0]
-        shifts = tf.zeros([b, 2]) if shifts is None else tf.reshape(tf.convert_to_tensor(shifts, tf.float32), [-1, 2])
+        images, rotations, shifts, b = _known_pose_batch(images, rotations, shifts)
         probes = tf.concat([tf.zeros([1, d]), tf.eye(d)], 0)                       # (d + 1, d)
         vols = tf.stop_gradient(self.decode(probes))
         # low-passed: the conformation shows at low resolution, and slicing only the band's
@@ -357,11 +353,7 @@ class CryoVAE(keras.Model):
         No gradient to the model."""
         cfg = self.config
         n, d = cfg.box, cfg.latent_dim
-        images = tf.convert_to_tensor(images, tf.float32)
-        # static ranks: a loosely retraced step (reduce_retracing) may hand these in rank-unknown
-        rotations = tf.reshape(tf.convert_to_tensor(rotations, tf.float32), [-1, 3, 3])
-        b = tf.shape(rotations)[0]
-        shifts = tf.zeros([b, 2]) if shifts is None else tf.reshape(tf.convert_to_tensor(shifts, tf.float32), [-1, 2])
+        images, rotations, shifts, b = _known_pose_batch(images, rotations, shifts)
         band, mask = cfg.latent_band * n, (self._pixel_mask if self._pixel_mask is not None else 1.0)
         v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
         l0 = project_fourier(v0, rotations[None], shifts[None], width=2, band=band)[0]
@@ -534,6 +526,16 @@ class CryoVAE(keras.Model):
         from cryovae_nb.config import to_dict
 
         return {"config": to_dict(self.config)}
+
+
+def _known_pose_batch(images, rotations, shifts):
+    """(images, rotations (B, 3, 3), shifts (B, 2), B) as float32 tensors with static ranks: a
+    loosely retraced step (reduce_retracing) may hand them in rank-unknown; no shifts are zeros."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    rotations = tf.reshape(tf.convert_to_tensor(rotations, tf.float32), [-1, 3, 3])
+    b = tf.shape(rotations)[0]
+    shifts = tf.zeros([b, 2]) if shifts is None else tf.reshape(tf.convert_to_tensor(shifts, tf.float32), [-1, 2])
+    return images, rotations, shifts, b
 
 
 def build_model(config: ModelConfig | None = None) -> CryoVAE:
