@@ -619,9 +619,10 @@ class Trainer:
             warnings.warn(
                 f"step {step}: the latent carries no information about the particles (0 of {n} "
                 f"dimensions active on the held-out images, KL {kl_text} nats/image): either the "
-                "particles are homogeneous, or the posterior collapsed. If you expect heterogeneity, "
-                "train with a KL warm-up (model.kl_warmup_steps, e.g. a few thousand steps), "
-                "model.free_bits (e.g. 0.5 nats per dimension) or a lower model.averaging_factor.",
+                "particles are homogeneous, or the posterior collapsed. If you expect heterogeneity: "
+                "with known poses keep model.latent_inference 'auto' (latents read from the decoder "
+                "at each pose); the encoder's latent (learned poses, or 'encoder') measured collapsed "
+                "at SNR 0.1, and kl_warmup_steps / free_bits did not help (README).",
                 LatentCollapseWarning, stacklevel=2)
         return {**losses, "latent_collapsed": True}
 

@@ -1,6 +1,8 @@
 """The three loss terms of the cryo-EM VAE (thesis §3.3.2), as TensorFlow functions."""
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 
@@ -33,7 +35,7 @@ def gaussian_nll(images, predictions, noise_var, pixel_mask=None) -> tf.Tensor:
         n_pix = tf.reduce_sum(pixel_mask)
     noise_var = tf.cast(noise_var, tf.float32)
     return (0.5 * tf.reduce_sum(sq, axis=[1, 2]) / noise_var
-            + 0.5 * n_pix * tf.math.log(2.0 * 3.141592653589793 * noise_var))
+            + 0.5 * n_pix * tf.math.log(2.0 * math.pi * noise_var))
 
 
 def kl_divergence(z_mean, z_logvar) -> tf.Tensor:
