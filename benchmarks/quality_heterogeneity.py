@@ -12,7 +12,15 @@ prints side by side, against the simulation's truth:
   angle) against that state's truth (mean correlation, mean FSC 0.5 / 0.143 in px), ``own``: every
   decoded state is closest to its own truth; ``cons``: the same correlation for the one volume at
   the mean latent (what a homogeneous reconstruction gives), so the gain is visible;
-- ``acc``: two-state phantom, k-means (k = 2) on the latent vs the true state.
+- ``acc``: two-state phantom, k-means (k = 2) on the latent vs the true state;
+- learned poses: ``pose|rho|`` (does the latent hold the view instead? its best PC against the true
+  view angles) and ``proj`` (median correlation of the model's image, at its own pose and latent,
+  with the noise-free truth image: do the learned poses explain the data?).
+
+First it prints the Bayes limits (cached beside the simulated data): what the exact posterior over
+the true maps reads from the same images, with the true poses, and for ``--mode learned`` with the
+rotations unknown (marginalised over a 10-degree grid); ``oracle_knn_r2`` is the benchmark's own
+k-NN R2 applied to that ideal one-dimensional latent.
 
     .venv/bin/python benchmarks/quality_heterogeneity.py                      # hinge, known, 12 min
     .venv/bin/python benchmarks/quality_heterogeneity.py --phantom two_state --budget 360
@@ -59,12 +67,11 @@ def prepare_data(args, phantom: str) -> tuple[Path, dict]:
     return star, load_truth(out / "sim" / "truth.npz")
 
 
-def oracle(args, phantom: str, truth: dict, m: int = 600) -> dict:
+def oracle(args, phantom: str, truth: dict, m: int = 8000) -> dict:
     """The Bayes limit: what a method that knew the true maps and poses could read from the raw
-    images (white noise of the simulated std): |rho| and R2 of the posterior mean of t, and for two
-    states the accuracy of the posterior's choice; on the first ``m`` particles."""
+    images (white noise of the simulated std): the figures of :func:`_posterior_figures`, on the
+    first ``m`` particles."""
     import numpy as np
-    from scipy.stats import spearmanr
 
     from cryovae_nb.io import read_particles
     from cryovae_nb.projection import project
@@ -75,14 +82,65 @@ def oracle(args, phantom: str, truth: dict, m: int = 600) -> dict:
     rot, sh, levels = truth["rotations"][:m], truth["shifts"][:m], np.asarray(truth["volume_t"])
     ll = np.stack([-((x - project(hinge_volume(args.box, float(t)), rot, sh)) ** 2).sum((1, 2))
                    for t in levels], 1) / (2 * truth["noise_std"] ** 2)
+    return _posterior_figures(ll, levels, np.asarray(truth["t"][:m]))
+
+
+def _posterior_figures(ll, levels, t) -> dict:
+    """Figures of the posterior mean of t from log-likelihoods ``ll`` ``(m, levels)``: |rho|, its
+    R2, the benchmark's own k-NN R2 with it as a one-dimensional latent, and for two states the
+    accuracy of the posterior's choice."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from cryovae_nb.heterogeneity import motion_recovery
+
     post = np.exp(ll - ll.max(1, keepdims=True))
     t_hat = (post / post.sum(1, keepdims=True)) @ levels
-    t = np.asarray(truth["t"][:m])
     out = {"oracle_rho": float(abs(spearmanr(t_hat, t).statistic)),
-           "oracle_r2": float(1 - np.sum((t - t_hat) ** 2) / np.sum((t - t.mean()) ** 2))}
+           "oracle_r2": float(1 - np.sum((t - t_hat) ** 2) / np.sum((t - t.mean()) ** 2)),
+           "oracle_knn_r2": motion_recovery(t_hat[:, None], t)["knn_r2"]}
     if len(levels) == 2:
         out["oracle_accuracy"] = float(np.mean((t_hat > 0.5) == (t > 0.5)))
     return out
+
+
+def oracle_ab_initio(args, phantom: str, truth: dict, m: int = 400, step_deg: float = 10.0) -> dict:
+    """The Bayes limit without poses: the same posterior over the true maps, each image's rotation
+    marginalised over a uniform grid (``step_deg``; its shift known, so this still bounds ab initio
+    from above). On this data each image says little about its view as well as its conformation."""
+    import numpy as np
+    import tensorflow as tf
+
+    from cryovae_nb.io import read_particles
+    from cryovae_nb.model import ModelConfig, build_model
+    from cryovae_nb.model.pose_search import search_grid
+    from cryovae_nb.model.vae import quaternion_to_matrix
+    from cryovae_nb.synthetic import hinge_volume
+
+    n = args.box
+    base = Path(args.workdir) / f"{phantom}_b{n}_n{args.n_particles}_snr{args.snr}_s{args.seed}" / "sim"
+    x = np.asarray(read_particles(base / "particles.star").images[:m], np.float64)
+    m = len(x)
+    # the images moved back by their true shifts (a phase ramp), so one projection serves them all
+    k = np.fft.fftfreq(n)
+    ramp = np.exp(2j * np.pi * (np.asarray(truth["shifts"][:m])[:, 0, None, None] * k[None, None, :]
+                                + np.asarray(truth["shifts"][:m])[:, 1, None, None] * k[None, :, None]))
+    x = np.fft.ifft2(np.fft.fft2(x) * ramp).real.reshape(m, -1)
+    model = build_model(ModelConfig(box=n, pose_mode="learned", encoder_layers=0, decoder_layers=0,
+                                    fourier_kernel_width=6, fourier_pad=2.0, volume_mask=None))
+    grid = quaternion_to_matrix(tf.constant(search_grid(step_deg)))
+    levels = np.asarray(truth["volume_t"])
+    var = float(truth["noise_std"]) ** 2
+    ll = np.zeros((m, len(levels)))
+    for j, t in enumerate(levels):
+        vol = hinge_volume(n, float(t))[None].astype(np.float32)
+        proj = np.concatenate([model.project(vol, grid[None, s:s + 2048]).numpy()[0]
+                               for s in range(0, int(grid.shape[0]), 2048)]).reshape(-1, n * n)
+        proj = proj.astype(np.float64)
+        a = (x @ proj.T - 0.5 * np.sum(proj ** 2, 1)[None]) / var          # (m, K) up to const(x)
+        amax = a.max(1, keepdims=True)
+        ll[:, j] = (amax + np.log(np.mean(np.exp(a - amax), 1, keepdims=True)))[:, 0]
+    return {f"ab_initio_{k}": v for k, v in _posterior_figures(ll, levels, np.asarray(truth["t"][:m])).items()}
 
 
 def state_labels(phantom: str, truth: dict, box: int):
@@ -149,7 +207,41 @@ def evaluate(trainer, phantom: str, truth: dict, labels, truths, pixel_size: flo
         euler = np.asarray(truth["euler"])
         row["pose_rho"] = max(mr(z, np.cos(np.deg2rad(euler[:, 1])))["spearman_pc"],
                               mr(z, np.cos(np.deg2rad(euler[:, 0])))["spearman_pc"])
+        # do the learned poses (and latents) explain the images? The model's projection at each
+        # particle's pose against the noise-free truth image (frame- and hand-free: a rotated or
+        # mirrored reconstruction at its own consistent poses scores as well as the truth's)
+        row["proj_corr"] = projection_agreement(model, trainer.particles.images, truth)
     return row
+
+
+def projection_agreement(model, images, truth: dict, m: int = 500) -> float:
+    """Median correlation, over the first ``m`` particles, of the model's image (its decoded
+    volume at its own latent and pose) with the noise-free truth image."""
+    import numpy as np
+
+    from cryovae_nb.geometry import quaternion_to_matrix
+    from cryovae_nb.synthetic import hinge_volume
+
+    n, m = model.config.box, min(m, len(images))
+    enc = model.encode(np.asarray(images[:m], np.float32))
+    mine = model.project(model.decode(enc["z_mean"]),
+                         quaternion_to_matrix(np.asarray(enc["quaternion"])).astype(np.float32),
+                         enc["shift"]).numpy().reshape(m, -1)
+    vols = np.stack([hinge_volume(n, float(t)) for t in truth["t"][:m]]).astype(np.float32)
+    clean = model.project(vols, truth["rotations"][:m].astype(np.float32),
+                          np.asarray(truth["shifts"][:m], np.float32)).numpy().reshape(m, -1)
+    mine, clean = mine - mine.mean(1, keepdims=True), clean - clean.mean(1, keepdims=True)
+    corr = np.sum(mine * clean, 1) / np.sqrt(np.sum(mine**2, 1) * np.sum(clean**2, 1))
+    return float(np.median(corr))
+
+
+def cached(path: Path, compute) -> dict:
+    """``compute()``'s figures, kept beside the simulated data they describe (minutes to compute)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = compute()
+    path.write_text(json.dumps(out))
+    return out
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -203,7 +295,7 @@ def run_variant(args, phantom: str, mode: str, name: str, overrides: dict) -> li
 
 HEADER = (f"{'phantom':>9} {'mode':>7} {'variant':>14} {'train_s':>7} {'step':>6} {'img/s':>5} "
           f"{'KL':>6} {'active':>6} {'|rho|':>5} {'R2':>5} {'corr':>5} {'FSC.5':>5} {'FSC.143':>7} "
-          f"{'own':>3} {'cons':>5} {'acc':>5} {'pose|rho|':>9}")
+          f"{'own':>3} {'cons':>5} {'acc':>5} {'pose|rho|':>9} {'proj':>5}")
 
 
 def format_row(r: dict) -> str:
@@ -215,7 +307,7 @@ def format_row(r: dict) -> str:
             f"{r['knn_r2']:5.2f} {r['state_corr']:5.2f} {r['state_fsc05_px']:5.2f} "
             f"{r['state_fsc0143_px']:7.2f} {'yes' if r['own_closest'] else 'no':>3} "
             f"{r['consensus_corr']:5.2f} {f(r.get('two_state_accuracy'), '5.2f')} "
-            f"{f(r.get('pose_rho'), '9.2f')}")
+            f"{f(r.get('pose_rho'), '9.2f')} {f(r.get('proj_corr'), '5.2f')}")
 
 
 def main(argv=None) -> int:
@@ -232,6 +324,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-std", type=float, default=1.0, help="px")
     ap.add_argument("--pixel-size", type=float, default=3.0, help="Å")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-oracle", action="store_true",
+                    help="skip the Bayes limits (minutes per new dataset; cached beside the data)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_quality_het"))
     args = ap.parse_args(argv)
 
@@ -241,10 +335,16 @@ def main(argv=None) -> int:
     print(f"box {args.box}, {args.n_particles} particles, SNR {args.snr}, {args.budget:.0f} s per run; "
           f"variants: " + "; ".join(f"{n} {o}" for n, o in variants), flush=True)
     limits = {}
-    for phantom in phantoms:
-        limits[phantom] = oracle(args, phantom, prepare_data(args, phantom)[1])
-        print(f"{phantom}: the Bayes limit (true maps and poses, 600 particles): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in limits[phantom].items()), flush=True)
+    for phantom in phantoms if not args.no_oracle else []:
+        star, truth = prepare_data(args, phantom)
+        limits[phantom] = cached(star.parent.parent / "oracle.json", lambda: oracle(args, phantom, truth))
+        print(f"{phantom}: the Bayes limit (true maps and poses, {min(8000, args.n_particles)} "
+              f"particles): " + ", ".join(f"{k} {v:.3f}" for k, v in limits[phantom].items()), flush=True)
+        if "learned" in modes:
+            ab = cached(star.parent.parent / "oracle_ab_initio.json",
+                        lambda: oracle_ab_initio(args, phantom, truth))
+            print(f"{phantom}: the Bayes limit ab initio (true maps and shifts, rotations unknown, "
+                  f"400 particles): " + ", ".join(f"{k} {v:.3f}" for k, v in ab.items()), flush=True)
     print(HEADER, flush=True)
     final = []
     for phantom in phantoms:
