@@ -897,10 +897,7 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
                      ("raw (SNR %g)" % s.snr, "preprocessed"))
 
     run_dir = paths.run_dir("run")
-    if (run_dir / "config.json").is_file():  # a previous demo's run in this folder: start afresh
-        import shutil
-
-        shutil.rmtree(run_dir)
+    # a previous demo's run in this folder: Trainer(resume=False) moves it to run/previous-N
     if s.steps is None:
         _say(f"3/5 training ({s.pose_mode} poses) for {s.budget_s:g} s")
         limits = dict(max_time_s=s.budget_s)
