@@ -129,11 +129,16 @@ def make_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def load_split(path: str | os.PathLike, n: int) -> tuple[np.ndarray, np.ndarray]:
+def load_split(path: str | os.PathLike, n: int, output_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a split ``.npz`` and check it against ``n``: arrays 'train' and 'test' (0-based
-    indices), or a boolean 'is_test' of length ``n`` (what preprocessing writes)."""
+    indices), or a boolean 'is_test' of length ``n`` (what preprocessing writes). ``output_id``:
+    the run id of the data's STAR file (``Particles.output_id``); a split written by another
+    preprocessing run is refused."""
     try:
         with np.load(path, allow_pickle=False) as f:
+            if output_id is not None and "run_id" in f and str(f["run_id"]) != output_id:
+                raise InputError("written by another preprocessing run than the particles' STAR file "
+                                 "(interrupted, or files from two runs); rerun the preprocessing", path)
             if "is_test" in f:
                 is_test = np.asarray(f["is_test"], bool)
                 if is_test.shape != (n,):
@@ -141,6 +146,8 @@ def load_split(path: str | os.PathLike, n: int) -> tuple[np.ndarray, np.ndarray]
                 train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
             else:
                 train, test = np.asarray(f["train"], np.int64), np.asarray(f["test"], np.int64)
+    except InputError:
+        raise
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read split file ({e})", path) from None
     except KeyError:
@@ -489,7 +496,7 @@ class Trainer:
         if self.is_chief:
             rundir.claim(self.run_dir)  # before anything is written: refuses a folder not ours
         if cfg.split_file:
-            self.train_indices, self.test_indices = load_split(cfg.split_file, n)
+            self.train_indices, self.test_indices = load_split(cfg.split_file, n, self.particles.output_id)
         else:
             self.train_indices, self.test_indices = make_split(n, cfg.test_fraction, cfg.seed)
         self.order = EpochOrder(self.train_indices, cfg.batch_size, cfg.seed, self.rank, self.size)
