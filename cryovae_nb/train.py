@@ -29,6 +29,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -43,6 +44,7 @@ from cryovae_nb import rundir
 from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
+from cryovae_nb.faults import fault_point
 from cryovae_nb.model import ModelConfig
 
 LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
@@ -263,6 +265,11 @@ def make_checkpoint(model, optimizer=None):
     return tf.train.Checkpoint(**parts)
 
 
+# names atomic_path gives a checkpoint folder or the pointer while they are written, and the
+# name a replaced checkpoint folder has for a moment
+_CHECKPOINT_TEMPORARY = re.compile(r"\.(step_\d+|latest)\.[A-Za-z0-9_]{8}\.tmp.*|\.step_\d+\.old")
+
+
 class CheckpointManager:
     """Complete-or-absent checkpoints: each is written into a temporary folder that is renamed
     into place, and the ``latest`` pointer is rewritten (atomically) only after that."""
@@ -294,26 +301,39 @@ class CheckpointManager:
             tmp.mkdir()
             checkpoint.write(str(tmp / "ckpt"))
             write_json_atomic(tmp / "state.json", state)
+            fault_point(f"checkpoint-written@{step}")
+        fault_point(f"checkpoint-renamed@{step}")
         write_text_atomic(self.directory / "latest", final.name + "\n")
+        fault_point(f"checkpoint-pointer@{step}")
         for old in self.all()[: -self.keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def remove_temporaries(self) -> list[str]:
+        """Remove what a run killed mid-save left here (a checkpoint or pointer still under its
+        temporary name, a replaced checkpoint moved aside); these names are only ever ours."""
+        if not self.directory.is_dir():
+            return []
+        removed = []
+        for p in self.directory.iterdir():
+            if _CHECKPOINT_TEMPORARY.fullmatch(p.name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p.name)
+        return removed
+
     def restore_newest(self, checkpoint) -> tuple[Path | None, dict | None, list[str]]:
         """Restore the newest checkpoint that reads back whole: ``(path, state, problems)``, where
         ``problems`` describes each newer checkpoint skipped as unreadable; ``(None, None, problems)``
         when there is none to restore (``problems`` empty: there never was one)."""
-        problems, candidates = [], []
+        problems = []
         try:
-            latest = self.latest()
+            self.latest()
         except TrainingError as e:  # the pointer names a checkpoint that is gone
             problems.append(str(e))
-            latest = None
-        for path in ([latest] if latest else []) + sorted(self.all(), reverse=True):
-            if path not in candidates:
-                candidates.append(path)
-        for path in candidates:
+        # newest first by step: a folder with its state.json was renamed into place complete, so
+        # one newer than the pointer (a kill before the pointer was rewritten) is good to use
+        for path in sorted(self.all(), reverse=True):
             try:
                 return path, self.restore(checkpoint, path), problems
             except TrainingError as e:
@@ -520,6 +540,8 @@ class Trainer:
         resumed = resume and self._resume()
         if not resumed and self.is_chief:
             self._move_previous_run_aside()
+        if self.is_chief:
+            self.checkpoints.remove_temporaries()  # left by a run killed while saving
         if broadcast is not None:
             broadcast(self)
         if self.is_chief:

@@ -22,7 +22,7 @@ import pytest
 
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import outputset, read_particles
-from cryovae_nb.train import load_split
+from cryovae_nb.train import load_split, read_metrics
 
 SOURCE = Path(__file__).resolve().parent / "data" / "quirks" / "relion30.star"  # 7 images, 20 px
 SET = ("out.mrcs", "out.star", "out_split.npz", "out_preprocess.json")
@@ -106,3 +106,65 @@ def test_sigkill_at_each_publish_step_then_rerun(point, old_set, new_images, tmp
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in folder.iterdir()) == sorted(SET)  # our temporaries are gone
     assert state(folder, old, new_images) == "new"
+
+
+# -- training: killed at each step of saving a checkpoint ---------------------------------------------
+
+def train_config(data, run_dir, **kw):
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.train import TrainConfig
+
+    model = ModelConfig(box=12, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
+                        decoder_units=16)
+    base = dict(data=str(data), run_dir=str(run_dir), model=model, batch_size=2, learning_rate=1e-3,
+                max_steps=6, log_every=1, sample_every=1000, checkpoint_every=2, keep_checkpoints=5,
+                n_test_eval=1, n_samples=0, seed=4, test_fraction=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_killed_while_saving_checkpoints_resumes_to_the_same_weights(tmp_path):
+    """One run killed three times, once at each step of saving a checkpoint (the checkpoint written
+    under its temporary name / renamed into place / the pointer rewritten), each time resumed by the
+    same command: it ends with the weights of a run that was never interrupted."""
+    from cryovae_nb.config import save_config
+    from cryovae_nb.inference import load_run
+    from cryovae_nb.train import Trainer
+
+    prep = tmp_path / "prep"
+    assert preprocess(prep / "out", NEW_ARGS).returncode == 0
+    data = prep / "out.star"
+    ref = Trainer(train_config(data, tmp_path / "ref"), progress=False)
+    ref.train()
+
+    run = tmp_path / "run"
+    save_config(train_config(data, run), tmp_path / "c.json")
+    ckpts = run / "checkpoints"
+
+    def train(fault=None):
+        env = {k: v for k, v in os.environ.items() if k != "CRYOVAE_FAULT"}
+        if fault:
+            env["CRYOVAE_FAULT"] = fault
+        return subprocess.run([sys.executable, "-m", "cryovae_nb.cli", "train", "--config", str(tmp_path / "c.json"),
+                               "--no-progress"], capture_output=True, text=True, timeout=900, env=env)
+
+    outcomes = []
+    for fault, newest_complete, pointer in (("checkpoint-written@4", "step_00000002", "step_00000002"),
+                                            ("checkpoint-renamed@4", "step_00000004", "step_00000002"),
+                                            ("checkpoint-pointer@6", "step_00000006", "step_00000006")):
+        proc = train(fault)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        complete = sorted(p.name for p in ckpts.glob("step_*") if (p / "state.json").is_file())
+        assert complete[-1] == newest_complete and (ckpts / "latest").read_text().strip() == pointer
+        outcomes.append((fault, complete[-1], sorted(p.name for p in ckpts.iterdir() if p.name.startswith("."))))
+    # the first kill left the step-4 checkpoint under its temporary name; the next start removed it
+    assert outcomes[0][2] and not outcomes[1][2] and not outcomes[2][2]
+
+    done = train()
+    assert done.returncode == 0 and "stopped at step 6" in done.stdout, done.stderr[-2000:]
+    resumed = load_run(run)
+    assert resumed.step == 6
+    for a, b in zip(ref.model.trainable_variables, resumed.model.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    steps = [r["step"] for r in read_metrics(run) if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the log was cut back at each resume, never duplicated

@@ -457,9 +457,11 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
     cfg.model.latent_dim = 6
     with pytest.raises(ConfigError, match="different model"):
         Trainer(cfg, progress=False)
-    # starting over on purpose clears the old run's checkpoints and log
-    fresh = Trainer(dataclasses.replace(cfg, max_steps=4), resume=False, progress=False)
+    # starting over on purpose moves the old run's checkpoints and log aside, into previous-1
+    with pytest.warns(UserWarning, match="previous-1"):
+        fresh = Trainer(dataclasses.replace(cfg, max_steps=4), resume=False, progress=False)
     assert fresh.step == 0 and not (tmp_path / "r" / "checkpoints").exists()
+    assert (tmp_path / "r" / "previous-1" / "checkpoints" / "step_00000010").is_dir()
     fresh.train()
     assert [p.name for p in CheckpointManager(tmp_path / "r" / "checkpoints").all()] == ["step_00000004"]
     assert read_metrics(tmp_path / "r") == []
