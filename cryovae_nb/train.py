@@ -616,6 +616,13 @@ class Trainer:
             if saved_data.get("data") not in (None, now["data"]):
                 warnings.warn(f"{self.run_dir}: the data moved ({saved_data['data']} -> {now['data']}); "
                               "same content, resuming", stacklevel=4)
+        split_path = self.run_dir / "split.npz"
+        if self.is_chief and split_path.is_file():
+            train, test = load_split(split_path, len(self.particles))
+            if not (np.array_equal(train, self.train_indices) and np.array_equal(test, self.test_indices)):
+                raise ConfigError(f"{split_path}: the run's train/test split differs from the one the "
+                                  f"config gives now ({self.config.split_file or 'test_fraction and seed'}); "
+                                  f"{how}")
         path = self.run_dir / "config.json"
         if not path.exists():
             return

@@ -180,6 +180,15 @@ def test_resume_on_other_data_is_refused_and_the_record_kept(two_datasets, tmp_p
     assert {n: (run / n).read_bytes() for n in record} == record
 
 
+def test_resume_with_another_split_is_refused(two_datasets, tmp_path):
+    data, _ = two_datasets
+    run = tmp_path / "run"
+    trainer(config(data, run)).train()
+    with pytest.raises(ConfigError, match="split.npz: the run's train/test split differs"):
+        trainer(config(data, run, max_steps=6, test_fraction=0.3))
+    assert trainer(config(data, run, max_steps=6)).step == 4
+
+
 def test_resume_error_names_the_cli_flag(two_datasets, tmp_path):
     data, _ = two_datasets
     run = tmp_path / "run"
