@@ -22,6 +22,7 @@ import numpy as np
 
 from cryovae_nb.atomic import write_json_atomic
 from cryovae_nb.errors import ConfigError
+from cryovae_nb.faults import fault_point
 
 MARKER = "cryovae_run.json"
 FORMAT = "cryovae_nb run"
@@ -32,6 +33,7 @@ RUN_FILES = ("config.json", "config.yaml", "split.npz", "data.json", "metrics.js
 # what cryovae_nb.launch writes beside them (they belong to the job, not to one training session)
 LAUNCH_FILES = ("job.json", "launch_config.json", "launch.log", "exit.json", "job.sbatch")
 _PREVIOUS = re.compile(r"previous-(\d+)")
+MOVING = ".moving"
 _OURS = re.compile(r"(previous-\d+|slurm-[^/]*\.out|\..+\.tmp.*)")  # old runs, Slurm logs, our temporaries
 SAMPLE_IMAGES = 16   # images hashed for the fingerprint, evenly spread over the stack
 
@@ -90,18 +92,41 @@ def has_run_files(run_dir: str | os.PathLike) -> bool:
     return any((Path(run_dir) / name).exists() for name in RUN_FILES)
 
 
+def interrupted_move(run_dir: str | os.PathLike) -> Path | None:
+    """The ``previous-N`` a killed start-over was moving the old run into, if any."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    taken = sorted(int(m.group(1)) for p in run_dir.iterdir() if (m := _PREVIOUS.fullmatch(p.name)))
+    last = run_dir / f"previous-{taken[-1]}" if taken else None
+    return last if last is not None and (last / MOVING).exists() else None
+
+
 def move_aside(run_dir: str | os.PathLike) -> Path | None:
     """Move a previous run's files into ``run_dir/previous-N`` (N one past the highest there);
-    None when there is nothing to move. Renames within one folder: nothing is copied or deleted."""
+    None when there is nothing to move. Renames within one folder: nothing is copied or deleted.
+
+    ``previous-N/.moving`` marks a move in progress: a move a kill interrupted is finished into
+    the same ``previous-N`` the next time, so one run never ends up split over two folders.
+    """
     run_dir = Path(run_dir)
     present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    target = interrupted_move(run_dir)  # finish an interrupted move into the same folder
     if not present:
+        if target is not None:  # killed after the last rename: the move is complete
+            (target / MOVING).unlink()
         return None
-    taken = [int(m.group(1)) for p in run_dir.iterdir() if (m := _PREVIOUS.fullmatch(p.name))]
-    target = run_dir / f"previous-{max(taken, default=0) + 1}"
-    target.mkdir()
+    if target is None:
+        taken = [int(m.group(1)) for p in run_dir.iterdir() if (m := _PREVIOUS.fullmatch(p.name))]
+        target = run_dir / f"previous-{max(taken, default=0) + 1}"
+        target.mkdir()
+        (target / MOVING).touch()
     for name in present:
+        if (target / name).exists():  # cannot happen unless someone put it there: keep both
+            raise ConfigError(f"{target / name} exists; move it away, then start the run again")
         os.replace(run_dir / name, target / name)
+        fault_point(f"moved-aside:{name}")
+    (target / MOVING).unlink()
     return target
 
 

@@ -537,6 +537,8 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_chief)
         self.step, self.elapsed_s, self.last_checkpoint = 0, 0.0, None
 
+        if self.is_chief and rundir.interrupted_move(self.run_dir) is not None:
+            resume = False  # a start-over was killed while moving the old run aside: finish it
         resumed = resume and self._resume()
         if not resumed and self.is_chief:
             self._move_previous_run_aside()
@@ -546,6 +548,7 @@ class Trainer:
             broadcast(self)
         if self.is_chief:
             self._write_run_files(resumed)
+            fault_point("run-files-written")
 
     # ---- run directory -------------------------------------------------------------------
 
@@ -833,6 +836,7 @@ class Trainer:
                         f"training stopped. Last good checkpoint: {self.last_checkpoint or 'none'}. "
                         "Try a lower learning rate or check the input normalisation.")
                 self.step += 1
+                fault_point(f"step@{self.step}")
                 self.elapsed_s = base_elapsed + time.monotonic() - started
                 for k in LOSS_KEYS:
                     acc[k] += values[k]

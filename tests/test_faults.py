@@ -1,11 +1,13 @@
-"""Fault injection: ``cryovae preprocess`` SIGKILLed at every step of writing and publishing its
-output set, then run again. Real processes, real files, no mocks.
+"""Fault injection: ``cryovae preprocess`` and ``cryovae train`` SIGKILLed at every step of
+writing and publishing their outputs, then run again. Real processes, real files, no mocks.
 
 The process kills itself at a named point (``CRYOVAE_FAULT``, cryovae_nb/faults.py), so each kill
-lands at the same step on any machine under any load. After each kill the outputs must be the
-complete old set, the complete new set, or a set that every reader refuses with a clear error
-(a kill between two renames); never a mixture that reads. The rerun must succeed and leave the
-complete new set and no temporaries.
+lands at the same step on any machine under any load. After each kill of preprocessing the
+outputs must be the complete old set, the complete new set, or a set that every reader refuses
+with a clear error (a kill between two renames); never a mixture that reads. The rerun must
+succeed and leave the complete new set and no temporaries. A training run killed at each step of
+saving must, run again, end with the weights and log of an uninterrupted run; a start-over killed
+while moving the old run aside must be finished, not scattered.
 """
 from __future__ import annotations
 
@@ -123,10 +125,21 @@ def train_config(data, run_dir, **kw):
     return TrainConfig(**base)
 
 
-def test_training_killed_while_saving_checkpoints_resumes_to_the_same_weights(tmp_path):
-    """One run killed three times, once at each step of saving a checkpoint (the checkpoint written
-    under its temporary name / renamed into place / the pointer rewritten), each time resumed by the
-    same command: it ends with the weights of a run that was never interrupted."""
+# each kill -> (newest complete checkpoint, what `latest` says) right after it; None: no checkpoint
+TRAIN_KILLS = (
+    ("run-files-written", None, None),                          # provenance written, no step yet
+    ("step@1", None, None),                                     # before the first checkpoint
+    ("step@3", "step_00000002", "step_00000002"),              # between two checkpoints
+    ("checkpoint-written@4", "step_00000002", "step_00000002"),  # under its temporary name
+    ("checkpoint-renamed@4", "step_00000004", "step_00000002"),  # renamed, pointer not yet rewritten
+    ("checkpoint-pointer@6", "step_00000006", "step_00000006"),  # pointer rewritten, not yet pruned
+    ("step@7", "step_00000006", "step_00000006"),
+)
+
+
+def test_training_killed_at_each_step_of_a_run_resumes_to_the_same_weights(tmp_path):
+    """One ``cryovae train`` command killed seven times, at the points of TRAIN_KILLS, each time
+    run again as it was: it ends with the weights and log of a run that was never interrupted."""
     from cryovae_nb.config import save_config
     from cryovae_nb.inference import load_run
     from cryovae_nb.train import Trainer
@@ -134,11 +147,11 @@ def test_training_killed_while_saving_checkpoints_resumes_to_the_same_weights(tm
     prep = tmp_path / "prep"
     assert preprocess(prep / "out", NEW_ARGS).returncode == 0
     data = prep / "out.star"
-    ref = Trainer(train_config(data, tmp_path / "ref"), progress=False)
+    ref = Trainer(train_config(data, tmp_path / "ref", max_steps=8), progress=False)
     ref.train()
 
     run = tmp_path / "run"
-    save_config(train_config(data, run), tmp_path / "c.json")
+    save_config(train_config(data, run, max_steps=8), tmp_path / "c.json")
     ckpts = run / "checkpoints"
 
     def train(fault=None):
@@ -148,23 +161,52 @@ def test_training_killed_while_saving_checkpoints_resumes_to_the_same_weights(tm
         return subprocess.run([sys.executable, "-m", "cryovae_nb.cli", "train", "--config", str(tmp_path / "c.json"),
                                "--no-progress"], capture_output=True, text=True, timeout=900, env=env)
 
-    outcomes = []
-    for fault, newest_complete, pointer in (("checkpoint-written@4", "step_00000002", "step_00000002"),
-                                            ("checkpoint-renamed@4", "step_00000004", "step_00000002"),
-                                            ("checkpoint-pointer@6", "step_00000006", "step_00000006")):
+    temporaries = []
+    for fault, newest_complete, pointer in TRAIN_KILLS:
         proc = train(fault)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert proc.returncode == -signal.SIGKILL, (fault, proc.stderr[-2000:])
         complete = sorted(p.name for p in ckpts.glob("step_*") if (p / "state.json").is_file())
-        assert complete[-1] == newest_complete and (ckpts / "latest").read_text().strip() == pointer
-        outcomes.append((fault, complete[-1], sorted(p.name for p in ckpts.iterdir() if p.name.startswith("."))))
-    # the first kill left the step-4 checkpoint under its temporary name; the next start removed it
-    assert outcomes[0][2] and not outcomes[1][2] and not outcomes[2][2]
+        assert (complete[-1] if complete else None) == newest_complete, (fault, complete)
+        latest = ckpts / "latest"
+        assert (latest.read_text().strip() if latest.exists() else None) == pointer, fault
+        temporaries.append(sorted(p.name for p in ckpts.iterdir() if p.name.startswith(".")) if ckpts.exists() else [])
+    # only the kill inside a save left a temporary, and the next start removed it
+    assert [bool(t) for t in temporaries] == [f.startswith("checkpoint-written") for f, _, _ in TRAIN_KILLS]
 
     done = train()
-    assert done.returncode == 0 and "stopped at step 6" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and "stopped at step 8" in done.stdout, done.stderr[-2000:]
     resumed = load_run(run)
-    assert resumed.step == 6
+    assert resumed.step == 8
     for a, b in zip(ref.model.trainable_variables, resumed.model.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    steps = [r["step"] for r in read_metrics(run) if r["split"] == "train"]
-    assert steps == [1, 2, 3, 4, 5, 6]  # the log was cut back at each resume, never duplicated
+    # the log was cut back at each resume, never duplicated; the two starts killed before their
+    # first checkpoint were moved aside whole, not deleted
+    assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == list(range(1, 9))
+    assert sorted(p.name for p in run.glob("previous-*")) == ["previous-1", "previous-2"]
+    assert all((run / p / "data.json").is_file() for p in ("previous-1", "previous-2"))
+    assert not list(run.glob("previous-*/.moving"))
+
+
+def test_a_start_over_killed_while_moving_the_old_run_aside_is_finished_next_time(tmp_path):
+    from cryovae_nb import rundir
+    from cryovae_nb.train import Trainer
+
+    prep = tmp_path / "prep"
+    assert preprocess(prep / "out", NEW_ARGS).returncode == 0
+    run = tmp_path / "run"
+    Trainer(train_config(prep / "out.star", run, max_steps=2), progress=False).train()
+    old = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()
+           and p.name != rundir.MARKER}
+    code = f"from cryovae_nb import rundir; rundir.move_aside({str(run)!r})"
+    env = dict(os.environ, CRYOVAE_FAULT="moved-aside:metrics.jsonl")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert (run / "previous-1" / ".moving").exists() and (run / "checkpoints").is_dir()  # half moved
+
+    # the next start (even without resume=False) finishes the start-over into the same folder
+    with pytest.warns(UserWarning, match="previous-1"):
+        t = Trainer(train_config(prep / "out.star", run, max_steps=2), progress=False)
+    assert t.step == 0 and not (run / "previous-1" / ".moving").exists()
+    moved = {str(p.relative_to(run / "previous-1")): p.read_bytes() for p in (run / "previous-1").rglob("*")
+             if p.is_file()}
+    assert moved == old and not (run / "previous-2").exists()
