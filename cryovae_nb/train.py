@@ -599,6 +599,9 @@ class Trainer:
             warnings.warn(f"{self.run_dir}: newer checkpoint(s) unreadable ({'; '.join(problems)}); "
                           f"resuming from {path.name}, the newest intact one", stacklevel=3)
         self._restore(path, state)
+        pointer = self.checkpoints.directory / "latest"
+        if self.is_chief and (not pointer.is_file() or pointer.read_text().strip() != path.name):
+            write_text_atomic(pointer, path.name + "\n")  # a kill came before it was rewritten
         return True
 
     def _check_resumable(self) -> None:

@@ -129,16 +129,18 @@ def train_config(data, run_dir, **kw):
 TRAIN_KILLS = (
     ("run-files-written", None, None),                          # provenance written, no step yet
     ("step@1", None, None),                                     # before the first checkpoint
+    ("checkpoint-written@2", None, None),                       # inside the first save
     ("step@3", "step_00000002", "step_00000002"),              # between two checkpoints
     ("checkpoint-written@4", "step_00000002", "step_00000002"),  # under its temporary name
     ("checkpoint-renamed@4", "step_00000004", "step_00000002"),  # renamed, pointer not yet rewritten
     ("checkpoint-pointer@6", "step_00000006", "step_00000006"),  # pointer rewritten, not yet pruned
     ("step@7", "step_00000006", "step_00000006"),
+    ("checkpoint-renamed@8", "step_00000008", "step_00000006"),  # the last save, pointer not rewritten
 )
 
 
 def test_training_killed_at_each_step_of_a_run_resumes_to_the_same_weights(tmp_path):
-    """One ``cryovae train`` command killed seven times, at the points of TRAIN_KILLS, each time
+    """One ``cryovae train`` command killed at each point of TRAIN_KILLS in turn, each time
     run again as it was: it ends with the weights and log of a run that was never interrupted."""
     from cryovae_nb.config import save_config
     from cryovae_nb.inference import load_run
@@ -173,17 +175,20 @@ def test_training_killed_at_each_step_of_a_run_resumes_to_the_same_weights(tmp_p
     # only the kill inside a save left a temporary, and the next start removed it
     assert [bool(t) for t in temporaries] == [f.startswith("checkpoint-written") for f, _, _ in TRAIN_KILLS]
 
+    # the last kill came after step 8 was saved: the rerun finds the run complete
     done = train()
-    assert done.returncode == 0 and "stopped at step 8" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and "stopped at step 8 (max_steps)" in done.stdout, done.stderr[-2000:]
+    assert (ckpts / "latest").read_text().strip() == "step_00000008"
     resumed = load_run(run)
     assert resumed.step == 8
     for a, b in zip(ref.model.trainable_variables, resumed.model.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    # the log was cut back at each resume, never duplicated; the two starts killed before their
+    # the log was cut back at each resume, never duplicated; the three starts killed before their
     # first checkpoint were moved aside whole, not deleted
     assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == list(range(1, 9))
-    assert sorted(p.name for p in run.glob("previous-*")) == ["previous-1", "previous-2"]
-    assert all((run / p / "data.json").is_file() for p in ("previous-1", "previous-2"))
+    previous = ["previous-1", "previous-2", "previous-3"]
+    assert sorted(p.name for p in run.glob("previous-*")) == previous
+    assert all((run / p / "data.json").is_file() for p in previous)
     assert not list(run.glob("previous-*/.moving"))
 
 
