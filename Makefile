@@ -25,7 +25,7 @@ $(STAMPS)/deps: pyproject.toml | $(PY)
 
 deps: $(STAMPS)/deps
 
-# Horovod 0.28.1 compiled against the installed TensorFlow (flags recorded in design.md).
+# Horovod 0.28.1 compiled against the installed TensorFlow (flags recorded in docs/design.md).
 $(STAMPS)/horovod: $(STAMPS)/deps scripts/install_horovod.sh
 	bash scripts/install_horovod.sh $(PY)
 	@touch $@

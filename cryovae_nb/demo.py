@@ -813,6 +813,10 @@ class DemoSettings:
     budget_s: float = 240.0
     pose_mode: str = "known"
     notebook_budget_s: float = 20.0      # extra training 02_train adds to the shared run
+    # a fixed step count instead of the budgets (None: the budgets): the same training whatever
+    # the machine's load, so the quick demo's outputs (and the tests on them) do not vary with it
+    steps: int | None = None
+    notebook_steps: int | None = None    # steps 02_train adds, with ``steps``
     embed_methods: tuple = ("umap", "pca", "tsne")
     model: dict = dataclasses.field(default_factory=dict)
     state_bins: int = STATE_BINS         # latent_vs_truth: the hinge angle cut into this many states
@@ -822,7 +826,8 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> "DemoSettings":
         # seconds of everything: for the test suite and a smoke check
-        return cls(n_particles=300, box=20, budget_s=8.0, notebook_budget_s=3.0,
+        return cls(n_particles=300, box=20, budget_s=8.0, notebook_budget_s=3.0, steps=150,
+                   notebook_steps=10,
                    embed_methods=("pca", "tsne"),
                    model=dict(latent_dim=4, encoder_layers=1, encoder_units=64, decoder_layers=1,
                               decoder_units=64))
@@ -833,7 +838,10 @@ def add_demo_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and seconds of training (a smoke test, not a result)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="training wall-clock budget in seconds (default 240; 8 with --quick)")
+                        help="training wall-clock budget in seconds (default 240)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train this many steps instead of for a wall-clock budget "
+                             "(default with --quick: 150, and 10 more in 02_train)")
     parser.add_argument("--n-particles", type=int, default=None, help="simulated particles (default 5000)")
     parser.add_argument("--pose-mode", choices=("known", "learned"), default="known",
                         help="known: poses from the STAR file (a good map in minutes); "
@@ -850,7 +858,12 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up chatter
     s = DemoSettings.quick() if args.quick else DemoSettings()
     if args.budget is not None:
-        s.budget_s = float(args.budget)
+        s.budget_s, s.steps, s.notebook_steps = float(args.budget), None, None
+    if getattr(args, "steps", None) is not None:
+        if args.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+        s.steps = int(args.steps)
+        s.notebook_steps = s.notebook_steps or max(1, s.steps // 10)
     if args.n_particles is not None:
         s.n_particles = int(args.n_particles)
     s.pose_mode = args.pose_mode
@@ -884,13 +897,15 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
                      ("raw (SNR %g)" % s.snr, "preprocessed"))
 
     run_dir = paths.run_dir("run")
-    if (run_dir / "config.json").is_file():  # a previous demo's run in this folder: start afresh
-        import shutil
-
-        shutil.rmtree(run_dir)
-    _say(f"3/5 training ({s.pose_mode} poses) for {s.budget_s:g} s")
-    cfg = tutorial_train_config(paths, run_dir, max_time_s=s.budget_s, pose_mode=s.pose_mode,
-                                sample_every=10**9, checkpoint_every=10**9, **s.model)
+    # a previous demo's run in this folder: Trainer(resume=False) moves it to run/previous-N
+    if s.steps is None:
+        _say(f"3/5 training ({s.pose_mode} poses) for {s.budget_s:g} s")
+        limits = dict(max_time_s=s.budget_s)
+    else:
+        _say(f"3/5 training ({s.pose_mode} poses) for {s.steps} steps")
+        limits = dict(max_steps=s.steps, max_time_s=None)
+    cfg = tutorial_train_config(paths, run_dir, pose_mode=s.pose_mode,
+                                sample_every=10**9, checkpoint_every=10**9, **limits, **s.model)
     trainer = Trainer(cfg, progress=False, resume=False)
     result = trainer.train()
     test = trainer.test_indices[:8] if len(trainer.test_indices) else trainer.train_indices[:8]
@@ -950,6 +965,7 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     summary = {
         "out": str(out), "particles": str(paths.raw), "preprocessed": str(paths.particles),
         "phantom": s.phantom, "run_dir": str(run_dir), "steps": result.step,
+        "notebook_steps": s.notebook_steps if s.steps is not None else None,
         "train_seconds": round(result.elapsed_s, 1),
         "pose_mode": s.pose_mode, "preview_png": str(preview), "sample_grid_png": str(samples_png),
         "reconstruction_mrc": str(recon), "fsc_png": str(fsc_png), "fsc_json": str(fsc_json),
@@ -974,6 +990,9 @@ def notebook_parameters(workdir: Path, s: DemoSettings) -> dict:
               "SIM_SNR": s.snr, "SIM_PHANTOM": s.phantom}
     train = {"POSE_MODE": s.pose_mode, "MODEL_OVERRIDES": dict(s.model),
              "TRAIN_BUDGET_S": s.notebook_budget_s, "SAMPLE_EVERY": 10**9, "CHECKPOINT_EVERY": 10**9}
+    if s.steps is not None:
+        # MAX_STEPS counts from the run's start: the demo's steps, then the notebook's
+        train.update(MAX_STEPS=s.steps + (s.notebook_steps or 0), TRAIN_BUDGET_S=None)
     return {
         "01_preprocess.ipynb": dict(common),
         "02_train.ipynb": {**common, **train},

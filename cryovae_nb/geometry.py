@@ -9,7 +9,7 @@ The convention, fixed here and tested once (tests/test_geometry.py):
   sampled at rotated coordinates, projected along z, and the projection is moved by ``+s``.
 * ``R`` is the transpose of RELION's Euler matrix ``A(rot, tilt, psi)``; equivalently
   ``R = scipy.spatial.transform.Rotation.from_euler("ZYZ", [rot, tilt, psi], degrees=True)``
-  (design.md: RELION's projector samples the map at ``A^T r``).
+  (docs/design.md: RELION's projector samples the map at ``A^T r``).
 * RELION's origin (``rlnOriginX/YAngst`` / pixel size, or ``rlnOriginX/Y``) is the opposite of our
   shift: the particle centre sits at ``box_centre - origin`` (RELION re-centres a particle by
   subtracting its origin), so ``s = -origin``.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -93,11 +94,20 @@ class TrainedRun:
             raise InputError("not a training run directory (no config.json)", self.run_dir)
         self.config = load_config(TrainConfig, cfg_path)
         manager = CheckpointManager(self.run_dir / "checkpoints")
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else manager.latest()
-        if self.checkpoint is None:
-            raise InputError("run directory has no checkpoint yet", self.run_dir)
         self.model = build_model(self.config.model)
-        state = CheckpointManager.restore(make_checkpoint(self.model), self.checkpoint)
+        if checkpoint is not None:
+            self.checkpoint = Path(checkpoint)
+            state = CheckpointManager.restore(make_checkpoint(self.model), self.checkpoint)
+        else:
+            # the newest checkpoint that reads back whole, saying which newer ones were skipped
+            self.checkpoint, state, problems = manager.restore_newest(make_checkpoint(self.model))
+            if self.checkpoint is None:
+                if problems:
+                    raise InputError("no intact checkpoint: " + "; ".join(problems), self.run_dir)
+                raise InputError("run directory has no checkpoint yet", self.run_dir)
+            if problems:
+                warnings.warn(f"{self.run_dir}: newer checkpoint(s) unreadable ({'; '.join(problems)}); "
+                              f"using {self.checkpoint.name}, the newest intact one", stacklevel=3)
         self.step = int(state["step"])
         self.pixel_size = float(state.get("pixel_size") or 1.0)
         self.box = int(self.config.model.box)

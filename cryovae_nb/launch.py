@@ -460,8 +460,10 @@ def launch(config, run_dir: str | os.PathLike, *, backend: str = "local", np: in
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     run_dir = Path(run_dir).resolve()
     if not dry_run:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from cryovae_nb.rundir import claim
+
         _refuse_if_running(run_dir)
+        claim(run_dir)  # a folder that is not a run of ours is refused before anything is written
     if dry_run and not isinstance(config, (str, os.PathLike)):
         config_path = run_dir / CONFIG_NAME
     else:

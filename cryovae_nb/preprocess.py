@@ -19,6 +19,7 @@ pose shifts through both, so the poses written with the output stay right to a f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 import scipy.fft
 
 from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.faults import fault_after, fault_point
 
 NORMALIZE_METHODS = ("tanh", "zscore", "minmax", "none")
 
@@ -327,24 +329,6 @@ def _transform(x: np.ndarray, cfg: PreprocessConfig, plan: _Plan, ctf: dict | No
 _BATCH = 128
 
 
-def _release_pages(array) -> None:
-    """Flush and unmap the pages of a memory-mapped output array written so far.
-
-    Dirty pages of a shared file mapping count in this process's RSS until written back, so an
-    output written through ``np.memmap`` would grow RSS by its whole size; MADV_DONTNEED after a
-    flush drops them (the data is on its way to disk). Best effort: no mapping, no-op.
-    """
-    import mmap
-
-    m = getattr(array, "_mmap", None)
-    if m is not None and hasattr(m, "madvise"):
-        try:
-            m.flush()
-            m.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
-
-
 def _chunks(stack, chunk_size: int):
     """Yield (start, images), reading the next chunk in a thread while this one is processed.
 
@@ -376,18 +360,20 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
                      datadir: str | os.PathLike | None = None, progress: bool = True):
     """Stream a particle stack through the steps of ``cfg``; return the output's ``Particles``.
 
-    ``input`` is a STAR file, a bare ``.mrcs``/``.mrc`` or a ``Particles``. Writes (each
-    atomically; never onto an input file) ``<out>.mrcs`` (float32, new pixel size in the header),
+    ``input`` is a STAR file, a bare ``.mrcs``/``.mrc`` or a ``Particles``. Writes (never onto an
+    input file) ``<out>.mrcs`` (float32, new pixel size in the header), ``<out>_split.npz``
+    (``is_test`` and the run id), ``<out>_preprocess.json`` (the config) and, published last,
     ``<out>.star`` (RELION 3.1; every input column carried through, CTF unchanged, poses with
-    shifts moved as the images were, the new pixel size and box), ``<out>_split.npz``
-    (``is_test``) and ``<out>_preprocess.json`` (the config). Memory stays at about two chunks
-    of input images whatever the stack size.
+    shifts moved as the images were, the new pixel size and box, and a ``data_cryovae_output``
+    block recording the run id and the stack, see ``cryovae_nb.io.outputset``). All four are
+    written as temporaries first and renamed into place only when all are complete; readers
+    refuse a STAR file paired with another run's stack or split. A full disk raises
+    ``OutputError`` and removes the temporaries; temporaries a killed run left are removed at
+    the next start. Memory stays at about two chunks of input images whatever the stack size.
     """
-    from tqdm.auto import tqdm
-
     from cryovae_nb.atomic import atomic_path
     from cryovae_nb.config import save_config
-    from cryovae_nb.io import Particles, Poses, StackWriter, make_image_names, read_particles, write_particles_star
+    from cryovae_nb.io import Particles, Poses, make_image_names, outputset, read_particles, write_particles_star
 
     cfg = PreprocessConfig() if cfg is None else cfg
     cfg.validate()
@@ -413,7 +399,63 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
                              "flipping again would undo it", source)
 
     n = len(particles)
-    with StackWriter(paths["stack"], n, plan.box_out, plan.pixel_out) as writer, \
+    for stale in (t for p in paths.values() for t in outputset.temporaries(p)):
+        stale.unlink(missing_ok=True)  # ours, left by a killed run (never mistaken for outputs)
+    run_id = outputset.new_run_id()
+    tmp: dict[str, Path] = {}
+    try:
+        with contextlib.ExitStack() as publish:
+            # Every file goes to a temporary first; the renames happen as the block exits, in the
+            # reverse order of entry: stack, split, config, and the STAR file last. The STAR file
+            # records the run id and its stack, so a reader of files left by a kill between two
+            # renames gets an error, never an old STAR file silently paired with a new stack.
+            for k in ("star", "config", "split", "stack"):
+                if k != "star":
+                    publish.enter_context(fault_after(f"published-{k}"))  # between two renames
+                tmp[k] = publish.enter_context(atomic_path(paths[k]))
+            _write_images(particles, tmp["stack"], cfg, plan, ctf, source, progress)
+            fault_point("stack-written")
+            poses = particles.poses
+            if poses is not None:
+                shifts = downsample_shifts(poses.shifts, plan.box_in, cfg.coarsen, plan.box_out)
+                poses = Poses(poses.rotations, poses.euler, shifts)
+            out = particles
+            if cfg.phase_flip:  # tell RELION-aware readers the CTF phases are already corrected
+                df = particles.df.copy()
+                df["rlnCtfDataArePhaseFlipped"] = 1
+                cols = list(particles.particle_columns)
+                cols += [] if "rlnCtfDataArePhaseFlipped" in cols else ["rlnCtfDataArePhaseFlipped"]
+                out = Particles(df, particles.images, particles.pixel_size, optics=particles.optics,
+                                particle_columns=cols, source=particles.source, ctf=particles.ctf,
+                                poses=particles.poses, _parse=False)
+            names = make_image_names(paths["stack"], n, relative_to=paths["star"])
+            record = outputset.stack_record(run_id, tmp["stack"], names[0].split("@", 1)[1])
+            write_particles_star(tmp["star"], out, image_names=names, poses=poses, pixel_size=plan.pixel_out,
+                                 box=plan.box_out, extra_blocks={outputset.BLOCK: record})
+            np.savez(tmp["split"], is_test=train_test_split(n, cfg.test_fraction, cfg.seed),
+                     seed=np.int64(cfg.seed), test_fraction=np.float64(cfg.test_fraction),
+                     run_id=np.str_(run_id))
+            save_config(cfg, tmp["config"])
+            fault_point("temporaries-written")
+        fault_point("published")
+    except OSError as e:
+        from cryovae_nb.errors import OutputError
+
+        # name the output the user asked for, not our temporary name for it
+        where = f"{getattr(e, 'path', None)} {getattr(e, 'filename', None)} {e}"
+        key = next((k for k, t in tmp.items() if t.name in where), "stack")
+        raise OutputError.from_oserror(e, paths[key]) from None
+    return read_particles(paths["star"])
+
+
+def _write_images(particles, path: Path, cfg: PreprocessConfig, plan: _Plan, ctf, source, progress: bool):
+    """Stream the images through the steps of ``cfg`` into a new stack at ``path``."""
+    from tqdm.auto import tqdm
+
+    from cryovae_nb.io import StackWriter
+
+    n = len(particles)
+    with StackWriter(path, n, plan.box_out, plan.pixel_out) as writer, \
             tqdm(total=n, unit="img", desc="preprocess", disable=not progress) as bar:
         for start, chunk in _chunks(particles.images, cfg.chunk_size):
             for b in range(0, len(chunk), _BATCH):
@@ -426,30 +468,8 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
                                      "values (or becomes NaN in preprocessing)", source)
                 writer.write(y)
             del chunk
-            _release_pages(getattr(getattr(writer, "_mrc", None), "data", None))
             bar.update(min(cfg.chunk_size, n - start))
-
-    poses = particles.poses
-    if poses is not None:
-        shifts = downsample_shifts(poses.shifts, plan.box_in, cfg.coarsen, plan.box_out)
-        poses = Poses(poses.rotations, poses.euler, shifts)
-    out = particles
-    if cfg.phase_flip:  # tell RELION-aware readers the CTF phases are already corrected
-        df = particles.df.copy()
-        df["rlnCtfDataArePhaseFlipped"] = 1
-        cols = list(particles.particle_columns)
-        cols += [] if "rlnCtfDataArePhaseFlipped" in cols else ["rlnCtfDataArePhaseFlipped"]
-        out = Particles(df, particles.images, particles.pixel_size, optics=particles.optics,
-                        particle_columns=cols, source=particles.source, ctf=particles.ctf,
-                        poses=particles.poses, _parse=False)
-    write_particles_star(paths["star"], out,
-                         image_names=make_image_names(paths["stack"], n, relative_to=paths["star"]),
-                         poses=poses, pixel_size=plan.pixel_out, box=plan.box_out)
-    with atomic_path(paths["split"]) as tmp:
-        np.savez(tmp, is_test=train_test_split(n, cfg.test_fraction, cfg.seed),
-                 seed=np.int64(cfg.seed), test_fraction=np.float64(cfg.test_fraction))
-    save_config(cfg, paths["config"])
-    return read_particles(paths["star"])
+            fault_point("stack-chunk-written")
 
 
 def preprocess_images(images, cfg: PreprocessConfig | None = None, *, pixel_size: float | None = None,

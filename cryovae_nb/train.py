@@ -2,14 +2,18 @@
 
 A run directory holds everything a run needs to be resumed, inspected or used for inference::
 
+    run_dir/cryovae_run.json            marks the folder as a run of ours (format version), written first
     run_dir/config.json, config.yaml    the TrainConfig (model config nested), written at start
+    run_dir/data.json                   the data's fingerprint, checked on resume (cryovae_nb.rundir)
     run_dir/split.npz                   train / test particle indices (0-based rows of the data)
+    run_dir/previous-N/                 an earlier run in this folder, moved aside when started over
     run_dir/metrics.jsonl               one JSON record per line: step, split, recon, kl, averaging, total, ...;
                                         test records add kl_per_dim, active_dims (latent_collapsed)
     run_dir/samples/step_XXXXXXXX.png   inputs above the projections of their reconstructed volumes
     run_dir/samples/step_XXXXXXXX/      a few of those volumes as MRC (voxel size in the header)
     run_dir/checkpoints/step_XXXXXXXX/  tf.train.Checkpoint (weights + optimizer) + state.json
     run_dir/checkpoints/latest          name of the newest complete checkpoint, written last
+                                        (a resume falls back to an older one if it is unreadable)
     run_dir/STOP                        create it to stop a run cleanly (it is removed when honoured)
 
 Reproducibility: the initial weights come from the seed, the batch order of epoch ``e`` is a
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -35,9 +40,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from cryovae_nb import rundir
 from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
+from cryovae_nb.faults import fault_point
 from cryovae_nb.model import ModelConfig
 
 LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
@@ -124,11 +131,16 @@ def make_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def load_split(path: str | os.PathLike, n: int) -> tuple[np.ndarray, np.ndarray]:
+def load_split(path: str | os.PathLike, n: int, output_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a split ``.npz`` and check it against ``n``: arrays 'train' and 'test' (0-based
-    indices), or a boolean 'is_test' of length ``n`` (what preprocessing writes)."""
+    indices), or a boolean 'is_test' of length ``n`` (what preprocessing writes). ``output_id``:
+    the run id of the data's STAR file (``Particles.output_id``); a split written by another
+    preprocessing run is refused."""
     try:
         with np.load(path, allow_pickle=False) as f:
+            if output_id is not None and "run_id" in f and str(f["run_id"]) != output_id:
+                raise InputError("written by another preprocessing run than the particles' STAR file "
+                                 "(interrupted, or files from two runs); rerun the preprocessing", path)
             if "is_test" in f:
                 is_test = np.asarray(f["is_test"], bool)
                 if is_test.shape != (n,):
@@ -136,6 +148,8 @@ def load_split(path: str | os.PathLike, n: int) -> tuple[np.ndarray, np.ndarray]
                 train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
             else:
                 train, test = np.asarray(f["train"], np.int64), np.asarray(f["test"], np.int64)
+    except InputError:
+        raise
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read split file ({e})", path) from None
     except KeyError:
@@ -251,6 +265,11 @@ def make_checkpoint(model, optimizer=None):
     return tf.train.Checkpoint(**parts)
 
 
+# names atomic_path gives a checkpoint folder or the pointer while they are written, and the
+# name a replaced checkpoint folder has for a moment
+_CHECKPOINT_TEMPORARY = re.compile(r"\.(step_\d+|latest)\.[A-Za-z0-9_]{8}\.tmp.*|\.step_\d+\.old")
+
+
 class CheckpointManager:
     """Complete-or-absent checkpoints: each is written into a temporary folder that is renamed
     into place, and the ``latest`` pointer is rewritten (atomically) only after that."""
@@ -282,11 +301,44 @@ class CheckpointManager:
             tmp.mkdir()
             checkpoint.write(str(tmp / "ckpt"))
             write_json_atomic(tmp / "state.json", state)
+            fault_point(f"checkpoint-written@{step}")
+        fault_point(f"checkpoint-renamed@{step}")
         write_text_atomic(self.directory / "latest", final.name + "\n")
+        fault_point(f"checkpoint-pointer@{step}")
         for old in self.all()[: -self.keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def remove_temporaries(self) -> list[str]:
+        """Remove what a run killed mid-save left here (a checkpoint or pointer still under its
+        temporary name, a replaced checkpoint moved aside); these names are only ever ours."""
+        if not self.directory.is_dir():
+            return []
+        removed = []
+        for p in self.directory.iterdir():
+            if _CHECKPOINT_TEMPORARY.fullmatch(p.name):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p.name)
+        return removed
+
+    def restore_newest(self, checkpoint) -> tuple[Path | None, dict | None, list[str]]:
+        """Restore the newest checkpoint that reads back whole: ``(path, state, problems)``, where
+        ``problems`` describes each newer checkpoint skipped as unreadable; ``(None, None, problems)``
+        when there is none to restore (``problems`` empty: there never was one)."""
+        problems = []
+        try:
+            self.latest()
+        except TrainingError as e:  # the pointer names a checkpoint that is gone
+            problems.append(str(e))
+        # newest first by step: a folder with its state.json was renamed into place complete, so
+        # one newer than the pointer (a kill before the pointer was rewritten) is good to use
+        for path in sorted(self.all(), reverse=True):
+            try:
+                return path, self.restore(checkpoint, path), problems
+            except TrainingError as e:
+                problems.append(str(e))
+        return None, None, problems
 
     @staticmethod
     def restore(checkpoint, path: str | os.PathLike) -> dict:
@@ -411,7 +463,10 @@ class Callback:
 class Trainer:
     """Trains a CryoVAE on a particle stack; resumable, stoppable, deterministic given the seed.
 
-    ``resume=False`` starts over: the run directory's old checkpoints, samples and metrics are deleted.
+    ``resume=False`` starts over: the run directory's old run is moved into ``run_dir/previous-N``
+    (never deleted). A folder that is not empty and not a run of ours is refused unchanged, and so
+    is a resume on other data than the run's (``cryovae_nb.rundir``). ``restart_hint`` is how the
+    caller's user starts over (the CLI passes ``--restart``); error messages name it.
 
     ``rank``, ``size``, ``is_chief``, ``grad_reducer`` and ``broadcast`` are the hooks for data-
     parallel training (cryovae_nb.distributed): each rank reads its own share of every epoch,
@@ -423,7 +478,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, callbacks: Iterable[Any] = (), resume: bool = True,
                  progress: bool = True, rank: int = 0, size: int = 1, is_chief: bool | None = None,
-                 grad_reducer: Callable | None = None, broadcast: Callable[["Trainer"], None] | None = None):
+                 grad_reducer: Callable | None = None, broadcast: Callable[["Trainer"], None] | None = None,
+                 restart_hint: str = "resume=False"):
         import keras
         import tensorflow as tf
 
@@ -441,6 +497,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = progress
         self.run_dir = Path(cfg.run_dir)
+        self._restart_hint = restart_hint
         self._stop_event = threading.Event()
         self._collapse_warned = False  # check_latent_collapse warns once per Trainer
 
@@ -456,8 +513,10 @@ class Trainer:
             raise InputError("pose_mode 'known' needs poses (rlnAngleRot/Tilt/Psi) in the STAR file", cfg.data)
         self.config = cfg
         self.pixel_size = float(self.particles.pixel_size) if self.particles.pixel_size else 1.0
+        if self.is_chief:
+            rundir.claim(self.run_dir)  # before anything is written: refuses a folder not ours
         if cfg.split_file:
-            self.train_indices, self.test_indices = load_split(cfg.split_file, n)
+            self.train_indices, self.test_indices = load_split(cfg.split_file, n, self.particles.output_id)
         else:
             self.train_indices, self.test_indices = make_split(n, cfg.test_fraction, cfg.seed)
         self.order = EpochOrder(self.train_indices, cfg.batch_size, cfg.seed, self.rank, self.size)
@@ -478,39 +537,98 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_chief)
         self.step, self.elapsed_s, self.last_checkpoint = 0, 0.0, None
 
-        latest = self.checkpoints.latest() if resume else None
-        if latest is not None:
-            self._check_resumable()
-            self._restore(latest)
-        elif self.is_chief:
-            self._clear_previous_run()
+        if self.is_chief and rundir.interrupted_move(self.run_dir) is not None:
+            resume = False  # a start-over was killed while moving the old run aside: finish it
+        resumed = resume and self._resume()
+        if not resumed and self.is_chief:
+            self._move_previous_run_aside()
+        if self.is_chief:
+            self.checkpoints.remove_temporaries()  # left by a run killed while saving
         if broadcast is not None:
             broadcast(self)
         if self.is_chief:
-            self._write_run_files()
+            self._write_run_files(resumed)
+            fault_point("run-files-written")
 
     # ---- run directory -------------------------------------------------------------------
 
-    def _write_run_files(self) -> None:
-        save_config(self.config, self.run_dir / "config.json")
-        save_config(self.config, self.run_dir / "config.yaml")
-        with atomic_path(self.run_dir / "split.npz") as tmp:
-            np.savez(tmp, train=self.train_indices, test=self.test_indices)
-        write_json_atomic(self.run_dir / "data.json", {
-            "data": str(Path(self.config.data).resolve()),
-            "datadir": None if self.config.datadir is None else str(Path(self.config.datadir).resolve()),
-            "n_particles": len(self.particles), "box": int(self.particles.box),
-            "pixel_size": self.pixel_size})
+    def _write_run_files(self, resumed: bool) -> None:
+        """The run's provenance, written when it starts; a resume only fills in what a run from
+        an older version lacks, never rewriting the record of what the run was trained on."""
+        def missing(name):
+            return not (resumed and (self.run_dir / name).exists())
 
-    def _clear_previous_run(self) -> None:
-        """A fresh start in a used run dir (resume=False, or killed before its first checkpoint):
-        the old checkpoints, metrics and samples would mix with the new run's, so they go."""
-        for name in ("checkpoints", "samples"):
-            shutil.rmtree(self.run_dir / name, ignore_errors=True)
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for name in ("config.json", "config.yaml"):
+            if missing(name):
+                save_config(self.config, self.run_dir / name)
+        if missing("split.npz"):
+            with atomic_path(self.run_dir / "split.npz") as tmp:
+                np.savez(tmp, train=self.train_indices, test=self.test_indices)
+        if missing("data.json"):
+            write_json_atomic(self.run_dir / "data.json", self._fingerprint())
+
+    def _fingerprint(self) -> dict:
+        if getattr(self, "_fingerprint_cache", None) is None:
+            self._fingerprint_cache = rundir.data_fingerprint(self.particles, self.config.data,
+                                                              self.config.datadir)
+        return self._fingerprint_cache
+
+    def _move_previous_run_aside(self) -> None:
+        """A fresh start in a used run folder (resume=False, or killed before its first checkpoint):
+        the old run's files would mix with the new run's, so they move to ``previous-N``."""
+        moved = rundir.move_aside(self.run_dir)
+        if moved is not None:
+            warnings.warn(f"{self.run_dir}: starting a new run; the previous one was moved to {moved}",
+                          stacklevel=3)
+
+    def _resume(self) -> bool:
+        """Restore the newest intact checkpoint after checking the run is this one; False: none."""
+        try:
+            has_any = self.checkpoints.latest() is not None or bool(self.checkpoints.all())
+        except TrainingError:
+            has_any = True
+        if not has_any:
+            return False
+        self._check_resumable()
+        path, state, problems = self.checkpoints.restore_newest(self._checkpoint)
+        if path is None:
+            raise TrainingError(f"{self.run_dir}: no intact checkpoint to resume from ("
+                                + "; ".join(problems) + f"). Start over with {self._restart_hint}: the "
+                                "old run is moved to previous-N in the run folder, not deleted")
+        if problems:
+            warnings.warn(f"{self.run_dir}: newer checkpoint(s) unreadable ({'; '.join(problems)}); "
+                          f"resuming from {path.name}, the newest intact one", stacklevel=3)
+        self._restore(path, state)
+        pointer = self.checkpoints.directory / "latest"
+        if self.is_chief and (not pointer.is_file() or pointer.read_text().strip() != path.name):
+            write_text_atomic(pointer, path.name + "\n")  # a kill came before it was rewritten
+        return True
 
     def _check_resumable(self) -> None:
-        """Refuse to resume a run whose model differs from the one in its checkpoints."""
+        """Refuse to resume a run whose model or data differ from the ones it was trained with."""
+        how = (f"resume with the run's own model and data, use a new run folder, or start over here "
+               f"with {self._restart_hint} (the old run is moved to previous-N, not deleted)")
+        data_path = self.run_dir / "data.json"
+        if self.is_chief and data_path.is_file():
+            try:
+                saved_data = json.loads(data_path.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{data_path}: unreadable ({e}); {how}") from None
+            now = self._fingerprint()
+            diffs = rundir.fingerprint_differences(saved_data, now)
+            if diffs:
+                raise ConfigError(f"{data_path}: the run was trained on other data ({saved_data.get('data')}) "
+                                  f"than {now['data']}: " + "; ".join(diffs) + f". To go on: {how}")
+            if saved_data.get("data") not in (None, now["data"]):
+                warnings.warn(f"{self.run_dir}: the data moved ({saved_data['data']} -> {now['data']}); "
+                              "same content, resuming", stacklevel=4)
+        split_path = self.run_dir / "split.npz"
+        if self.is_chief and split_path.is_file():
+            train, test = load_split(split_path, len(self.particles))
+            if not (np.array_equal(train, self.train_indices) and np.array_equal(test, self.test_indices)):
+                raise ConfigError(f"{split_path}: the run's train/test split differs from the one the "
+                                  f"config gives now ({self.config.split_file or 'test_fraction and seed'}); "
+                                  f"{how}")
         path = self.run_dir / "config.json"
         if not path.exists():
             return
@@ -519,16 +637,14 @@ class Trainer:
         free = ("learning_rate", "batch_size", "seed")
         arch = [{k: v for k, v in to_dict(c.model).items() if k not in free} for c in (saved, self.config)]
         if arch[0] != arch[1]:
-            raise ConfigError(f"{path}: the run was trained with a different model config; "
-                              "use a new run_dir (or resume=False to start over)")
+            raise ConfigError(f"{path}: the run was trained with a different model config; {how}")
         for name in ("seed", "batch_size"):
             if getattr(saved, name) != getattr(self.config, name):
                 warnings.warn(f"{name} changed since the run started ({getattr(saved, name)} -> "
                               f"{getattr(self.config, name)}); the resumed run is not bit-for-bit "
                               "the uninterrupted one", stacklevel=3)
 
-    def _restore(self, path: Path) -> None:
-        state = CheckpointManager.restore(self._checkpoint, path)
+    def _restore(self, path: Path, state: dict) -> None:
         self.step = int(state["step"])
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.last_checkpoint = str(path)
@@ -723,6 +839,7 @@ class Trainer:
                         f"training stopped. Last good checkpoint: {self.last_checkpoint or 'none'}. "
                         "Try a lower learning rate or check the input normalisation.")
                 self.step += 1
+                fault_point(f"step@{self.step}")
                 self.elapsed_s = base_elapsed + time.monotonic() - started
                 for k in LOSS_KEYS:
                     acc[k] += values[k]
@@ -780,7 +897,8 @@ def add_train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--pose-mode", choices=["learned", "known"])
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument("--restart", action="store_true",
+                        help="start a new run; the run folder's previous run is moved to previous-N")
     parser.add_argument("--no-progress", action="store_true")
     # data-parallel training (cryovae_nb.distributed); implied when started by horovodrun/mpirun
     parser.add_argument("--horovod", action="store_true", help="one Horovod rank (one process without Horovod)")
@@ -800,9 +918,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     if getattr(args, "horovod", False) or distributed.under_launcher():
         trainer = distributed.make_trainer(cfg, scale_lr=args.scale_lr, resume=not args.restart,
-                                           progress=not args.no_progress)
+                                           progress=not args.no_progress, restart_hint="--restart")
     else:
-        trainer = Trainer(cfg, resume=not args.restart, progress=not args.no_progress)
+        trainer = Trainer(cfg, resume=not args.restart, progress=not args.no_progress,
+                          restart_hint="--restart")
     result = trainer.train()
     print(f"stopped at step {result.step} ({result.reason}); checkpoint: {result.checkpoint}")
     return 0

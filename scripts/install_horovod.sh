@@ -2,7 +2,7 @@
 # Build and install Horovod 0.28.1 against the TensorFlow already in the active (or given) venv.
 # Usage: scripts/install_horovod.sh [path/to/python]     (default: $VIRTUAL_ENV/bin/python, else python3)
 # Idempotent: does nothing when `import horovod.tensorflow` already works.
-# Build settings are those recorded in design.md (Horovod 0.28.1 compiles against TF 2.16, not newer;
+# Build settings are those recorded in docs/design.md (Horovod 0.28.1 compiles against TF 2.16, not newer;
 # TF's bundled highwayhash/farmhash headers are not on the default include path).
 set -euo pipefail
 

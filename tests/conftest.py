@@ -1,4 +1,9 @@
-"""Shared fixtures. Real files written by other software live in ../shared/data (never copied here)."""
+"""Shared fixtures.
+
+Real files written by other software live outside the repository, in ../shared/data (their licence
+does not let us ship them; CRYOVAE_SHARED_DATA points elsewhere). Tests on them skip when they are
+absent; tests/data/quirks/ covers each of their quirks with files the project writes itself.
+"""
 from __future__ import annotations
 
 import os
@@ -16,7 +21,9 @@ SHARED_DATA = Path(os.environ.get("CRYOVAE_SHARED_DATA", REPO.parent / "shared" 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared test data not found at {SHARED_DATA}; set CRYOVAE_SHARED_DATA")
+        # a fresh clone has no ../shared: skip (CI, which has it, still runs these tests)
+        pytest.skip(f"outside test data not found at {SHARED_DATA} (set CRYOVAE_SHARED_DATA); "
+                    "tests/data/quirks covers their file-format quirks")
     return SHARED_DATA
 
 

@@ -1,6 +1,7 @@
 """`cryovae demo --quick` end to end, and the tutorial helpers of cryovae_nb.demo."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -99,15 +100,21 @@ def test_demo_notebooks_executed_without_errors(quick_demo):
         # an error output is an IPython traceback; warnings on stderr are not errors
         assert "<html" in text and "Traceback (most recent call last)" not in text, p.name
         assert "data:image/png;base64" in text, f"{p.name} has no inline plot"
-    # 02 resumed the demo's run rather than starting another: one run, more steps (its newest
-    # checkpoint; metrics.jsonl need not have a line past the demo's steps: on a busy machine the
-    # notebook's seconds may not reach the next log_every)
-    from cryovae_nb.train import CheckpointManager
+    # 02 resumed the demo's run rather than starting another: one run, more steps. The quick demo
+    # trains fixed step counts (not wall-clock budgets), so these numbers are exact on any machine.
+    from cryovae_nb.train import CheckpointManager, read_metrics
 
     summary = json.loads((out / "summary.json").read_text())
+    quick = demo.DemoSettings.quick()
+    assert summary["steps"] == quick.steps and summary["notebook_steps"] == quick.notebook_steps
+    total = quick.steps + quick.notebook_steps
     latest = CheckpointManager(out / "run" / "checkpoints").latest()
-    assert int(latest.name.split("_")[-1]) > summary["steps"], latest
+    assert latest.name == f"step_{total:08d}", latest
     assert f"resuming {out / 'run'} at step {summary['steps']}" in (out / "notebooks" / "02_train.html").read_text()
+    log_every = 25  # tutorial_train_config's default, and 02_train's LOG_EVERY
+    assert inspect.signature(demo.tutorial_train_config).parameters["log_every"].default == log_every
+    logged = sorted({r["step"] for r in read_metrics(out / "run") if r["split"] == "train"})
+    assert logged == list(range(log_every, total + 1, log_every))
     assert (out / "landscape" / "trajectory").is_dir() and (out / "evaluate" / "fsc.json").is_file()
 
 
@@ -115,7 +122,7 @@ def test_cli_help_lists_the_options():
     proc = subprocess.run([sys.executable, "-m", "cryovae_nb.cli", "demo", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
-    for opt in ("--out", "--quick", "--budget", "--pose-mode"):
+    for opt in ("--out", "--quick", "--budget", "--steps", "--pose-mode"):
         assert opt in proc.stdout
 
 

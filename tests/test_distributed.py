@@ -184,14 +184,14 @@ def test_killed_rank_fails_the_job_then_a_resumed_run_matches_one_process(tiny_s
         t0 = time.monotonic()
         while not (run_dir / "checkpoints" / "latest").exists():
             assert job.status() == "running", job.logs(40)
-            assert time.monotonic() - t0 < 180, "no checkpoint after 180 s\n" + job.logs(40)
+            assert time.monotonic() - t0 < 900, "no checkpoint after 900 s (hung?)\n" + job.logs(40)
             time.sleep(0.2)
         ranks = [p for p in psutil.Process(job.pid).children(recursive=True)
                  if "cryovae_nb.train" in " ".join(p.cmdline()) and p.environ().get("HOROVOD_RANK") == "1"]
         assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(job.pid).children(recursive=True)]
         ranks[0].kill()
         with pytest.raises(LaunchError, match=r"(?s)local job \(pid \d+\) failed \(exit code [1-9]\d*\)"):
-            job.wait(timeout=120, poll=0.5)
+            job.wait(timeout=900, poll=0.5)
     finally:
         job.cancel(grace=5)
     assert attach(run_dir).status() == "failed"

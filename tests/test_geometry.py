@@ -108,7 +108,7 @@ def _gauss_image(n, centres_xy, sigma):
 
 
 def test_relion_convention_projection_matches_independent_computation():
-    """design.md: RELION's image of map V at (rot, tilt, psi) and origin o is
+    """docs/design.md: RELION's image of map V at (rot, tilt, psi) and origin o is
     p(x, y) = sum_z V(A^T (x + o_x, y + o_y, z)): a blob at volume point c lands at (A c)_xy - o.
     Our project() with relion_euler_to_matrix / relion_origin_to_shift must reproduce that."""
     n, sigma = 32, 2.2

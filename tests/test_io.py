@@ -295,7 +295,7 @@ def write_star(path, df, optics=None):
     return path
 
 
-def test_bad_star_files(tmp_path, shared_data):
+def test_bad_star_files(tmp_path):
     stack = make_mrc(tmp_path / "stack.mrcs", np.zeros((3, 8, 8), np.float32))
     no_names = write_star(tmp_path / "nonames.star", pd.DataFrame({"rlnDefocusU": [1.0, 2.0]}))
     with pytest.raises(InputError, match="nonames.star.*no rlnImageName"):

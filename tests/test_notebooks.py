@@ -23,7 +23,7 @@ PARAMS = {
     "01_preprocess.ipynb": {**COMMON, "N_SHOW": 6},
     "02_train.ipynb": {**COMMON, "LATENT_DIM": 3, "ENCODER_LAYERS": 1, "ENCODER_UNITS": 32,
                        "DECODER_LAYERS": 1, "DECODER_UNITS": 32, "BATCH_SIZE": 32, "MAX_STEPS": 30,
-                       "TRAIN_BUDGET_S": 120, "LOG_EVERY": 10, "SAMPLE_EVERY": 10, "CHECKPOINT_EVERY": 20},
+                       "TRAIN_BUDGET_S": None, "LOG_EVERY": 10, "SAMPLE_EVERY": 10, "CHECKPOINT_EVERY": 20},
     "04_evaluate.ipynb": {**COMMON, "N_GALLERY": 6, "TRAIN_IF_MISSING_S": 1},
     "05_latent_landscape.ipynb": {**COMMON, "EMBED_METHODS": ["pca", "tsne"], "N_CLUSTERS": 2,
                                   "TRAVERSE_DIMS": 1, "TRAJECTORY_STEPS": 3, "TRAIN_IF_MISSING_S": 1},

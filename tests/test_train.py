@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -309,15 +308,16 @@ def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_
 
 
 _DRIVER = textwrap.dedent("""
-    import sys, time
+    import os, signal, sys
     from cryovae_nb.config import load_config
     from cryovae_nb.train import Trainer, TrainConfig
 
-    class Slow:  # slows the run down so the test can kill it in the middle
+    class KillAt:  # the process kills itself at a given logged step: the same point on any machine
         def on_metrics(self, record):
-            time.sleep(0.2)
+            if record["step"] == int(sys.argv[2]) and record["split"] == "train":
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    Trainer(load_config(TrainConfig, sys.argv[1]), callbacks=[Slow()], progress=False).train()
+    Trainer(load_config(TrainConfig, sys.argv[1]), callbacks=[KillAt()], progress=False).train()
 """)
 
 
@@ -333,25 +333,14 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "killed", **kw)
     save_config(cfg, tmp_path / "killed.json")
     (tmp_path / "driver.py").write_text(_DRIVER)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "killed.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # killed by SIGKILL at step 9, three steps after its first checkpoint (step 6)
+    proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "killed.json"), "9"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.monotonic() + 120
-
-    def past_checkpoint():  # a step after the first checkpoint has been logged
-        steps = [r["step"] for r in read_metrics(tmp_path / "killed")]
-        return latest.exists() and steps and max(steps) > int(latest.read_text().split("_")[1])
-
-    while not past_checkpoint() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
     killed_at = max(r["step"] for r in read_metrics(tmp_path / "killed"))
     ckpt_step = int(latest.read_text().strip().split("_")[1])
-    assert 6 <= ckpt_step < 16 and killed_at > ckpt_step
+    assert (ckpt_step, killed_at) == (6, 9)
 
     resumed = Trainer(cfg, progress=False)
     assert resumed.step == ckpt_step
@@ -441,9 +430,10 @@ def test_stop_requests_time_budget_and_stop_file(tiny_data, tmp_path):
     r = Trainer(tiny_config(tiny_data, tmp_path / "a", max_steps=1000), progress=False).train()
     assert (r.step, r.reason) == (20, "stop_file") and not (tmp_path / "a" / "STOP").exists()
 
-    t0 = time.monotonic()
+    # the budget is checked before each step: at least one step runs, and the run stops only once
+    # the budget has passed (how many steps fit depends on the machine, so that is not asserted)
     r = Trainer(tiny_config(tiny_data, tmp_path / "b", max_steps=10**6, max_time_s=1.5), progress=False).train()
-    assert r.reason == "max_time" and 0 < r.step < 10**6 and time.monotonic() - t0 < 60
+    assert r.reason == "max_time" and 0 < r.step < 10**6 and r.elapsed_s >= 1.5
     assert Path(r.checkpoint).name == f"step_{r.step:08d}"
 
 
@@ -467,9 +457,11 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
     cfg.model.latent_dim = 6
     with pytest.raises(ConfigError, match="different model"):
         Trainer(cfg, progress=False)
-    # starting over on purpose clears the old run's checkpoints and log
-    fresh = Trainer(dataclasses.replace(cfg, max_steps=4), resume=False, progress=False)
+    # starting over on purpose moves the old run's checkpoints and log aside, into previous-1
+    with pytest.warns(UserWarning, match="previous-1"):
+        fresh = Trainer(dataclasses.replace(cfg, max_steps=4), resume=False, progress=False)
     assert fresh.step == 0 and not (tmp_path / "r" / "checkpoints").exists()
+    assert (tmp_path / "r" / "previous-1" / "checkpoints" / "step_00000010").is_dir()
     fresh.train()
     assert [p.name for p in CheckpointManager(tmp_path / "r" / "checkpoints").all()] == ["step_00000004"]
     assert read_metrics(tmp_path / "r") == []

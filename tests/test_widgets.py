@@ -255,7 +255,7 @@ def test_monitor_polls_in_the_background(tmp_path):
     try:
         assert mon.polling
         path.write_text("".join(json.dumps(r) + "\n" for r in _records([1, 2])))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 300  # a hang guard only: the verdict is the content
         while len(mon.history["train"]["recon"][0]) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert mon.history["train"]["recon"] == ([1, 2], [100.0, 50.0])

@@ -369,7 +369,10 @@ class StackWriter:
     """Stream images into a new stack: ``with StackWriter(p, n, box, px) as w: w.write(chunk)``.
 
     Chunks append in order. The output is a temporary file until the block exits cleanly with
-    exactly ``n`` images written; on an exception (or a short count) it is deleted.
+    exactly ``n`` images written; on an exception (or a short count) it is deleted. The file's
+    full size is allocated before the first image is written and images go out with plain
+    writes, not through a memory map: on a full disk (or past a file size limit) a map would
+    kill the process with SIGBUS, while a write raises ``OutputError`` naming the file.
     """
 
     def __init__(self, path: str | os.PathLike, n: int, box: int, pixel_size: float | None):
@@ -378,15 +381,42 @@ class StackWriter:
         self.path, self.n, self.box, self.pixel_size = Path(path), int(n), int(box), pixel_size
         self.written = 0
         self._stack = None
+        self._file = None
 
     def __enter__(self) -> "StackWriter":
         self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(atomic_path(self.path))
-        self._mrc = self._stack.enter_context(
-            mrcfile.new_mmap(tmp, shape=(self.n, self.box, self.box), mrc_mode=2, overwrite=True))
-        self._mrc.set_image_stack()
+        try:
+            tmp = self._stack.enter_context(atomic_path(self.path))
+            self._file = self._stack.enter_context(open(tmp, "wb"))
+            size = HEADER_BYTES + self.n * self.box * self.box * 4
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self._file.fileno(), 0, size)  # no space: fail now, not mid-way
+            self._file.write(self._header(0.0, 0.0, 0.0, 0.0))
+        except BaseException as e:
+            stack, self._stack = self._stack, None
+            stack.__exit__(type(e), e, e.__traceback__)
+            if isinstance(e, OSError):
+                raise _output_error(e, self.path) from None
+            raise
         self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
         return self
+
+    def _header(self, dmin, dmax, dmean, rms) -> bytes:
+        """An MRC2014 header of a mode-2 image stack, as mrcfile writes one (its strict reader accepts it)."""
+        h = np.zeros((), dtype=HEADER_DTYPE.newbyteorder("<"))
+        h["nx"], h["ny"], h["nz"], h["mode"] = self.box, self.box, self.n, 2
+        h["mx"], h["my"], h["mz"] = self.box, self.box, 1  # mz 1: a stack of 2D images (ispg 0)
+        px = 0.0 if self.pixel_size is None else float(self.pixel_size)
+        h["cella"]["x"], h["cella"]["y"], h["cella"]["z"] = self.box * px, self.box * px, px
+        h["cellb"]["alpha"] = h["cellb"]["beta"] = h["cellb"]["gamma"] = 90.0
+        h["mapc"], h["mapr"], h["maps"] = 1, 2, 3
+        h["dmin"], h["dmax"], h["dmean"], h["rms"] = dmin, dmax, dmean, rms
+        h["nversion"] = 20141
+        h["map"] = b"MAP "
+        h["machst"] = np.frombuffer(b"\x44\x44\x00\x00", dtype="u1")
+        h["nlabl"] = 1
+        h["label"][0] = b"written by cryovae_nb".ljust(80)
+        return h.tobytes()
 
     def write(self, chunk: np.ndarray) -> None:
         chunk = np.asarray(chunk, dtype=np.float32)
@@ -398,7 +428,10 @@ class StackWriter:
         if self.written + len(chunk) > self.n:
             raise ValueError(f"{self.path}: writing past the {self.n} images declared")
         _finite_or_raise(chunk, self.path, "images")
-        self._mrc.data[self.written:self.written + len(chunk)] = chunk
+        try:
+            self._file.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+        except OSError as e:
+            raise _output_error(e, self.path) from None
         self.written += len(chunk)
         # running statistics so closing never re-reads a huge file
         c = chunk.astype(np.float64)
@@ -415,8 +448,20 @@ class StackWriter:
         if exc_type is None:
             count = self.n * self.box * self.box
             mean = self._sum / count
-            _set_stats(self._mrc, self._min, self._max, mean,
-                       np.sqrt(max(self._sumsq / count - mean * mean, 0.0)))
-            px = 0.0 if self.pixel_size is None else float(self.pixel_size)
-            self._mrc.voxel_size = (px, px, px)
+            rms = np.sqrt(max(self._sumsq / count - mean * mean, 0.0))
+            try:
+                self._file.seek(0)
+                self._file.write(self._header(self._min, self._max, mean, rms))
+                self._file.flush()
+                os.fsync(self._file.fileno())  # on disk before the rename publishes it
+            except OSError as e:
+                err = _output_error(e, self.path)
+                stack.__exit__(type(err), err, None)
+                raise err from None
         return stack.__exit__(exc_type, exc, tb)
+
+
+def _output_error(e: OSError, path) -> "OutputError":
+    from cryovae_nb.errors import OutputError
+
+    return OutputError.from_oserror(e, path)

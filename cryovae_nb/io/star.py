@@ -22,6 +22,7 @@ from cryovae_nb.atomic import atomic_path
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import (matrix_to_relion_euler, relion_euler_to_matrix,
                                  relion_origin_to_shift, shift_to_relion_origin)
+from cryovae_nb.io import outputset
 from cryovae_nb.io.mrc import ParticleStack, _stack_header, read_header
 
 STACK_SUFFIXES = (".mrcs", ".mrc", ".st")
@@ -131,6 +132,10 @@ def _poses_from_dataframe(df: pd.DataFrame, pixel_size: float | None, path) -> P
 
 class Particles:
     """What a STAR file (or a bare stack) describes: one DataFrame row per particle + images."""
+
+    # the id of the run that wrote the STAR file and its stack (``cryovae_nb.io.outputset``);
+    # None for files other software wrote
+    output_id: str | None = None
 
     def __init__(self, df: pd.DataFrame, images: ParticleStack, pixel_size: float | None, *,
                  optics: pd.DataFrame | None = None, particle_columns: Sequence[str] | None = None,
@@ -299,6 +304,11 @@ def read_particles(path: str | os.PathLike, datadir: str | os.PathLike | None = 
             raise InputError(f"stacks differ in box size: {headers[0].path} has {headers[0].nx}, "
                              f"{h.path} has {h.nx}", path)
     stack = ParticleStack(headers, file_ids.astype(np.int64), idx)
+    output_id = None
+    record = blocks.get(outputset.BLOCK)
+    if isinstance(record, pd.DataFrame) and len(record):
+        # a STAR file we wrote: its stack must be the one written with it, not another run's
+        output_id = outputset.check_stack(record.iloc[0].to_dict(), stack, path)
     if "rlnImageSize" in df.columns:
         sizes = pd.to_numeric(df["rlnImageSize"], errors="coerce").to_numpy()
         if (sizes != stack.box).any():
@@ -309,8 +319,10 @@ def read_particles(path: str | os.PathLike, datadir: str | os.PathLike | None = 
     pixel_size = _pixel_size_from_columns(df, path)
     if pixel_size is None:
         pixel_size = stack.pixel_size  # last resort: the first stack's header
-    return Particles(df, stack, pixel_size, optics=optics, particle_columns=list(parts.columns),
-                     source=os.fspath(path))
+    out = Particles(df, stack, pixel_size, optics=optics, particle_columns=list(parts.columns),
+                    source=os.fspath(path))
+    out.output_id = output_id
+    return out
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -391,7 +403,7 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
                          image_names: Sequence[str] | None = None, poses=None,
                          pixel_size: float | None = None,
                          optics: pd.DataFrame | Mapping | None = None,
-                         box: int | None = None) -> None:
+                         box: int | None = None, extra_blocks: Mapping[str, dict] | None = None) -> None:
     """Write a RELION 3.1 STAR file (``data_optics`` + ``data_particles``), atomically.
 
     ``particles`` is a :class:`Particles` (its original per-particle columns and optics block are
@@ -401,6 +413,7 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     convention; written as rlnAngleRot/Tilt/Psi + rlnOriginX/YAngst), ``pixel_size`` (Å) and ``box``
     of the images the file points at, and ``optics`` (a DataFrame block or a dict for one group).
     Kept image names are rewritten so that they still resolve from the new file's folder.
+    ``extra_blocks`` adds key-value blocks after the particles (``cryovae_nb.io.outputset``).
     """
     path = Path(path)
     if isinstance(particles, Particles):
@@ -481,4 +494,5 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     block["rlnOpticsGroup"] = block["rlnOpticsGroup"].astype(np.int64)
 
     with atomic_path(path) as tmp:
-        starfile.write({"optics": block, "particles": parts}, tmp, float_format=_FLOAT_FORMAT)
+        starfile.write({"optics": block, "particles": parts, **dict(extra_blocks or {})}, tmp,
+                       float_format=_FLOAT_FORMAT)
