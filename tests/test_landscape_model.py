@@ -238,6 +238,16 @@ def test_own_and_mean_reference_agree_when_the_batch_has_one_volume():
     np.testing.assert_array_equal(a[2], b[2])
 
 
+def test_own_reference_needs_one_volume_per_image():
+    from cryovae_nb.errors import InputError
+
+    own, _ = _search_models(16)
+    images = np.zeros((4, 16, 16), np.float32)
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (4, 1))
+    with pytest.raises(InputError, match="4 images but 1 volumes"):
+        own.search_pose(images, hinge_volume(16, 0.5)[None], head, np.zeros((4, 2), np.float32))
+
+
 def test_own_reference_keeps_the_true_pose_where_the_mean_volume_misleads():
     """Images of a closed and an open hinge (half each), the head given the true pose: against each
     image's own volume the truth correlates perfectly and wins the local round; against the batch's

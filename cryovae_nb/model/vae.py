@@ -162,6 +162,10 @@ class CryoVAE(keras.Model):
         n = cfg.box
         images, volumes, quaternion, shift = (tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
                                               for x in (images, volumes, quaternion, shift))
+        if cfg.search_reference == "own" and volumes.shape[0] is not None and images.shape[0] is not None \
+                and volumes.shape[0] != images.shape[0]:
+            raise InputError(f"search_pose: {images.shape[0]} images but {volumes.shape[0]} volumes "
+                             "(search_reference='own' compares each image with its own volume)")
         disc = self._disc
         ref = tf.reduce_mean(volumes, axis=0, keepdims=True)   # one volume serves every image
 
