@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +31,71 @@ def to_dict(cfg) -> dict[str, Any]:
     return out
 
 
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_value(where: str, v, hint):
+    """``v`` converted to ``hint`` (int -> float, list -> tuple), or a ConfigError naming the field
+    and the type expected: a YAML ``batch_size: "abc"`` must fail on load, not deep in training."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_value(where, v, a)
+            except ConfigError as e:
+                errors.append(e)
+        want = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+        raise ConfigError(f"{where} must be {want}, got {v!r} ({type(v).__name__})")
+    if hint is tuple or origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {v!r} ({type(v).__name__})")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(f"{where}[{i}]", x, args[0]) for i, x in enumerate(v))
+        if args:
+            if len(v) != len(args):
+                raise ConfigError(f"{where} must be a list of {len(args)} values, got {v!r}")
+            return tuple(_check_value(f"{where}[{i}]", x, a) for i, (x, a) in enumerate(zip(v, args)))
+        return tuple(v)
+    if hint is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where} must be true or false, got {v!r} ({type(v).__name__})")
+        return v
+    if hint is int:
+        # bool is an int subclass, but `batch_size: true` is a mistake, not 1
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where} must be an integer (int), got {v!r} ({type(v).__name__})")
+        return v
+    if hint is float:
+        if isinstance(v, str):
+            # PyYAML reads `1e-5` (no dot) as a string; a number written that way is still a number
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where} must be a number (float), got {v!r} ({type(v).__name__})")
+        if not math.isfinite(v):
+            raise ConfigError(f"{where} must be a finite number, got {v!r}")
+        return float(v)
+    if hint is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where} must be a string (str), got {v!r} ({type(v).__name__})")
+        return v
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where} must be a mapping ({hint.__name__}), got {v!r} ({type(v).__name__})")
+        return from_dict(hint, v)
+    return v  # a type we do not check (none in our configs today)
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys with a clear message."""
     if not isinstance(data, dict):
@@ -46,8 +113,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         hint = hints.get(f.name)
         if dataclasses.is_dataclass(hint) and isinstance(v, dict):
             v = from_dict(hint, v)
-        elif isinstance(v, list) and (hint is tuple or typing.get_origin(hint) is tuple):
-            v = tuple(v)
+        else:
+            v = _check_value(f"{cls.__name__}.{f.name}", v, hint)
         kwargs[f.name] = v
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

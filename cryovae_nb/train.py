@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from cryovae_nb import rundir
+from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_float, positive_int
 from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
@@ -891,12 +892,12 @@ def add_train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--data", help="preprocessed particles (.star or .mrcs)")
     parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
     parser.add_argument("--run-dir", help="output folder (resumed if it holds a checkpoint)")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--max-time", type=float, dest="max_time_s", help="wall-clock budget, seconds")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--max-steps", type=positive_int)
+    parser.add_argument("--max-time", type=positive_float, dest="max_time_s", help="wall-clock budget, seconds")
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--learning-rate", type=positive_float)
     parser.add_argument("--pose-mode", choices=["learned", "known"])
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=nonnegative_int)
     parser.add_argument("--restart", action="store_true",
                         help="start a new run; the run folder's previous run is moved to previous-N")
     parser.add_argument("--no-progress", action="store_true")
@@ -914,6 +915,7 @@ def run_train(args: argparse.Namespace) -> int:
         if value is not None:
             data[name] = value
     cfg = from_dict(TrainConfig, data)
+    output_dir(cfg.run_dir, "--run-dir")
     from cryovae_nb import distributed
 
     if getattr(args, "horovod", False) or distributed.under_launcher():

@@ -36,3 +36,44 @@ def test_bad_json_names_file(tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(ConfigError, match="c.json"):
         load_config(Outer, tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("text,match", [
+    ('inner:\n  a: "abc"\n', r"c\.yaml: Inner\.a must be an integer \(int\), got 'abc' \(str\)"),
+    ("inner:\n  a: true\n", r"Inner\.a must be an integer"),            # a bool is not a count
+    ("inner:\n  a: 2.5\n", r"Inner\.a must be an integer"),
+    ("rate: fast\n", r"Outer\.rate must be a number \(float\), got 'fast'"),
+    ("rate: .nan\n", r"Outer\.rate must be a finite number"),
+    ("rate: .inf\n", r"Outer\.rate must be a finite number"),
+    ("name: 3\n", r"Outer\.name must be a string"),
+    ("inner: 3\n", r"Outer\.inner must be a mapping"),
+])
+def test_wrong_types_are_refused_on_load_naming_file_field_and_type(tmp_path, text, match):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(Outer, tmp_path / "c.yaml")
+
+
+def test_numbers_are_converted_where_the_type_allows(tmp_path):
+    # PyYAML reads 1e-4 (no dot) as a string; an int is a fine float
+    (tmp_path / "c.yaml").write_text("rate: 1e-4\ninner:\n  b: [4, 5]\n")
+    assert load_config(Outer, tmp_path / "c.yaml") == Outer(rate=1e-4, inner=Inner(b=(4, 5)))
+    (tmp_path / "c.json").write_text('{"rate": 2}')
+    loaded = load_config(Outer, tmp_path / "c.json")
+    assert loaded.rate == 2.0 and isinstance(loaded.rate, float)
+
+
+def test_train_config_types_optional_and_tuples():
+    from cryovae_nb.config import from_dict
+    from cryovae_nb.synthetic import SimulationConfig
+    from cryovae_nb.train import TrainConfig
+
+    assert from_dict(TrainConfig, {"learning_rate": None, "max_time_s": 5}).max_time_s == 5.0
+    with pytest.raises(ConfigError, match=r"TrainConfig\.learning_rate must be float or null"):
+        from_dict(TrainConfig, {"learning_rate": "fast"})
+    with pytest.raises(ConfigError, match=r"ModelConfig\.latent_dim must be an integer"):
+        from_dict(TrainConfig, {"model": {"latent_dim": "8"}})
+    with pytest.raises(ConfigError, match=r"SimulationConfig\.defocus_range\[1\] must be a number"):
+        from_dict(SimulationConfig, {"defocus_range": [1000, "x"]})
+    with pytest.raises(ConfigError, match=r"defocus_range must be a list of 2 values"):
+        from_dict(SimulationConfig, {"defocus_range": [1000]})
