@@ -51,15 +51,11 @@ nonnegative_int = number(int, ge=0)
 finite_float = number(float)
 
 
-def _existing_parent(path: Path) -> Path:
-    p = path.parent if str(path.parent) else Path(".")
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def _check_parent(path: Path, what: str) -> None:
-    parent = _existing_parent(path.absolute())
+def _check_parent(path: Path, what: str, start: Path) -> None:
+    """The nearest existing folder at or above ``start`` must be a writable folder."""
+    parent = start.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"cannot create {what} below {parent}, which is a file, not a folder", path)
     # root passes access(); a read-only mount or a real permission error still surfaces as the
@@ -76,10 +72,10 @@ def output_file(path, flag: str) -> Path:
     p = Path(text)
     # Path("dir/.") is Path("dir"): look at the text the user typed
     if text.endswith(("/", os.sep)) or os.path.basename(text) in ("", ".", ".."):
-        raise InputError(f"{flag} names a folder, not a file (give a file name, e.g. {flag} out/particles)", text)
+        raise InputError(f"{flag} names a folder, not a file (give a file name)", text)
     if p.is_dir():
         raise InputError(f"{flag} is an existing folder, not a file (give a file name inside it)", text)
-    _check_parent(p, "a file")
+    _check_parent(p, "a file", p.parent)
     return p
 
 
@@ -91,5 +87,5 @@ def output_dir(path, flag: str) -> Path:
     p = Path(text)
     if p.exists() and not p.is_dir():
         raise InputError(f"{flag} must be a folder, but this is a file", text)
-    _check_parent(p / "x", "a folder")
+    _check_parent(p, "a folder", p)
     return p
