@@ -440,9 +440,11 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
             record = outputset.stack_record(run_id, tmp["stack"], names[0].split("@", 1)[1])
             write_particles_star(tmp["star"], out, image_names=names, poses=poses, pixel_size=plan.pixel_out,
                                  box=plan.box_out, extra_blocks={outputset.BLOCK: record})
+            fault_point("star-written")
             np.savez(tmp["split"], is_test=train_test_split(n, cfg.test_fraction, cfg.seed),
                      seed=np.int64(cfg.seed), test_fraction=np.float64(cfg.test_fraction),
                      run_id=np.str_(run_id))
+            fault_point("split-written")
             save_config(cfg, tmp["config"])
             fault_point("temporaries-written")
         fault_point("published")

@@ -855,6 +855,7 @@ class Trainer:
                     bar.set_postfix(img_s=f"{ips:.0f}", recon=f"{acc['recon'] / n_acc:.4g}",
                                     kl=f"{acc['kl'] / n_acc:.3g}", total=f"{acc['total'] / n_acc:.4g}")
                     acc, n_acc, step_time = {k: 0.0 for k in LOSS_KEYS}, 0, 0.0
+                    fault_point(f"logged@{self.step}")  # the log ahead of the newest checkpoint
                 if self.step % cfg.sample_every == 0 and cfg.n_samples:
                     self.write_samples()
                 if self.step % cfg.checkpoint_every == 0:

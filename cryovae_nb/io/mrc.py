@@ -24,6 +24,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.faults import fault_point
 
 HEADER_BYTES = 1024
 # MRC2014 modes we read, as little-endian dtypes; 0 is signed per the standard (mrcfile agrees).
@@ -392,6 +393,7 @@ class StackWriter:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(self._file.fileno(), 0, size)  # no space: fail now, not mid-way
             self._file.write(self._header(0.0, 0.0, 0.0, 0.0))
+            fault_point("stack-allocated")  # a full-size temporary, no image in it yet
         except BaseException as e:
             stack, self._stack = self._stack, None
             stack.__exit__(type(e), e, e.__traceback__)
