@@ -51,6 +51,8 @@ def _check_value(where: str, v, hint):
                 return _check_value(where, v, a)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1 and "finite" in str(errors[0]):
+            raise errors[0]  # the right type, a wrong value: say that, not the type
         want = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
         raise ConfigError(f"{where} must be {want}, got {v!r} ({type(v).__name__})")
     if hint is tuple or origin is tuple:
@@ -94,6 +96,24 @@ def _check_value(where: str, v, hint):
             raise ConfigError(f"{where} must be a mapping ({hint.__name__}), got {v!r} ({type(v).__name__})")
         return from_dict(hint, v)
     return v  # a type we do not check (none in our configs today)
+
+
+def check_fields(cfg) -> None:
+    """ConfigError unless every field of dataclass ``cfg`` holds a value of its declared type, so a
+    config built in a notebook (``TrainConfig(batch_size="abc")``) fails like one read from a file.
+    Numpy scalars count as numbers and paths as strings; nested dataclasses check themselves."""
+    import numpy as np
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v, hint = getattr(cfg, f.name), hints.get(f.name)
+        if dataclasses.is_dataclass(hint) and dataclasses.is_dataclass(v):
+            continue
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        _check_value(f"{type(cfg).__name__}.{f.name}", v, hint)
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_int
 from cryovae_nb.atomic import write_json_atomic, write_text_atomic
+from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError, LaunchError
 
 BACKENDS = ("local", "mpirun", "slurm")
@@ -88,6 +89,7 @@ class SlurmOptions:
     srun_args: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        check_fields(self)
         for name in ("nodes", "gpus_per_node", "cpus_per_task"):
             v = getattr(self, name)
             # bool is an int: nodes=True would render "--nodes=True"

@@ -30,6 +30,7 @@ import scipy.fft
 
 from cryovae_nb.argcheck import (nonnegative_float, nonnegative_int, number, output_file, positive_float,
                                  positive_int)
+from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.faults import fault_after, fault_point
 
@@ -243,6 +244,8 @@ class PreprocessConfig:
     def validate(self) -> None:
         def bad(msg):
             raise ConfigError(f"PreprocessConfig: {msg}")
+
+        check_fields(self)
 
         if not isinstance(self.coarsen, (int, np.integer)) or isinstance(self.coarsen, bool) or self.coarsen < 1:
             bad(f"coarsen must be a positive integer, got {self.coarsen!r}")

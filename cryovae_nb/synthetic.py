@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from cryovae_nb.argcheck import (finite_float, nonnegative_float, nonnegative_int, number, output_dir,
                                  positive_float, positive_int)
 from cryovae_nb.atomic import atomic_path
-from cryovae_nb.config import save_config
+from cryovae_nb.config import check_fields, save_config
 from cryovae_nb.ctf import apply_ctf, compute_ctf
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.geometry import (centered_coords, grid_rotations, matrix_to_quaternion,
@@ -210,6 +210,7 @@ class SimulationConfig:
     keep_clean: bool = False
 
     def validate(self) -> None:
+        check_fields(self)
         if self.phantom not in PHANTOMS and not str(self.phantom).lower().endswith((".mrc", ".map")):
             raise ConfigError(f"phantom must be one of {PHANTOMS} or an .mrc/.map path, got {self.phantom!r}")
         if int(self.box) != self.box or self.box < 8:

@@ -43,7 +43,7 @@ import numpy as np
 from cryovae_nb import rundir
 from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_float, positive_int
 from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
-from cryovae_nb.config import from_dict, load_config, save_config, to_dict
+from cryovae_nb.config import check_fields, from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
 from cryovae_nb.faults import fault_point
 from cryovae_nb.model import ModelConfig
@@ -89,6 +89,7 @@ class TrainConfig:
     deterministic: bool = True          # tf.config.experimental.enable_op_determinism()
 
     def validate(self) -> None:
+        check_fields(self)
         positive = ("batch_size", "max_steps", "log_every", "sample_every", "checkpoint_every",
                     "keep_checkpoints", "prefetch")
         for name in positive:

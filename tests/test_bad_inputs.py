@@ -171,7 +171,7 @@ CASES = [
          "InputError: {TMP}/p.star: pixel size must be a finite number > 0 Å, got inf"),
     Case("api", "grid_rotations(0)", "ConfigError: angular_step_deg must be a finite number > 0, got 0"),
     Case("api", "SlurmOptions(nodes=True).validate()",
-         "ConfigError: SlurmOptions.nodes must be a positive integer, got True"),
+         "ConfigError: SlurmOptions.nodes must be an integer (int), got True (bool)"),
     Case("api", "ParticleGallery(np.zeros((3, 8, 8)), np.zeros((2, 8, 8)))", "InputError: 3 inputs but 2 projections"),
     Case("api", "VolumeViewer(np.zeros((4, 4, 5)))",
          "InputError: a volume must be an n x n x n array, got shape (4, 4, 5)"),

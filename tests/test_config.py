@@ -77,3 +77,22 @@ def test_train_config_types_optional_and_tuples():
         from_dict(SimulationConfig, {"defocus_range": [1000, "x"]})
     with pytest.raises(ConfigError, match=r"defocus_range must be a list of 2 values"):
         from_dict(SimulationConfig, {"defocus_range": [1000]})
+
+
+def test_configs_built_in_python_are_type_checked_too():
+    import numpy as np
+    from pathlib import Path
+
+    from cryovae_nb.launch import SlurmOptions
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.preprocess import PreprocessConfig
+    from cryovae_nb.train import TrainConfig
+
+    TrainConfig(data=Path("p.star"), run_dir=Path("run"), batch_size=np.int64(8)).validate()
+    PreprocessConfig(box=np.int32(12), spread=np.float32(0.3)).validate()
+    for build, match in [(lambda: TrainConfig(batch_size="abc"), r"TrainConfig\.batch_size must be an integer"),
+                         (lambda: ModelConfig(beta=float("nan")), r"ModelConfig\.beta must be a finite number"),
+                         (lambda: PreprocessConfig(pixel_size=float("inf")), r"pixel_size must be a finite"),
+                         (lambda: SlurmOptions(nodes=True), r"SlurmOptions\.nodes must be an integer")]:
+        with pytest.raises(ConfigError, match=match):
+            build().validate()
