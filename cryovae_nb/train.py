@@ -942,6 +942,11 @@ def main(argv: list[str] | None = None) -> int:
     except CryoVAEError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a rank's run folder refused (permissions, read-only): one line, as the CLI
+        from cryovae_nb.cli import _oserror_line
+
+        print(f"train: error: {_oserror_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
