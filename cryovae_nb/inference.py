@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cryovae_nb import analysis, geometry
-from cryovae_nb.argcheck import nonnegative_int, output_dir, output_file, positive_int
+from cryovae_nb.argcheck import nonnegative_int, number, output_dir, output_file, positive_int
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
@@ -194,6 +194,10 @@ class TrainedRun:
         z = np.atleast_2d(z)
         if z.shape[1] != self.latent_dim:
             raise InputError(f"latents have {z.shape[1]} dimensions, the model has {self.latent_dim}")
+        if not np.isfinite(z).all():
+            # a NaN latent decodes to a NaN volume that no MRC writer or viewer accepts later
+            bad = int(np.flatnonzero(~np.isfinite(z).all(axis=1))[0])
+            raise InputError(f"latent {bad} holds NaN or infinite values")
         if len(z) == 0:
             return np.zeros((0,) + (self.box,) * 3, np.float32)
         vols = analysis.decode_volumes(self.model.decode, z, self.batch_size)
@@ -236,6 +240,8 @@ class TrainedRun:
 
     def sample_prior(self, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) of ``k`` draws from the standard normal prior."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"the number of prior samples must be an integer >= 1, got {k!r}")
         z = np.random.default_rng(seed).standard_normal((k, self.latent_dim)).astype(np.float32)
         return z, self.decode(z)
 
@@ -314,7 +320,7 @@ def add_generate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                       help="between the latents of particles I and J of the training data")
     what.add_argument("--traverse", type=nonnegative_int, metavar="DIM", help="along one latent dimension")
     what.add_argument("--prior", type=positive_int, metavar="K", help="K volumes from prior samples")
-    parser.add_argument("--steps", type=positive_int, default=10, help="volumes along --interpolate / --traverse")
+    parser.add_argument("--steps", type=number(int, ge=2), default=10, help="volumes along --interpolate / --traverse")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --prior")
     parser.add_argument("-o", "--outdir", required=True, help="folder for the MRC volumes and z.npy")
     return parser

@@ -520,7 +520,8 @@ def add_preprocess_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("-o", "--output", required=True,
                    help="output prefix or .mrcs path; writes PREFIX.mrcs, .star, _split.npz, _preprocess.json")
     p.add_argument("--datadir", help="folder to look up the STAR file's image stacks in")
-    p.add_argument("--coarsen", type=positive_int, default=d.coarsen, help="average c x c pixel blocks (default 1: off)")
+    p.add_argument("--coarsen", type=positive_int, default=d.coarsen,
+                   help="average c x c pixel blocks (default 1: off)")
     p.add_argument("--box", type=positive_int, default=None, help="Fourier-crop to this box (after coarsening)")
     p.add_argument("--invert", action="store_true", help="invert the contrast")
     p.add_argument("--phase-flip", action="store_true", help="CTF phase flip (needs CTF columns)")

@@ -436,8 +436,10 @@ def add_simulate_parser(parser) -> None:
     parser.add_argument("--voltage", type=positive_float, default=d.voltage, help="kV")
     parser.add_argument("--cs", type=finite_float, default=d.cs, help="spherical aberration (mm)")
     parser.add_argument("--amp-contrast", type=number(float, ge=0, le=1), default=d.amp_contrast)
-    parser.add_argument("--pixel-size", type=positive_float, default=None, help="Å/px (default: 1, or the map's voxel size)")
-    parser.add_argument("--hinge-levels", type=number(int, ge=2), default=d.hinge_levels, help="conformations of the hinge phantom")
+    parser.add_argument("--pixel-size", type=positive_float, default=None,
+                        help="Å/px (default: 1, or the map's voxel size)")
+    parser.add_argument("--hinge-levels", type=number(int, ge=2), default=d.hinge_levels,
+                        help="conformations of the hinge phantom")
     parser.add_argument("--seed", type=nonnegative_int, default=d.seed)
     parser.add_argument("--chunk-size", type=positive_int, default=d.chunk_size)
     parser.add_argument("--keep-clean", action="store_true", help="also keep the noiseless projections")

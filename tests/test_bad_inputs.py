@@ -131,7 +131,7 @@ CASES = [
     Case("generate", ("{RUN}", "--traverse", "-1", "-o", "{TMP}/vols"),
          "argument --traverse: must be >= 0, got '-1' (see 'cryovae generate --help')"),
     Case("generate", ("{RUN}", "--prior", "2", "--steps", "0", "-o", "{TMP}/vols"),
-         "argument --steps: must be >= 1, got '0' (see 'cryovae generate --help')"),
+         "argument --steps: must be >= 2, got '0' (see 'cryovae generate --help')"),
     Case("generate", ("{RUN}", "--z-file", "{TMP}/nope.npy", "-o", "{TMP}/vols"),
          "{TMP}/nope.npy: cannot read latents (...)"),
     Case("generate", ("{RUN}", "--interpolate", "0", "100000", "-o", "{TMP}/vols"),
@@ -157,8 +157,19 @@ CASES = [
          "SlurmOptions.mem='64G; rm -rf ~': not a plain Slurm value (no spaces, quotes or ';')"),
     Case("launch", ("{DATA}/train.yaml", "--run-dir", "{TMP}/afile/run", "--dry-run"),
          "{TMP}/afile/run: cannot create a folder below {TMP}/afile, which is a file, not a folder"),
-    Case("launch", ("{TMP}/nope.yaml", "--run-dir", "{TMP}/run", "--dry-run"), "{TMP}/nope.yaml: config file not found"),
+    Case("launch", ("{TMP}/nope.yaml", "--run-dir", "{TMP}/run", "--dry-run"),
+         "{TMP}/nope.yaml: config file not found"),
     # -- the notebook-facing API -----------------------------------------------------------------
+    Case("api", 'load_run("{RUN}").decode(np.full((1, 2), np.nan))',
+         "InputError: latent 0 holds NaN or infinite values"),
+    Case("api", 'load_run("{RUN}").decode(np.zeros((1, 5)))', "InputError: latents have 5 dimensions, the model has 2"),
+    Case("api", 'load_run("{RUN}").traverse(99, 5)', "InputError: dim must be in 0..1, got 99"),
+    Case("api", 'load_run("{RUN}").sample_prior(-1)',
+         "InputError: the number of prior samples must be an integer >= 1, got -1"),
+    Case("api", 'load_run("{RUN}").encode(np.zeros((3, 8, 8)), progress=False)',
+         "InputError: images are (8, 8) px but the model was trained on 16 x 16; preprocess them the same way "
+         "first"),
+    Case("api", 'TrajectoryPlayer(np.zeros((2, 8, 8, 8)), labels=["a"])', "InputError: 1 labels for 2 frames"),
     Case("api", 'read_particles("{TMP}/nope.star")', "InputError: {TMP}/nope.star: file not found"),
     Case("api", 'load_run("{TMP}/adir")', "InputError: {TMP}/adir: not a training run directory (no config.json)"),
     Case("api", 'from_dict(TrainConfig, {"batch_size": "abc"})',
@@ -329,12 +340,12 @@ def _run_api(case: Case, paths: dict, expected: re.Pattern) -> None:
     from cryovae_nb.io import read_particles, write_particles_star, write_volume
     from cryovae_nb.launch import SlurmOptions
     from cryovae_nb.train import TrainConfig
-    from cryovae_nb.widgets import ParticleGallery, VolumeViewer
+    from cryovae_nb.widgets import ParticleGallery, TrajectoryPlayer, VolumeViewer
 
     namespace = dict(np=np, from_dict=from_dict, grid_rotations=grid_rotations, load_run=load_run,
                      read_particles=read_particles, write_particles_star=write_particles_star,
                      write_volume=write_volume, SlurmOptions=SlurmOptions, TrainConfig=TrainConfig,
-                     ParticleGallery=ParticleGallery, VolumeViewer=VolumeViewer)
+                     ParticleGallery=ParticleGallery, TrajectoryPlayer=TrajectoryPlayer, VolumeViewer=VolumeViewer)
     with pytest.raises(CryoVAEError) as info:
         eval(_fill(case.input, paths), namespace)  # the table's own literal calls, not user input
     shown = f"{type(info.value).__name__}: {info.value}"

@@ -33,7 +33,8 @@ def fsc_figure(results, *, title: str = "Fourier shell correlation") -> go.Figur
         fig.add_scatter(x=f, y=np.asarray(r.curve, dtype=float), name=name, mode="lines",
                         line=dict(color=color), customdata=np.divide(1, f, out=np.full_like(f, np.inf),
                                                                      where=f > 0),
-                        hovertemplate="%{x:.4f} 1/Å (%{customdata:.2f} Å): %{y:.3f}<extra>" + html.escape(str(name)) + "</extra>")
+                        hovertemplate="%{x:.4f} 1/Å (%{customdata:.2f} Å): %{y:.3f}<extra>"
+                        + html.escape(str(name)) + "</extra>")
         for value, suffix in THRESHOLDS:
             res = getattr(r, f"resolution_{suffix}")
             crossed = bool(getattr(r, f"crossed_{suffix}", True))
