@@ -230,6 +230,9 @@ class SimulationConfig:
         lo, hi = self.defocus_range
         if self.ctf and not (0 <= lo <= hi):
             raise ConfigError(f"defocus_range must be (min, max) with 0 <= min <= max Å, got {self.defocus_range}")
+        if self.ctf and not (self.voltage > 0 and 0 <= self.amp_contrast <= 1):
+            raise ConfigError(f"a CTF needs voltage > 0 kV and amp_contrast in [0, 1], got {self.voltage}, "
+                              f"{self.amp_contrast}")
         if self.pixel_size is not None and not (self.pixel_size > 0 and np.isfinite(self.pixel_size)):
             raise ConfigError(f"pixel_size must be a finite number > 0, got {self.pixel_size}")
 

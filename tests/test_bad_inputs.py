@@ -180,6 +180,8 @@ CASES = [
          "InputError: {TMP}/v.mrc: a volume must be 3D [z, y, x], got shape (4, 4)"),
     Case("api", 'write_particles_star("{TMP}/p.star", read_particles("{DATA}/p.star"), pixel_size=float("inf"))',
          "InputError: {TMP}/p.star: pixel size must be a finite number > 0 Å, got inf"),
+    Case("api", "SimulationConfig(ctf=True, amp_contrast=2.0).validate()",
+         "ConfigError: a CTF needs voltage > 0 kV and amp_contrast in [0, 1], got 300.0, 2.0"),
     Case("api", "grid_rotations(0)", "ConfigError: angular_step_deg must be a finite number > 0, got 0"),
     Case("api", "SlurmOptions(nodes=True).validate()",
          "ConfigError: SlurmOptions.nodes must be an integer (int), got True (bool)"),
@@ -339,13 +341,15 @@ def _run_api(case: Case, paths: dict, expected: re.Pattern) -> None:
     from cryovae_nb.inference import load_run
     from cryovae_nb.io import read_particles, write_particles_star, write_volume
     from cryovae_nb.launch import SlurmOptions
+    from cryovae_nb.synthetic import SimulationConfig
     from cryovae_nb.train import TrainConfig
     from cryovae_nb.widgets import ParticleGallery, TrajectoryPlayer, VolumeViewer
 
     namespace = dict(np=np, from_dict=from_dict, grid_rotations=grid_rotations, load_run=load_run,
                      read_particles=read_particles, write_particles_star=write_particles_star,
-                     write_volume=write_volume, SlurmOptions=SlurmOptions, TrainConfig=TrainConfig,
-                     ParticleGallery=ParticleGallery, TrajectoryPlayer=TrajectoryPlayer, VolumeViewer=VolumeViewer)
+                     write_volume=write_volume, SlurmOptions=SlurmOptions, SimulationConfig=SimulationConfig,
+                     TrainConfig=TrainConfig, ParticleGallery=ParticleGallery, TrajectoryPlayer=TrajectoryPlayer,
+                     VolumeViewer=VolumeViewer)
     with pytest.raises(CryoVAEError) as info:
         eval(_fill(case.input, paths), namespace)  # the table's own literal calls, not user input
     shown = f"{type(info.value).__name__}: {info.value}"
