@@ -29,6 +29,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from cryovae_nb.argcheck import output_file, positive_float
 from cryovae_nb.atomic import write_json_atomic, write_text_atomic
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import centered_coords, grid_rotations, rotation_angle_deg
@@ -767,7 +768,7 @@ def export_kept_star(path: str | os.PathLike, particles, keep) -> int:
 def add_fsc_parser(p) -> None:
     p.add_argument("vol1", help="first volume (.mrc)")
     p.add_argument("vol2", help="second volume / reference (.mrc)")
-    p.add_argument("--pixel-size", type=float, default=None,
+    p.add_argument("--pixel-size", type=positive_float, default=None,
                    help="Å per voxel (default: from vol1's header, else 1)")
     p.add_argument("--mask", default=None,
                    help="'sphere' for a soft spherical mask, or an MRC mask file")
@@ -779,6 +780,8 @@ def add_fsc_parser(p) -> None:
 def run_fsc(args) -> int:
     from cryovae_nb.io import read_volume
 
+    if args.out is not None:
+        output_file(args.out, "--out")
     v1, px1 = read_volume(args.vol1)
     v2, _ = read_volume(args.vol2)
     if v1.shape != v2.shape:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from cryovae_nb.errors import CryoVAEError
@@ -33,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="cryovae",
         description="Continuous conformational landscapes from cryo-EM particle images.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,6 +52,30 @@ def _version() -> str:
     return f"cryovae_nb {__version__}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser whose errors are the one line every user error is
+    (``cryovae CMD: error: what is wrong``), pointing at --help instead of printing the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _oserror_line(e: OSError) -> str:
+    """``PATH: what is wrong`` for an OSError on a user's path (a read-only folder, -o under a file)."""
+    why = e.strerror or str(e)
+    if e.filename is None:
+        return why
+    where = os.fsdecode(e.filename)
+    if e.filename2 is not None:
+        where += f" -> {os.fsdecode(e.filename2)}"
+    return f"{where}: {why}"
+
+
+def _one_line(text: str) -> str:
+    # a message from a parser (YAML, JSON) may span lines; the user sees one line
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -61,15 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         top.parse_args([name])  # argparse prints the valid choices and exits 2
     module_name, add_name, run_name, help_text = COMMANDS[name]
+    # TensorFlow's C++ INFO lines (oneDNN, CPU features) would stand before a one-line error;
+    # warnings and errors still show, and a user's own setting wins
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"cryovae {name}", description=help_text)
+    parser = _Parser(prog=f"cryovae {name}", description=help_text)
     getattr(module, add_name)(parser)
-    args = parser.parse_args(rest)
+    try:
+        args = parser.parse_args(rest)
+    except SystemExit as e:
+        # --help (0) or a bad argument (2, its one line already printed): main() returns its
+        # status for every user error, so a caller in Python gets a number, not an exception
+        return int(e.code or 0)
     try:
         rc = getattr(module, run_name)(args)
     except CryoVAEError as e:
         # A user error: say what is wrong and where, without a traceback.
-        print(f"cryovae {name}: error: {e}", file=sys.stderr)
+        print(f"cryovae {name}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The file system refused a user's path (permission, read-only, a file where a folder
+        # should be): the path and the reason are what the user can act on.
+        print(f"cryovae {name}: error: {_one_line(_oserror_line(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cryovae {name}: interrupted", file=sys.stderr)

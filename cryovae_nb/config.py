@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +31,91 @@ def to_dict(cfg) -> dict[str, Any]:
     return out
 
 
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_value(where: str, v, hint):
+    """``v`` converted to ``hint`` (int -> float, list -> tuple), or a ConfigError naming the field
+    and the type expected: a YAML ``batch_size: "abc"`` must fail on load, not deep in training."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_value(where, v, a)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1 and "finite" in str(errors[0]):
+            raise errors[0]  # the right type, a wrong value: say that, not the type
+        want = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+        raise ConfigError(f"{where} must be {want}, got {v!r} ({type(v).__name__})")
+    if hint is tuple or origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {v!r} ({type(v).__name__})")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(f"{where}[{i}]", x, args[0]) for i, x in enumerate(v))
+        if args:
+            if len(v) != len(args):
+                raise ConfigError(f"{where} must be a list of {len(args)} values, got {v!r}")
+            return tuple(_check_value(f"{where}[{i}]", x, a) for i, (x, a) in enumerate(zip(v, args)))
+        return tuple(v)
+    if hint is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where} must be true or false, got {v!r} ({type(v).__name__})")
+        return v
+    if hint is int:
+        # bool is an int subclass, but `batch_size: true` is a mistake, not 1
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where} must be an integer (int), got {v!r} ({type(v).__name__})")
+        return v
+    if hint is float:
+        if isinstance(v, str):
+            # PyYAML reads `1e-5` (no dot) as a string; a number written that way is still a number
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where} must be a number (float), got {v!r} ({type(v).__name__})")
+        if not math.isfinite(v):
+            raise ConfigError(f"{where} must be a finite number, got {v!r}")
+        return float(v)
+    if hint is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where} must be a string (str), got {v!r} ({type(v).__name__})")
+        return v
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where} must be a mapping ({hint.__name__}), got {v!r} ({type(v).__name__})")
+        return from_dict(hint, v)
+    return v  # a type we do not check (none in our configs today)
+
+
+def check_fields(cfg) -> None:
+    """ConfigError unless every field of dataclass ``cfg`` holds a value of its declared type, so a
+    config built in a notebook (``TrainConfig(batch_size="abc")``) fails like one read from a file.
+    Numpy scalars count as numbers and paths as strings; nested dataclasses check themselves."""
+    import numpy as np
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v, hint = getattr(cfg, f.name), hints.get(f.name)
+        if dataclasses.is_dataclass(hint) and dataclasses.is_dataclass(v):
+            continue
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        _check_value(f"{type(cfg).__name__}.{f.name}", v, hint)
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys with a clear message."""
     if not isinstance(data, dict):
@@ -46,8 +133,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         hint = hints.get(f.name)
         if dataclasses.is_dataclass(hint) and isinstance(v, dict):
             v = from_dict(hint, v)
-        elif isinstance(v, list) and (hint is tuple or typing.get_origin(hint) is tuple):
-            v = tuple(v)
+        else:
+            v = _check_value(f"{cls.__name__}.{f.name}", v, hint)
         kwargs[f.name] = v
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

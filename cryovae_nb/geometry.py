@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from cryovae_nb.errors import ConfigError
+
 
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
     """Unit quaternions ``(..., 4)`` scalar first -> rotation matrices ``(..., 3, 3)``.
@@ -96,8 +98,8 @@ def grid_rotations(angular_step_deg: float, n_psi: int | None = None) -> np.ndar
     (the thesis used HEALPix at 0.92 deg) without the healpy dependency. Each direction is combined
     with ``n_psi`` equally spaced in-plane rotations (default: 360 / step).
     """
-    if angular_step_deg <= 0:
-        raise ValueError("angular_step_deg must be positive")
+    if not (np.isfinite(angular_step_deg) and angular_step_deg > 0):
+        raise ConfigError(f"angular_step_deg must be a finite number > 0, got {angular_step_deg!r}")
     step = np.deg2rad(angular_step_deg)
     n_dir = max(1, int(round(4 * np.pi / step**2)))
     i = np.arange(n_dir) + 0.5

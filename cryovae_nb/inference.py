@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cryovae_nb import analysis, geometry
+from cryovae_nb.argcheck import nonnegative_int, number, output_dir, output_file, positive_int
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
@@ -193,6 +194,10 @@ class TrainedRun:
         z = np.atleast_2d(z)
         if z.shape[1] != self.latent_dim:
             raise InputError(f"latents have {z.shape[1]} dimensions, the model has {self.latent_dim}")
+        if not np.isfinite(z).all():
+            # a NaN latent decodes to a NaN volume that no MRC writer or viewer accepts later
+            bad = int(np.flatnonzero(~np.isfinite(z).all(axis=1))[0])
+            raise InputError(f"latent {bad} holds NaN or infinite values")
         if len(z) == 0:
             return np.zeros((0,) + (self.box,) * 3, np.float32)
         vols = analysis.decode_volumes(self.model.decode, z, self.batch_size)
@@ -235,6 +240,8 @@ class TrainedRun:
 
     def sample_prior(self, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) of ``k`` draws from the standard normal prior."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"the number of prior samples must be an integer >= 1, got {k!r}")
         z = np.random.default_rng(seed).standard_normal((k, self.latent_dim)).astype(np.float32)
         return z, self.decode(z)
 
@@ -284,13 +291,17 @@ def add_encode_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("-o", "--output", required=True, help="output .npz (latents and poses)")
     parser.add_argument("--star", help="also write a STAR file of the particles with the learned poses")
     parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=positive_int)
     return parser
 
 
 def run_encode(args: argparse.Namespace) -> int:
     from cryovae_nb.io import read_particles
 
+    # outputs are checked before the model loads, so a typo costs no time
+    output_file(args.output, "-o/--output")
+    if args.star is not None:
+        output_file(args.star, "--star")
     run = load_run(args.run_dir, batch_size=args.batch_size)
     particles = read_particles(args.stack, datadir=args.datadir)
     enc = run.encode(particles)
@@ -305,12 +316,12 @@ def add_generate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("run_dir", help="training run directory")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--z-file", help=".npy (k, d) latents, or .npz with 'z' or 'z_mean' (from `encode`)")
-    what.add_argument("--interpolate", nargs=2, type=int, metavar=("I", "J"),
+    what.add_argument("--interpolate", nargs=2, type=nonnegative_int, metavar=("I", "J"),
                       help="between the latents of particles I and J of the training data")
-    what.add_argument("--traverse", type=int, metavar="DIM", help="along one latent dimension")
-    what.add_argument("--prior", type=int, metavar="K", help="K volumes from prior samples")
-    parser.add_argument("--steps", type=int, default=10, help="volumes along --interpolate / --traverse")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --prior")
+    what.add_argument("--traverse", type=nonnegative_int, metavar="DIM", help="along one latent dimension")
+    what.add_argument("--prior", type=positive_int, metavar="K", help="K volumes from prior samples")
+    parser.add_argument("--steps", type=number(int, ge=2), default=10, help="volumes along --interpolate / --traverse")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --prior")
     parser.add_argument("-o", "--outdir", required=True, help="folder for the MRC volumes and z.npy")
     return parser
 
@@ -329,6 +340,7 @@ def _read_latents(path: str) -> np.ndarray:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    output_dir(args.outdir, "-o/--outdir")
     run = load_run(args.run_dir)
     if args.z_file:
         z = np.atleast_2d(_read_latents(args.z_file)).astype(np.float32)

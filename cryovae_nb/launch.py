@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_int
 from cryovae_nb.atomic import write_json_atomic, write_text_atomic
+from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError, LaunchError
 
 BACKENDS = ("local", "mpirun", "slurm")
@@ -56,7 +58,7 @@ FINISHED = ("completed", "failed", "cancelled")
 
 # What may appear on an #SBATCH line: sbatch splits these lines itself, so no quoting can help;
 # refuse anything with spaces, quotes, ';', '$', newlines.
-_SBATCH_TOKEN = re.compile(r"^[A-Za-z0-9_.:,=+/@%\-\[\]]+$")
+_SBATCH_TOKEN = re.compile(r"[A-Za-z0-9_.:,=+/@%\-\[\]]+")  # used with fullmatch: "$" lets "x\n" pass
 
 
 @dataclasses.dataclass
@@ -87,18 +89,20 @@ class SlurmOptions:
     srun_args: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        check_fields(self)
         for name in ("nodes", "gpus_per_node", "cpus_per_task"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1):
+            # bool is an int: nodes=True would render "--nodes=True"
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1):
                 raise ConfigError(f"SlurmOptions.{name} must be a positive integer, got {v!r}")
         if self.launcher not in ("horovodrun", "srun"):
             raise ConfigError(f"SlurmOptions.launcher must be 'horovodrun' or 'srun', got {self.launcher!r}")
         for name in ("mem", "time", "partition", "account"):
             v = getattr(self, name)
-            if v is not None and not _SBATCH_TOKEN.match(str(v)):
+            if v is not None and not _SBATCH_TOKEN.fullmatch(str(v)):
                 raise ConfigError(f"SlurmOptions.{name}={v!r}: not a plain Slurm value (no spaces, quotes or ';')")
         for line in self.extra_sbatch:
-            if not all(_SBATCH_TOKEN.match(tok) for tok in line.split(" ")) or "\n" in line:
+            if not all(_SBATCH_TOKEN.fullmatch(tok) for tok in line.split(" ")) or "\n" in line:
                 raise ConfigError(f"SlurmOptions.extra_sbatch line {line!r}: only plain '--option=value' tokens")
         for line in self.setup_commands:
             if "\n" in line:
@@ -182,8 +186,8 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
         lines.append(f"#SBATCH --partition={opts.partition}")
     if opts.account:
         lines.append(f"#SBATCH --account={opts.account}")
-    out = str(run_dir / "slurm-%j.out")
-    if _SBATCH_TOKEN.match(out):  # otherwise submit() passes --output on sbatch's command line
+    out = _slurm_output(run_dir)
+    if _SBATCH_TOKEN.fullmatch(out):  # otherwise submit() passes --output on sbatch's command line
         lines.append(f"#SBATCH --output={out}")
     lines += [f"#SBATCH {line}" for line in opts.extra_sbatch]
     lines += ["", "set -eo pipefail",
@@ -540,6 +544,12 @@ def start_background(cmd: list[str], run_dir: str | os.PathLike, backend: str = 
     return job
 
 
+def _slurm_output(run_dir: Path) -> str:
+    """sbatch's --output pattern for the job log: sbatch expands %x, %u, %N ... anywhere in it, so
+    a "%" of the run folder's own name is written "%%"; only the file name's %j is a pattern."""
+    return str(run_dir).replace("%", "%%") + os.sep + "slurm-%j.out"
+
+
 def _submit_slurm(script: str, run_dir: Path, opts: SlurmOptions, train_cmd: list[str],
                   env: dict | None) -> Job:
     sbatch = _find_executable("sbatch")
@@ -548,11 +558,10 @@ def _submit_slurm(script: str, run_dir: Path, opts: SlurmOptions, train_cmd: lis
                           "(use dry_run=True to see the script)")
     script_path = run_dir / "job.sbatch"
     write_text_atomic(script_path, script)
-    log = run_dir / "slurm-%j.out"
     (run_dir / EXIT_FILE).unlink(missing_ok=True)
     started = time.time()
     # --output on the command line too: it wins over the script and copes with any path
-    cmd = [sbatch, "--parsable", f"--output={log}", f"--chdir={os.getcwd()}", str(script_path)]
+    cmd = [sbatch, "--parsable", f"--output={_slurm_output(run_dir)}", f"--chdir={os.getcwd()}", str(script_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                        env={**os.environ, **(env or {})})
     if r.returncode != 0:
@@ -561,7 +570,7 @@ def _submit_slurm(script: str, run_dir: Path, opts: SlurmOptions, train_cmd: lis
     if not job_id.isdigit():
         raise LaunchError(f"sbatch gave no job id for {script_path}: {r.stdout.strip()!r} {r.stderr.strip()}")
     info = {"backend": "slurm", "job_id": job_id, "command": train_cmd, "sbatch": cmd,
-            "script": str(script_path), "log": str(log).replace("%j", job_id), "started": started,
+            "script": str(script_path), "log": str(run_dir / f"slurm-{job_id}.out"), "started": started,
             "run_dir": str(run_dir), "cwd": os.getcwd()}
     write_json_atomic(run_dir / JOB_FILE, info)
     return Job(run_dir, info)
@@ -594,11 +603,11 @@ def add_launch_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="training config (JSON/YAML)")
     p.add_argument("--run-dir", required=True, help="output folder (checkpoints, metrics, job.json)")
     p.add_argument("--backend", choices=BACKENDS, default="local")
-    p.add_argument("--np", type=int, default=2, help="processes (local / mpirun)")
+    p.add_argument("--np", type=positive_int, default=2, help="processes (local / mpirun)")
     p.add_argument("--hosts", help="horovodrun/mpirun host list, e.g. node1:4,node2:4")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=4)
-    p.add_argument("--cpus-per-task", type=int, default=4)
+    p.add_argument("--nodes", type=positive_int, default=1)
+    p.add_argument("--gpus-per-node", type=nonnegative_int, default=4)
+    p.add_argument("--cpus-per-task", type=positive_int, default=4)
     p.add_argument("--mem", default="64G")
     p.add_argument("--time", default="24:00:00")
     p.add_argument("--partition")
@@ -612,6 +621,7 @@ def add_launch_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
+    output_dir(args.run_dir, "--run-dir")
     slurm = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                          cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
                          partition=args.partition, account=args.account, venv=args.venv,

@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
+from cryovae_nb.argcheck import (nonnegative_float, nonnegative_int, number, output_file, positive_float,
+                                 positive_int)
+from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.faults import fault_after, fault_point
 
@@ -242,18 +245,26 @@ class PreprocessConfig:
         def bad(msg):
             raise ConfigError(f"PreprocessConfig: {msg}")
 
+        check_fields(self)
+
         if not isinstance(self.coarsen, (int, np.integer)) or isinstance(self.coarsen, bool) or self.coarsen < 1:
             bad(f"coarsen must be a positive integer, got {self.coarsen!r}")
         if self.box is not None and (not isinstance(self.box, (int, np.integer)) or self.box < 1):
             bad(f"box must be a positive integer or None, got {self.box!r}")
         if self.normalize not in NORMALIZE_METHODS:
             bad(f"normalize must be one of {NORMALIZE_METHODS}, got {self.normalize!r}")
+        for name in ("spread", "background_radius", "mask_diameter", "mask_soft_edge", "test_fraction",
+                     "pixel_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
+                                  or not np.isfinite(v)):
+                bad(f"{name} must be a finite number, got {v!r}")
         if not self.spread > 0:
             bad(f"spread must be positive, got {self.spread!r}")
         if self.background_radius is not None and not self.background_radius >= 0:
             bad(f"background_radius must be >= 0 px, got {self.background_radius!r}")
-        if self.mask_diameter is not None and not self.mask_diameter >= 0:
-            bad(f"mask_diameter must be a positive fraction of the box, got {self.mask_diameter!r}")
+        if self.mask_diameter is not None and not 0 < self.mask_diameter <= 1:
+            bad(f"mask_diameter is a fraction of the box in (0, 1], got {self.mask_diameter!r}")
         if not self.mask_soft_edge >= 0:
             bad(f"mask_soft_edge must be >= 0 px, got {self.mask_soft_edge!r}")
         if not 0 <= self.test_fraction < 1:
@@ -432,9 +443,11 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
             record = outputset.stack_record(run_id, tmp["stack"], names[0].split("@", 1)[1])
             write_particles_star(tmp["star"], out, image_names=names, poses=poses, pixel_size=plan.pixel_out,
                                  box=plan.box_out, extra_blocks={outputset.BLOCK: record})
+            fault_point("star-written")
             np.savez(tmp["split"], is_test=train_test_split(n, cfg.test_fraction, cfg.seed),
                      seed=np.int64(cfg.seed), test_fraction=np.float64(cfg.test_fraction),
                      run_id=np.str_(run_id))
+            fault_point("split-written")
             save_config(cfg, tmp["config"])
             fault_point("temporaries-written")
         fault_point("published")
@@ -507,27 +520,29 @@ def add_preprocess_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     p.add_argument("-o", "--output", required=True,
                    help="output prefix or .mrcs path; writes PREFIX.mrcs, .star, _split.npz, _preprocess.json")
     p.add_argument("--datadir", help="folder to look up the STAR file's image stacks in")
-    p.add_argument("--coarsen", type=int, default=d.coarsen, help="average c x c pixel blocks (default 1: off)")
-    p.add_argument("--box", type=int, default=None, help="Fourier-crop to this box (after coarsening)")
+    p.add_argument("--coarsen", type=positive_int, default=d.coarsen,
+                   help="average c x c pixel blocks (default 1: off)")
+    p.add_argument("--box", type=positive_int, default=None, help="Fourier-crop to this box (after coarsening)")
     p.add_argument("--invert", action="store_true", help="invert the contrast")
     p.add_argument("--phase-flip", action="store_true", help="CTF phase flip (needs CTF columns)")
     p.add_argument("--normalize", choices=NORMALIZE_METHODS, default=d.normalize)
-    p.add_argument("--spread", type=float, default=d.spread, help="tanh-estimator spread (default 0.3)")
-    p.add_argument("--background-radius", type=float, default=None,
+    p.add_argument("--spread", type=positive_float, default=d.spread, help="tanh-estimator spread (default 0.3)")
+    p.add_argument("--background-radius", type=nonnegative_float, default=None,
                    help="normalise with statistics from outside this radius (px of the output box)")
-    p.add_argument("--mask", type=float, default=d.mask_diameter,
+    p.add_argument("--mask", type=number(float, ge=0, le=1), default=d.mask_diameter,
                    help="circular mask diameter as a fraction of the box (default 0.95; 0: no mask)")
-    p.add_argument("--mask-soft-edge", type=float, default=d.mask_soft_edge,
+    p.add_argument("--mask-soft-edge", type=nonnegative_float, default=d.mask_soft_edge,
                    help="raised-cosine mask edge width in px (default 0: hard edge)")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the train/test split")
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size, help="images read at a time")
-    p.add_argument("--pixel-size", type=float, default=None, help="input Å/px, if the input lacks it")
+    p.add_argument("--test-fraction", type=number(float, ge=0, lt=1), default=d.test_fraction)
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of the train/test split")
+    p.add_argument("--chunk-size", type=positive_int, default=d.chunk_size, help="images read at a time")
+    p.add_argument("--pixel-size", type=positive_float, default=None, help="input Å/px, if the input lacks it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
+    output_file(args.output, "-o/--output")
     cfg = PreprocessConfig(coarsen=args.coarsen, box=args.box, invert=args.invert,
                            phase_flip=args.phase_flip, normalize=args.normalize, spread=args.spread,
                            background_radius=args.background_radius, mask_diameter=args.mask or None,

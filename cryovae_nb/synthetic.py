@@ -31,8 +31,10 @@ import pandas as pd
 from scipy.special import erf
 from tqdm.auto import tqdm
 
+from cryovae_nb.argcheck import (finite_float, nonnegative_float, nonnegative_int, number, output_dir,
+                                 positive_float, positive_int)
 from cryovae_nb.atomic import atomic_path
-from cryovae_nb.config import save_config
+from cryovae_nb.config import check_fields, save_config
 from cryovae_nb.ctf import apply_ctf, compute_ctf
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.geometry import (centered_coords, grid_rotations, matrix_to_quaternion,
@@ -208,6 +210,7 @@ class SimulationConfig:
     keep_clean: bool = False
 
     def validate(self) -> None:
+        check_fields(self)
         if self.phantom not in PHANTOMS and not str(self.phantom).lower().endswith((".mrc", ".map")):
             raise ConfigError(f"phantom must be one of {PHANTOMS} or an .mrc/.map path, got {self.phantom!r}")
         if int(self.box) != self.box or self.box < 8:
@@ -227,8 +230,11 @@ class SimulationConfig:
         lo, hi = self.defocus_range
         if self.ctf and not (0 <= lo <= hi):
             raise ConfigError(f"defocus_range must be (min, max) with 0 <= min <= max Å, got {self.defocus_range}")
-        if self.pixel_size is not None and not self.pixel_size > 0:
-            raise ConfigError(f"pixel_size must be positive, got {self.pixel_size}")
+        if self.ctf and not (self.voltage > 0 and 0 <= self.amp_contrast <= 1):
+            raise ConfigError(f"a CTF needs voltage > 0 kV and amp_contrast in [0, 1], got {self.voltage}, "
+                              f"{self.amp_contrast}")
+        if self.pixel_size is not None and not (self.pixel_size > 0 and np.isfinite(self.pixel_size)):
+            raise ConfigError(f"pixel_size must be a finite number > 0, got {self.pixel_size}")
 
 
 @dataclass
@@ -417,26 +423,28 @@ def add_simulate_parser(parser) -> None:
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--phantom", default=d.phantom,
                         help="lshape | hinge | two_state | path to an .mrc map (default: %(default)s)")
-    parser.add_argument("--box", type=int, default=d.box, help="box size in px (default: %(default)s)")
-    parser.add_argument("-n", "--n-particles", type=int, default=d.n_particles,
+    parser.add_argument("--box", type=positive_int, default=d.box, help="box size in px (default: %(default)s)")
+    parser.add_argument("-n", "--n-particles", type=positive_int, default=d.n_particles,
                         help="random poses to draw (ignored with --grid-step) (default: %(default)s)")
-    parser.add_argument("--grid-step", type=float, default=None,
+    parser.add_argument("--grid-step", type=positive_float, default=None,
                         help="use a regular grid of directions with this step in degrees instead of random poses")
-    parser.add_argument("--n-psi", type=int, default=d.grid_n_psi, help="in-plane angles per grid direction")
-    parser.add_argument("--copies", type=int, default=d.copies, help="noisy images per clean projection")
-    parser.add_argument("--snr", type=float, default=d.snr, help="signal/noise variance; 0 = no noise")
-    parser.add_argument("--shift-std", type=float, default=d.shift_std_px, help="in-plane shift std (px)")
+    parser.add_argument("--n-psi", type=positive_int, default=d.grid_n_psi, help="in-plane angles per grid direction")
+    parser.add_argument("--copies", type=positive_int, default=d.copies, help="noisy images per clean projection")
+    parser.add_argument("--snr", type=nonnegative_float, default=d.snr, help="signal/noise variance; 0 = no noise")
+    parser.add_argument("--shift-std", type=nonnegative_float, default=d.shift_std_px, help="in-plane shift std (px)")
     parser.add_argument("--shift-distribution", choices=("gaussian", "uniform"), default=d.shift_distribution)
     parser.add_argument("--ctf", action="store_true", help="apply a CTF (defocus drawn uniformly from the range)")
-    parser.add_argument("--defocus", type=float, nargs=2, default=d.defocus_range, metavar=("MIN", "MAX"),
+    parser.add_argument("--defocus", type=nonnegative_float, nargs=2, default=d.defocus_range, metavar=("MIN", "MAX"),
                         help="defocus range in Å (default: %(default)s)")
-    parser.add_argument("--voltage", type=float, default=d.voltage, help="kV")
-    parser.add_argument("--cs", type=float, default=d.cs, help="spherical aberration (mm)")
-    parser.add_argument("--amp-contrast", type=float, default=d.amp_contrast)
-    parser.add_argument("--pixel-size", type=float, default=None, help="Å/px (default: 1, or the map's voxel size)")
-    parser.add_argument("--hinge-levels", type=int, default=d.hinge_levels, help="conformations of the hinge phantom")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    parser.add_argument("--voltage", type=positive_float, default=d.voltage, help="kV")
+    parser.add_argument("--cs", type=finite_float, default=d.cs, help="spherical aberration (mm)")
+    parser.add_argument("--amp-contrast", type=number(float, ge=0, le=1), default=d.amp_contrast)
+    parser.add_argument("--pixel-size", type=positive_float, default=None,
+                        help="Å/px (default: 1, or the map's voxel size)")
+    parser.add_argument("--hinge-levels", type=number(int, ge=2), default=d.hinge_levels,
+                        help="conformations of the hinge phantom")
+    parser.add_argument("--seed", type=nonnegative_int, default=d.seed)
+    parser.add_argument("--chunk-size", type=positive_int, default=d.chunk_size)
     parser.add_argument("--keep-clean", action="store_true", help="also keep the noiseless projections")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -455,6 +463,7 @@ def run_simulate(args) -> int:
         cfg.validate()
     except ConfigError as e:
         raise ConfigError(f"simulate: {e}") from None
+    output_dir(args.out, "-o/--out")
     ds = simulate(cfg, args.out, progress=not args.no_progress)
     print(f"wrote {ds.n_particles} particles ({cfg.box} px, {ds.truth['pixel_size']:g} Å/px, "
           f"noise std {ds.truth['noise_std']:.4g}) to {ds.out_dir}: {ds.stack.name}, {ds.star.name}, "

@@ -41,8 +41,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from cryovae_nb import rundir
+from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_float, positive_int
 from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
-from cryovae_nb.config import from_dict, load_config, save_config, to_dict
+from cryovae_nb.config import check_fields, from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError, TrainingError
 from cryovae_nb.faults import fault_point
 from cryovae_nb.model import ModelConfig
@@ -88,6 +89,7 @@ class TrainConfig:
     deterministic: bool = True          # tf.config.experimental.enable_op_determinism()
 
     def validate(self) -> None:
+        check_fields(self)
         positive = ("batch_size", "max_steps", "log_every", "sample_every", "checkpoint_every",
                     "keep_checkpoints", "prefetch")
         for name in positive:
@@ -854,6 +856,7 @@ class Trainer:
                     bar.set_postfix(img_s=f"{ips:.0f}", recon=f"{acc['recon'] / n_acc:.4g}",
                                     kl=f"{acc['kl'] / n_acc:.3g}", total=f"{acc['total'] / n_acc:.4g}")
                     acc, n_acc, step_time = {k: 0.0 for k in LOSS_KEYS}, 0, 0.0
+                    fault_point(f"logged@{self.step}")  # the log ahead of the newest checkpoint
                 if self.step % cfg.sample_every == 0 and cfg.n_samples:
                     self.write_samples()
                 if self.step % cfg.checkpoint_every == 0:
@@ -891,12 +894,12 @@ def add_train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--data", help="preprocessed particles (.star or .mrcs)")
     parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
     parser.add_argument("--run-dir", help="output folder (resumed if it holds a checkpoint)")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--max-time", type=float, dest="max_time_s", help="wall-clock budget, seconds")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--max-steps", type=positive_int)
+    parser.add_argument("--max-time", type=positive_float, dest="max_time_s", help="wall-clock budget, seconds")
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--learning-rate", type=positive_float)
     parser.add_argument("--pose-mode", choices=["learned", "known"])
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=nonnegative_int)
     parser.add_argument("--restart", action="store_true",
                         help="start a new run; the run folder's previous run is moved to previous-N")
     parser.add_argument("--no-progress", action="store_true")
@@ -914,6 +917,7 @@ def run_train(args: argparse.Namespace) -> int:
         if value is not None:
             data[name] = value
     cfg = from_dict(TrainConfig, data)
+    output_dir(cfg.run_dir, "--run-dir")
     from cryovae_nb import distributed
 
     if getattr(args, "horovod", False) or distributed.under_launcher():
@@ -937,6 +941,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_train(args)
     except CryoVAEError as e:
         print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a rank's run folder refused (permissions, read-only): one line, as the CLI
+        from cryovae_nb.cli import _oserror_line
+
+        print(f"train: error: {_oserror_line(e)}", file=sys.stderr)
         return 2
 
 

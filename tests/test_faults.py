@@ -33,8 +33,11 @@ NEW_ARGS = ("--box", "12", "--seed", "5", "--chunk-size", "2")
 
 # kill point -> what a reader finds afterwards
 EXPECTED = {
+    "stack-allocated": "old",          # the new stack's full-size temporary, no image in it yet
     "stack-chunk-written": "old",      # mid-way through the new stack (a temporary)
     "stack-written": "old",            # the new stack complete, still a temporary
+    "star-written": "old",             # the new STAR file written under its temporary name
+    "split-written": "old",            # ... and the new split
     "temporaries-written": "old",      # all four new files written, none published
     "published-stack": "refused",      # new stack beside the old STAR file
     "published-split": "refused",      # ... and the new split
@@ -133,6 +136,7 @@ TRAIN_KILLS = (
     ("step@3", "step_00000002", "step_00000002"),              # between two checkpoints
     ("checkpoint-written@4", "step_00000002", "step_00000002"),  # under its temporary name
     ("checkpoint-renamed@4", "step_00000004", "step_00000002"),  # renamed, pointer not yet rewritten
+    ("logged@5", "step_00000004", "step_00000004"),            # step 5 in the log, not in a checkpoint
     ("checkpoint-pointer@6", "step_00000006", "step_00000006"),  # pointer rewritten, not yet pruned
     ("step@7", "step_00000006", "step_00000006"),
     ("checkpoint-renamed@8", "step_00000008", "step_00000006"),  # the last save, pointer not rewritten

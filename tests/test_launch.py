@@ -45,7 +45,9 @@ for a in "$@"; do
 done
 [ -f "$script" ] || { echo "sbatch: error: Unable to open file $script" >&2; exit 1; }
 n=$(( $(cat "$FAKE_SLURM_DIR/counter" 2>/dev/null || echo 1000) + 1 )); echo "$n" > "$FAKE_SLURM_DIR/counter"
-out="${out//%j/$n}"; [ -n "$out" ] || out="$chdir/slurm-$n.out"
+# as sbatch: %j is the job id, %x the job name, %% a literal %
+out="${out//\%\%/$'\x01'}"; out="${out//%j/$n}"; out="${out//%x/jobname}"; out="${out//$'\x01'/%}"
+[ -n "$out" ] || out="$chdir/slurm-$n.out"
 st="$FAKE_SLURM_DIR/$n"
 echo PENDING > "$st.state"
 [ -n "${FAKE_SLURM_AUTORELEASE:-}" ] && touch "$st.release"
@@ -264,6 +266,25 @@ def test_hostile_run_dir_and_config_names_reach_the_trainer_intact(tmp_path, fak
     script = (run_dir / "job.sbatch").read_text()
     assert "#SBATCH --job-name=xa_b__touch_CANARY" in script  # squashed to a plain token
     assert f"trainer ran in {workdir.resolve()}" in job.logs()
+
+
+def test_percent_in_the_run_folder_is_not_an_sbatch_pattern(tmp_path, fake_slurm, monkeypatch):
+    # sbatch expands %x, %j ... anywhere in --output; the run folder's own "%" must survive
+    run_dir = tmp_path / "run 100%x"
+    monkeypatch.setenv("FAKE_SLURM_AUTORELEASE", "1")
+    job = L.launch({"data": "x"}, run_dir, backend="slurm", python=str(fake_slurm.bin_dir / "fake-trainer"),
+                   slurm=L.SlurmOptions(launcher="srun", gpus_per_node=1))
+    assert job.wait(timeout=600, poll=0.1) == "completed"
+    assert job.log_path == run_dir.resolve() / f"slurm-{job.job_id}.out"
+    assert "trainer ran in" in job.logs()
+    assert not (tmp_path / "run 100jobname").exists()
+
+
+@pytest.mark.parametrize("options", [{"partition": "gpu\n"}, {"time": "1:00:00\n"}, {"nodes": True},
+                                     {"cpus_per_task": False}, {"extra_sbatch": ("--qos=high\n",)}])
+def test_trailing_newlines_and_bools_are_not_slurm_values(tmp_path, options):
+    with pytest.raises(ConfigError):
+        L.render_slurm_script(["python"], tmp_path, L.SlurmOptions(**options))
 
 
 def test_rejected_submission_and_missing_sbatch_raise_launch_error(tmp_path, fake_slurm, monkeypatch):

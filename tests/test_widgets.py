@@ -440,3 +440,34 @@ def test_nglview_frontend_matches_its_python_side():
     assert found[0] == nglview._frontend.__frontend_version__, (
         f"nglview requests nglview-js-widgets {nglview._frontend.__frontend_version__} but "
         f"{found[0]} is installed; use nglview!=4.0.1")
+
+
+def test_names_labels_and_messages_are_shown_escaped(tmp_path):
+    # a map name, a frame label, a checkpoint name or an error text is text, never markup
+    import html
+
+    import ipywidgets as W
+
+    def html_values(widget):
+        found = [widget.value] if isinstance(widget, W.HTML) else []
+        for child in getattr(widget, "children", ()):
+            found += html_values(child)
+        return found
+
+    evil = "<img src=x onerror=alert(1)>"
+    viewer = VolumeViewer({evil: l_shape(8)})
+    shown = " ".join(html_values(viewer))
+    assert html.escape(evil) in shown and evil not in shown
+    player = TrajectoryPlayer(np.stack([l_shape(8), l_shape(8, 1)]), labels=[evil, "b"])
+    assert player.caption.value == html.escape(evil)
+    mon = TrainingMonitor()
+    mon.on_checkpoint(str(tmp_path / evil.replace("/", "")))
+    assert "&lt;img" in mon.status.value and "<img" not in mon.status.value
+    run_dir = tmp_path / "<b>run"                      # the error names this folder
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    polled = TrainingMonitor(run_dir)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write("{not json\n")
+    polled._safe_refresh()                              # what the poll thread does
+    assert "&lt;b&gt;run" in polled.status.value and "<b>" not in polled.status.value

@@ -23,7 +23,8 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
 from cryovae_nb.atomic import atomic_path
-from cryovae_nb.errors import InputError
+from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.faults import fault_point
 
 HEADER_BYTES = 1024
 # MRC2014 modes we read, as little-endian dtypes; 0 is signed per the standard (mrcfile agrees).
@@ -213,11 +214,11 @@ class ParticleStack:
         indices = np.asarray(indices, dtype=np.int64).ravel()
         file_ids = np.asarray(file_ids, dtype=np.int64).ravel()
         if len(indices) != len(file_ids):
-            raise ValueError(f"indices ({len(indices)}) and file_ids ({len(file_ids)}) differ in length")
+            raise InputError(f"indices ({len(indices)}) and file_ids ({len(file_ids)}) differ in length")
         if len(indices) == 0:
             raise InputError("empty particle list: no images to read")
         if file_ids.min() < 0 or file_ids.max() >= len(paths):
-            raise ValueError(f"file_ids must lie in [0, {len(paths)})")
+            raise InputError(f"file_ids must lie in [0, {len(paths)})")
         headers = [_stack_header(os.fspath(p)) for p in paths]
         for h in headers[1:]:
             if h.nx != headers[0].nx:
@@ -310,7 +311,7 @@ class ParticleStack:
     def iter_chunks(self, chunk_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, images[start:start + chunk_size])`` over the whole stack, in order."""
         if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
+            raise ConfigError(f"chunk_size must be at least 1, got {chunk_size!r}")
         for start in range(0, len(self), chunk_size):
             yield start, self[start:start + chunk_size]
 
@@ -336,7 +337,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
 
 def _finite_or_raise(data: np.ndarray, path, what: str):
     if not np.isfinite(data).all():
-        raise ValueError(f"{os.fspath(path)}: refusing to write {what} containing NaN or Inf")
+        raise InputError(f"refusing to write {what} containing NaN or Inf", path)
 
 
 def _set_stats(mrc, dmin, dmax, dmean, rms):
@@ -347,7 +348,7 @@ def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size: float 
     """Write a float32 ``[z, y, x]`` map atomically with its voxel size (Å) and origin 0."""
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim != 3:
-        raise ValueError(f"{os.fspath(path)}: a volume must be 3D [z, y, x], got shape {vol.shape}")
+        raise InputError(f"a volume must be 3D [z, y, x], got shape {vol.shape}", path)
     _finite_or_raise(vol, path, "a volume")
     with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(vol)
@@ -377,7 +378,7 @@ class StackWriter:
 
     def __init__(self, path: str | os.PathLike, n: int, box: int, pixel_size: float | None):
         if n < 1 or box < 1:
-            raise ValueError(f"{os.fspath(path)}: need n >= 1 and box >= 1, got n={n}, box={box}")
+            raise InputError(f"need n >= 1 and box >= 1, got n={n}, box={box}", path)
         self.path, self.n, self.box, self.pixel_size = Path(path), int(n), int(box), pixel_size
         self.written = 0
         self._stack = None
@@ -392,6 +393,7 @@ class StackWriter:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(self._file.fileno(), 0, size)  # no space: fail now, not mid-way
             self._file.write(self._header(0.0, 0.0, 0.0, 0.0))
+            fault_point("stack-allocated")  # a full-size temporary, no image in it yet
         except BaseException as e:
             stack, self._stack = self._stack, None
             stack.__exit__(type(e), e, e.__traceback__)
@@ -423,10 +425,10 @@ class StackWriter:
         if chunk.ndim == 2:
             chunk = chunk[None]
         if chunk.shape[1:] != (self.box, self.box):
-            raise ValueError(f"{self.path}: chunk of shape {chunk.shape} does not hold "
-                             f"{self.box}x{self.box} images")
+            raise InputError(f"chunk of shape {chunk.shape} does not hold "
+                             f"{self.box}x{self.box} images", self.path)
         if self.written + len(chunk) > self.n:
-            raise ValueError(f"{self.path}: writing past the {self.n} images declared")
+            raise InputError(f"writing past the {self.n} images declared", self.path)
         _finite_or_raise(chunk, self.path, "images")
         try:
             self._file.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())

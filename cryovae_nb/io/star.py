@@ -102,7 +102,7 @@ class Poses:
         shifts = (np.zeros((len(rotations), 2)) if shifts is None
                   else np.asarray(shifts, dtype=np.float64).reshape(-1, 2))
         if len(shifts) != len(rotations):
-            raise ValueError(f"{len(rotations)} rotations but {len(shifts)} shifts")
+            raise InputError(f"{len(rotations)} rotations but {len(shifts)} shifts")
         return cls(rotations, matrix_to_relion_euler(rotations), shifts)
 
     @classmethod
@@ -142,7 +142,7 @@ class Particles:
                  source: str | None = None, ctf: CTFParams | None = None, poses: Poses | None = None,
                  _parse: bool = True):
         if len(df) != len(images):
-            raise ValueError(f"{len(df)} rows but {len(images)} images")
+            raise InputError(f"{len(df)} rows but {len(images)} images", source)
         self.df = df.reset_index(drop=True)
         self.images = images
         self.pixel_size = None if pixel_size is None else float(pixel_size)
@@ -430,21 +430,23 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
         old_px = _pixel_size_from_columns(parts, path)
     n = len(parts)
     if n == 0:
-        raise ValueError(f"{path}: no particles to write")
+        raise InputError("no particles to write", path)
     if optics is not None:
         block = pd.DataFrame([dict(optics)]) if isinstance(optics, Mapping) else optics.copy()
         if "rlnOpticsGroup" not in block.columns:
             block.insert(0, "rlnOpticsGroup", np.arange(1, len(block) + 1))
     new_px = old_px if pixel_size is None else float(pixel_size)
     if new_px is None:
-        raise ValueError(f"{path}: pixel size unknown; pass pixel_size=")
+        raise InputError("pixel size unknown; pass pixel_size=", path)
+    if not (np.isfinite(new_px) and new_px > 0):
+        raise InputError(f"pixel size must be a finite number > 0 Å, got {new_px!r}", path)
 
     if image_names is not None:
         if len(image_names) != n:
-            raise ValueError(f"{path}: {len(image_names)} image names for {n} particles")
+            raise InputError(f"{len(image_names)} image names for {n} particles", path)
         parts["rlnImageName"] = list(image_names)
     if "rlnImageName" not in parts.columns:
-        raise ValueError(f"{path}: particles have no rlnImageName; pass image_names=")
+        raise InputError("particles have no rlnImageName; pass image_names=", path)
 
     # origins in pixels (RELION 3.0) become Å: 3.1 reads only rlnOriginX/YAngst
     if "rlnOriginX" in parts.columns and "rlnOriginY" in parts.columns:
@@ -454,7 +456,7 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     if poses is not None:
         poses = _as_poses(poses)
         if len(poses) != n:
-            raise ValueError(f"{path}: {len(poses)} poses for {n} particles")
+            raise InputError(f"{len(poses)} poses for {n} particles", path)
         for i, col in enumerate(_ANGLES):
             parts[col] = poses.euler[:, i]
         origin = shift_to_relion_origin(poses.shifts) * new_px
@@ -469,13 +471,13 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     else:
         if "rlnOpticsGroup" not in parts.columns:
             if len(block) != 1:
-                raise ValueError(f"{path}: particles lack rlnOpticsGroup and optics has {len(block)} groups")
+                raise InputError(f"particles lack rlnOpticsGroup and optics has {len(block)} groups", path)
             parts["rlnOpticsGroup"] = block["rlnOpticsGroup"].iloc[0]
         parts = parts.drop(columns=[c for c in block.columns if c != "rlnOpticsGroup"], errors="ignore")
         block = block[block["rlnOpticsGroup"].isin(set(parts["rlnOpticsGroup"]))].reset_index(drop=True)
         missing = set(parts["rlnOpticsGroup"]) - set(block["rlnOpticsGroup"])
         if missing:
-            raise ValueError(f"{path}: optics groups {sorted(missing)} are not in the optics block")
+            raise InputError(f"optics groups {sorted(missing)} are not in the optics block", path)
     parts = parts.drop(columns=list(_OLD_PIXEL_COLUMNS), errors="ignore")
     block = block.drop(columns=list(_OLD_PIXEL_COLUMNS), errors="ignore")
 
@@ -485,7 +487,7 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     if box is None and (image_names is not None or "rlnImageSize" not in block.columns):
         box = _stack_box(str(parts["rlnImageName"].iloc[0]), path)
         if box is None:
-            raise ValueError(f"{path}: image size unknown (stack not found); pass box=")
+            raise InputError("image size unknown (stack not found); pass box=", path)
     if box is not None:
         block["rlnImageSize"] = int(box)
     if "rlnImageDimensionality" not in block.columns:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError
 
 KERNEL_WIDTHS = (2, 3, 4, 5, 6)  # = projectors.KERNEL_WIDTHS (kept import-free of TensorFlow)
@@ -98,6 +99,8 @@ class ModelConfig:
         return max(self.box, int(round(self.fourier_pad * self.box)))
 
     def validate(self) -> None:
+        check_fields(self)
+
         def positive_int(name):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -27,6 +27,8 @@ from functools import lru_cache
 import numpy as np
 import tensorflow as tf
 
+from cryovae_nb.errors import ConfigError, InputError
+
 
 def _centred(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.float64) - n // 2
@@ -65,7 +67,7 @@ def kernel_profile(width: int, u: np.ndarray) -> np.ndarray:
 
 def _check_width(width: int) -> None:
     if width not in KERNEL_WIDTHS:
-        raise ValueError(f"Fourier kernel width must be one of {KERNEL_WIDTHS}, got {width!r}")
+        raise ConfigError(f"Fourier kernel width must be one of {KERNEL_WIDTHS}, got {width!r}")
 
 
 @lru_cache(maxsize=8)
@@ -105,7 +107,7 @@ def _as_inputs(volumes, rotations, shifts):
     rotations = tf.convert_to_tensor(rotations, tf.float32)
     n = volumes.shape[-1]
     if n is None or volumes.shape.rank != 4 or volumes.shape[1:] != (n, n, n):
-        raise ValueError(f"volumes must have shape (B, n, n, n), got {volumes.shape}")
+        raise InputError(f"volumes must have shape (B, n, n, n), got {volumes.shape}")
     if shifts is None:
         shifts = tf.zeros(tf.stack([tf.shape(volumes)[0], 2]), tf.float32)
     shifts = tf.convert_to_tensor(shifts, tf.float32)
@@ -225,7 +227,7 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
     b = tf.shape(rotations)[0]
     m = max(n, int(round(pad * n)))
     if width > m:  # the Hermitian mirror below assumes a footprint narrower than the grid
-        raise ValueError(f"Fourier kernel width {width} exceeds the {m}-point grid")
+        raise ConfigError(f"Fourier kernel width {width} exceeds the {m}-point grid")
     if correction:
         volumes = volumes * gridding_correction(n, m, width)
     if m > n:
@@ -325,4 +327,4 @@ def project(volumes, rotations, shifts=None, *, method: str = "fourier", pad: fl
         return project_fourier(volumes, rotations, shifts, pad=pad, correction=correction, width=width)
     if method == "real":
         return project_real(volumes, rotations, shifts)
-    raise ValueError(f"unknown projector {method!r}; use 'fourier' or 'real'")
+    raise ConfigError(f"unknown projector {method!r}; use 'fourier' or 'real'")

@@ -3,6 +3,7 @@ where a click or a lasso selects particles; the selection's volume is decoded in
 viewer and the selection can be written out as a RELION STAR file."""
 from __future__ import annotations
 
+import html
 import os
 from typing import Callable, Mapping, Sequence
 
@@ -127,7 +128,7 @@ class LatentExplorer(W.VBox):
             write_particles_star(path, self.particles.subset(self.selected))
         else:
             raise ConfigError("give the explorer `particles` or an `export` callback to export")
-        self.status.value = f"wrote {self.selected.size} particle(s) to {path}"
+        self.status.value = f"wrote {self.selected.size} particle(s) to {html.escape(str(path))}"
         return path
 
     # -- internals ----------------------------------------------------------------------------
@@ -135,7 +136,7 @@ class LatentExplorer(W.VBox):
         try:
             self.export_selection()
         except (CryoVAEError, OSError) as e:
-            self.status.value = f"<span style='color:#c5221f'>{e}</span>"
+            self.status.value = f"<span style='color:#c5221f'>{html.escape(str(e))}</span>"
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
         vol = np.asarray(self.decode(np.asarray(z, dtype=np.float32)[None]))

@@ -2,6 +2,7 @@
 resolutions where each curve first drops below them, written in Å (thesis §2.4.6)."""
 from __future__ import annotations
 
+import html
 from typing import Mapping
 
 import numpy as np
@@ -32,11 +33,12 @@ def fsc_figure(results, *, title: str = "Fourier shell correlation") -> go.Figur
         fig.add_scatter(x=f, y=np.asarray(r.curve, dtype=float), name=name, mode="lines",
                         line=dict(color=color), customdata=np.divide(1, f, out=np.full_like(f, np.inf),
                                                                      where=f > 0),
-                        hovertemplate="%{x:.4f} 1/Å (%{customdata:.2f} Å): %{y:.3f}<extra>" + name + "</extra>")
+                        hovertemplate="%{x:.4f} 1/Å (%{customdata:.2f} Å): %{y:.3f}<extra>"
+                        + html.escape(str(name)) + "</extra>")
         for value, suffix in THRESHOLDS:
             res = getattr(r, f"resolution_{suffix}")
             crossed = bool(getattr(r, f"crossed_{suffix}", True))
-            notes.append(f"<span style='color:{color}'>{name}</span> FSC={value}: "
+            notes.append(f"<span style='color:{color}'>{html.escape(str(name))}</span> FSC={value}: "
                          f"{_resolution_text(res, crossed, r.nyquist)}")
             if crossed and res is not None and np.isfinite(res) and res > 0:
                 fig.add_vline(x=1 / res, line=dict(color=color, dash="dot", width=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipywidgets as W
 import numpy as np
 
+from cryovae_nb.errors import InputError
 from cryovae_nb.widgets.images import _check_pair, comparison_png
 
 
@@ -18,7 +19,7 @@ class ParticleGallery(W.VBox):
     def __init__(self, inputs, projections, *, per_page: int = 8, indices=None):
         self.inputs, self.projections = inputs, projections
         if len(inputs) != len(projections):
-            raise ValueError(f"{len(inputs)} inputs but {len(projections)} projections")
+            raise InputError(f"{len(inputs)} inputs but {len(projections)} projections")
         self.indices = np.arange(len(inputs)) if indices is None else np.asarray(indices)
         self.per_page = max(1, int(per_page))
         n_pages = -(-len(self.indices) // self.per_page)

@@ -10,6 +10,7 @@ a background poll.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import threading
@@ -78,7 +79,7 @@ class TrainingMonitor(W.VBox):
 
     def on_checkpoint(self, path: str) -> None:
         self._set_status()
-        self.status.value += f" &middot; checkpoint {Path(path).name}"
+        self.status.value += f" &middot; checkpoint {html.escape(Path(path).name)}"
 
     # -- run-directory reading ----------------------------------------------------------------
     @property
@@ -151,7 +152,7 @@ class TrainingMonitor(W.VBox):
         try:
             self.refresh()
         except CryoVAEError as e:
-            self.status.value = f"<span style='color:#c5221f'>{e}</span>"
+            self.status.value = f"<span style='color:#c5221f'>{html.escape(str(e))}</span>"
 
     def _add(self, records) -> None:
         with self._lock:

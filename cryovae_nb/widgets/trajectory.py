@@ -2,6 +2,7 @@
 interpolation between two latents, or a traversal along one latent dimension)."""
 from __future__ import annotations
 
+import html
 from typing import Sequence
 
 import ipywidgets as W
@@ -36,7 +37,7 @@ class TrajectoryPlayer(W.VBox):
         self.play = W.Play(min=0, max=k - 1, value=0, interval=interval_ms, step=1)
         # jslink: the browser drives the slider while playing, without a kernel round-trip per tick
         self._link = W.jslink((self.play, "value"), (self.frame, "value"))
-        self.caption = W.HTML(self.labels[0])
+        self.caption = W.HTML(html.escape(str(self.labels[0])))
         self.frame.observe(self._on_frame, names="value")
         super().__init__([W.HBox([self.play, self.frame, self.caption]), self.viewer])
 
@@ -46,4 +47,4 @@ class TrajectoryPlayer(W.VBox):
     def _on_frame(self, change) -> None:
         i = int(change["new"])
         self.viewer.set_volume(0, self.volumes[i])
-        self.caption.value = self.labels[i]
+        self.caption.value = html.escape(str(self.labels[i]))

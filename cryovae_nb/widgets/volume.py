@@ -3,6 +3,7 @@ orthogonal slices / projections beside them in plotly (thesis Fig. 3.12: a recon
 overlaid on its reference)."""
 from __future__ import annotations
 
+import html
 import io
 import os
 import tempfile
@@ -200,7 +201,7 @@ class VolumeViewer(W.VBox):
     # -- controls -----------------------------------------------------------------------------
     def _make_controls(self, m: _Map) -> dict:
         c = dict(
-            label=W.HTML(f"<b>{m.name}</b>", layout=W.Layout(width="140px")),
+            label=W.HTML(f"<b>{html.escape(m.name)}</b>", layout=W.Layout(width="140px")),
             level=W.FloatSlider(description="threshold", value=m.level, continuous_update=False,
                                 readout_format=".3g"),
             color=W.ColorPicker(value=m.color, concise=True, layout=W.Layout(width="40px")),
