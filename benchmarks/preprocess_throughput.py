@@ -7,8 +7,7 @@ then Fourier-crops it to --out-box, tanh-normalises and masks it through ``prepr
 prints images/s and the peak RSS of the process (``ru_maxrss``). The stack (26 GB at the default
 size) must never be in memory at once: the target is a peak below 2 GiB.
 
-Generation runs in a child process so its own memory does not count. ``--no-release`` switches off
-the pipeline's dropping of memory-mapped pages, to show what it buys. Input pages may come from the
+Generation runs in a child process so its own memory does not count. Input pages may come from the
 page cache on a second run (faster than a cold disk); the script says when the file was reused.
 """
 from __future__ import annotations
@@ -70,7 +69,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out-box", type=int, default=64)
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--workdir", default="/tmp")
-    ap.add_argument("--no-release", action="store_true", help="do not drop mapped pages (for comparison)")
     ap.add_argument("--keep-output", action="store_true")
     ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -90,8 +88,6 @@ def main(argv=None) -> int:
 
     import cryovae_nb.preprocess as pp
 
-    if args.no_release:
-        pp._release_pages = lambda arrays: None
     cfg = pp.PreprocessConfig(box=args.out_box, normalize="tanh", mask_diameter=0.95,
                               chunk_size=args.chunk_size)
     out = workdir / f"cryovae_bench_out_{args.n}x{args.out_box}"
@@ -108,7 +104,7 @@ def main(argv=None) -> int:
     gib = 2 ** 30
     print(f"input : {args.n} x {args.box} px ({src.stat().st_size / gib:.2f} GiB, "
           f"{'reused: pages may be cached' if reused else 'just written'})")
-    print(f"output: {args.out_box} px, chunk {args.chunk_size}, page release {'off' if args.no_release else 'on'}")
+    print(f"output: {args.out_box} px, chunk {args.chunk_size}")
     print(f"time {dt:.1f} s -> {args.n / dt:,.0f} images/s ({src.stat().st_size / gib / dt:.2f} GiB/s read)")
     print(f"peak RSS (ru_maxrss) {peak / gib:.2f} GiB; sampled peak {sampler.peak / gib:.2f} GiB "
           f"(of which file-backed/shared up to {sampler.peak_file / gib:.2f} GiB)")
