@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from cryovae_nb.analysis.align import align
 from cryovae_nb.analysis.fsc import fsc
@@ -19,7 +18,7 @@ from cryovae_nb.errors import InputError
 from cryovae_nb.heterogeneity import motion_recovery, state_volumes
 from cryovae_nb.io import read_volume
 from cryovae_nb.synthetic import SimulationConfig, hinge_volume, load_truth
-from cryovae_nb.tutorial.workspace import TutorialData, truth_table, reference_level
+from cryovae_nb.tutorial.workspace import TutorialData, reference_level, truth_table
 from cryovae_nb.volumes import fourier_resample
 
 STATE_BINS = 4               # latent_vs_truth: the hinge angle cut into this many states
@@ -241,6 +240,8 @@ def motion_axis(latents, t=None, n_components: int = 5) -> dict:
     coords = (z - mean) @ pca.components_.T
     rho, pc = None, 0
     if t is not None:
+        from scipy.stats import spearmanr
+
         t = np.asarray(t, np.float64)
         if len(t) != len(z):
             raise InputError(f"{len(z)} latents but {len(t)} truth values")
