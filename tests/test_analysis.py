@@ -1,5 +1,5 @@
 """Analysis: FSC against analytic cases, alignment and hand on the real hand-vol.mrc, latent
-statistics / embeddings / k-means, volume series, particle screening and its STAR export."""
+statistics / embeddings / k-means, volume series, particle screening (its STAR export: test_io)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,6 @@ from cryovae_nb.analysis.series import (cluster_volumes, decode_volumes, interpo
                                         traversal_series)
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import random_rotations, rotation_angle_deg
-from cryovae_nb.io import write_particles_subset
 from cryovae_nb.volumes import mirror_through_plane, rotate_volume, soft_sphere_mask
 
 MIRROR = np.diag([1.0, 1.0, -1.0])  # (x, y, z) -> (x, y, -z), what mirror_through_plane does
@@ -452,28 +451,6 @@ def test_screening_keeps_a_single_population_and_checks_inputs():
         screen_particles(np.ones(5), np.zeros((4, 2)))
     with pytest.raises(InputError, match="unknown screening"):
         screen_particles(np.ones(20), method="kmeans")
-
-
-def test_export_kept_particles_to_star(shared_data, tmp_path):
-    from cryovae_nb.io import read_particles
-
-    with pytest.warns(UserWarning, match="MAP"):  # a real quirk of this file (see README)
-        parts = read_particles(shared_data / "relion31.star")
-    keep = np.array([True, False, True, True, False])
-    out = tmp_path / "kept.star"
-    assert write_particles_subset(out, parts, keep) == 3
-    # the image names are rewritten to resolve from the new file's folder: no datadir needed
-    with pytest.warns(UserWarning, match="MAP"):
-        back = read_particles(out)
-    assert len(back) == 3
-    assert [n.split("@")[0] for n in back.df["rlnImageName"]] == \
-        [n.split("@")[0] for n in parts.df["rlnImageName"][keep]]
-    np.testing.assert_allclose(back.df["rlnDefocusU"], parts.df["rlnDefocusU"][keep])
-    np.testing.assert_array_equal(back.images[:], parts.images[np.flatnonzero(keep)])
-    with pytest.raises(InputError, match="5 particles"):
-        write_particles_subset(out, parts, keep[:4])
-    with pytest.raises(InputError, match="no particles"):
-        write_particles_subset(tmp_path / "none.star", parts, np.zeros(5, bool))
 
 
 def test_module_is_headless():

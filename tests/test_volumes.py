@@ -81,3 +81,25 @@ def test_module_imports_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "False"
+
+
+def test_each_volume_operation_is_defined_once():
+    # the duplicates this module replaced must not come back under their old names
+    import ast
+    from pathlib import Path
+
+    import cryovae_nb
+
+    gone = {"spherical_mask", "circular_mask", "resample_volume", "centered_coords", "_centred",
+            "_fourier_crop", "mirror_volume", "export_kept_star", "_radius_grid"}
+    once = {"centred_coords", "diameter_mask", "soft_sphere_mask", "fourier_crop", "fourier_resample",
+            "band_limited_crop", "band_limit", "rotate_volume", "mirror_through_plane",
+            "write_particles_subset"}
+    defined: dict[str, list[str]] = {}
+    root = Path(cryovae_nb.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                defined.setdefault(node.name, []).append(str(path.relative_to(root)))
+    assert not gone & set(defined), {k: defined[k] for k in gone & set(defined)}
+    assert {k: len(defined.get(k, [])) for k in once} == dict.fromkeys(once, 1)
