@@ -1,4 +1,4 @@
-"""Speed of the analysis module: FSC, rigid alignment (+ hand), latent embeddings and k-means.
+"""Speed of the analysis package: FSC, rigid alignment (+ hand), latent embeddings and k-means.
 
     .venv/bin/python benchmarks/analysis_speed.py [--n-latents 100000] [--dim 21] [--skip-embed]
         [--threads N]
@@ -27,8 +27,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # umap imports TensorFlow
 import numpy as np
 from scipy import ndimage
 
-from cryovae_nb import analysis as A
+from cryovae_nb.analysis.align import align, consistent_hand
+from cryovae_nb.analysis.fsc import fsc
+from cryovae_nb.analysis.latent import embed, kmeans, latent_statistics
 from cryovae_nb.geometry import random_rotations, rotation_angle_deg
+from cryovae_nb.volumes import band_limited_crop, mirror_through_plane, rotate_volume
 
 REPO = Path(__file__).resolve().parents[1]
 HAND = Path(os.environ.get("CRYOVAE_SHARED_DATA", REPO.parent / "shared" / "data")) / "hand-vol.mrc"
@@ -68,9 +71,9 @@ def bench_fsc() -> None:
     for n in (64, 128, 256):
         a = rng.standard_normal((n, n, n), dtype=np.float32)
         b = a + rng.standard_normal((n, n, n), dtype=np.float32)
-        A.fsc(a[:8, :8, :8], b[:8, :8, :8])  # warm-up
+        fsc(a[:8, :8, :8], b[:8, :8, :8])  # warm-up
         with timed(f"fsc {n}^3 (soft sphere mask)") as info:
-            r = A.fsc(a, b, pixel_size=1.0, mask="sphere")
+            r = fsc(a, b, pixel_size=1.0, mask="sphere")
             info["note"] = f"FSC(0.143) at {r.resolution_0143:.2f} Å"
 
 
@@ -78,21 +81,21 @@ def bench_align() -> None:
     ref, name = load_reference()
     rng = np.random.default_rng(1)
     Rt = random_rotations(1, rng)[0]
-    target = A.rotate_volume(A.mirror_volume(ref), Rt, (2.0, -1.0, 1.5))
+    target = rotate_volume(mirror_through_plane(ref), Rt, (2.0, -1.0, 1.5))
     M = np.diag([1.0, 1.0, -1.0])
     with timed(f"align 64^3 {name}, mirrored, both hands") as info:
-        res = A.align(target, ref)
+        res = align(target, ref)
         err = rotation_angle_deg(res.rotation, (M @ Rt @ M).T)
         info["note"] = (f"mirrored={res.mirrored} error {err:.2f} deg corr {res.correlation:.3f} "
                         f"(other hand {res.correlation_other_hand:.3f})")
 
-    small = A._fourier_crop(ref, 40)
+    small = band_limited_crop(ref, 40)
     truth = np.arange(10) % 3 == 1
-    vols = np.stack([A.rotate_volume(A.mirror_volume(small) if m else small, R,
-                                     rng.uniform(-2, 2, 3))
+    vols = np.stack([rotate_volume(mirror_through_plane(small) if m else small, R,
+                                   rng.uniform(-2, 2, 3))
                      for m, R in zip(truth, random_rotations(10, rng))])
     with timed("consistent_hand 10 x 40^3 (with reference)") as info:
-        _, flipped = A.consistent_hand(vols, reference=small)
+        _, flipped = consistent_hand(vols, reference=small)
         info["note"] = f"hands right: {int((flipped == truth).sum())}/10"
 
 
@@ -101,12 +104,12 @@ def bench_embed(n: int, d: int) -> None:
     centres = rng.normal(scale=3.0, size=(5, d))
     z = (centres[rng.integers(0, 5, n)] + rng.normal(size=(n, d))).astype(np.float32)
     with timed(f"latent_statistics {n} x {d}"):
-        A.latent_statistics(z)
+        latent_statistics(z)
     with timed(f"kmeans k=5 {n} x {d}"):
-        A.kmeans(z, 5)
+        kmeans(z, 5)
     for method in ("pca", "umap", "tsne"):
         with timed(f"embed {method} {n} x {d}") as info, warnings.catch_warnings(record=True):
-            e = A.embed(z, method)
+            e = embed(z, method)
             info["note"] = e.note
 
 

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
     import cryovae_nb.preprocess as pp
 
-    cfg = pp.PreprocessConfig(box=args.out_box, normalize="tanh", mask_diameter=0.95,
+    cfg = pp.PreprocessConfig(box=args.out_box, normalise="tanh", mask_diameter=0.95,
                               chunk_size=args.chunk_size)
     out = workdir / f"cryovae_bench_out_{args.n}x{args.out_box}"
     sampler = RSSSampler()

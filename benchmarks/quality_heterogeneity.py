@@ -177,7 +177,7 @@ def evaluate(trainer, phantom: str, truth: dict, labels, truths, pixel_size: flo
     import numpy as np
 
     from cryovae_nb.heterogeneity import motion_recovery, state_volumes, two_state_accuracy
-    from cryovae_nb.inference import band_limit
+    from cryovae_nb.volumes import band_limit
 
     known = trainer.config.model.pose_mode == "known"
     z = latent_means(trainer.model, trainer.particles.images, trainer.particles.poses if known else None)

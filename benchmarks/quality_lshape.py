@@ -70,8 +70,9 @@ def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
     """Mean FSC resolutions (px) of the decoded volumes of ``indices`` aligned onto ``truth``."""
     import numpy as np
 
-    from cryovae_nb.analysis import align, fsc
-    from cryovae_nb.inference import band_limit
+    from cryovae_nb.analysis.align import align
+    from cryovae_nb.analysis.fsc import fsc
+    from cryovae_nb.volumes import band_limit
 
     images = trainer.particles.images[indices]
     poses = {}
@@ -81,7 +82,7 @@ def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
                      shifts=np.asarray(p.shifts[indices], np.float32))
     volumes = np.asarray(trainer.model.decode(trainer.model.encode(images, **poses)["z_mean"]))
     if trainer.config.model.projector == "fourier":
-        volumes = band_limit(volumes)  # drop what the projector never saw (see inference.band_limit)
+        volumes = band_limit(volumes)  # drop what the projector never saw (see volumes.band_limit)
     r05, r0143, corr, mirrored = [], [], [], 0
     for vol in volumes:
         a = align(vol, truth, try_mirror=True)

@@ -24,7 +24,7 @@ from cryovae_nb.synthetic import SimulationConfig, lshape_volume, simulate
 
 def naive_project(volume, rotations):
     n = volume.shape[0]
-    c = geometry.centered_coords(n)
+    c = geometry.centred_coords(n)
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     r = np.stack([x.ravel(), y.ravel(), z.ravel()])
     out = np.empty((len(rotations), n, n), np.float32)

@@ -35,7 +35,8 @@ def accuracy_table(n: int, count: int = 8, seed: int = 0) -> None:
     import numpy as np
 
     from cryovae_nb.geometry import random_rotations
-    from cryovae_nb.model import project_fourier, project_real, spherical_mask
+    from cryovae_nb.model import project_fourier, project_real
+    from cryovae_nb.volumes import diameter_mask
 
     rng = np.random.default_rng(seed)
     sigma, c = 2.0, np.arange(n) - n // 2
@@ -51,7 +52,7 @@ def accuracy_table(n: int, count: int = 8, seed: int = 0) -> None:
             r = R[b].T @ p  # a blob at p appears at R^T p + s
             truth[b] += a * np.sqrt(2 * np.pi) * sigma * np.exp(
                 -((xi - s[b, 0] - r[0]) ** 2 + (yi - s[b, 1] - r[1]) ** 2) / (2 * sigma**2))
-    vols = (vols * spherical_mask(n, 0.95)).astype(np.float32)
+    vols = (vols * diameter_mask(n, 0.95, ndim=3)).astype(np.float32)
     Rf, sf = R.astype(np.float32), s.astype(np.float32)
 
     def rel(a, b):

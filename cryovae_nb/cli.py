@@ -24,11 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "encode a stack with a trained run: latents, poses, STAR with learned poses"),
     "generate": ("cryovae_nb.inference", "add_generate_parser", "run_generate",
                  "decode volumes: latents, interpolation, traversal, prior samples"),
-    "fsc": ("cryovae_nb.analysis", "add_fsc_parser", "run_fsc",
+    "fsc": ("cryovae_nb.analysis.cli", "add_fsc_parser", "run_fsc",
             "FSC between two volumes, resolution at 0.5 / 0.143"),
     "launch": ("cryovae_nb.launch", "add_launch_parser", "run_launch",
                "launch Horovod training locally, with mpirun or on Slurm"),
-    "demo": ("cryovae_nb.demo", "add_demo_parser", "run_demo",
+    "demo": ("cryovae_nb.tutorial.demo", "add_demo_parser", "run_demo",
              "run the tutorial path on the embedded synthetic hinge data (a moving L)"),
 }
 

@@ -117,9 +117,18 @@ def check_fields(cfg) -> None:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys with a clear message."""
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys with a clear message.
+
+    Keys in ``cls.RENAMED_OPTIONS`` (a class attribute ``{old name: new name}``, if any) are read
+    under their new names."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    # a field renamed since a file was written still loads: the class maps old keys to new ones
+    for old, new in getattr(cls, "RENAMED_OPTIONS", {}).items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"{cls.__name__}: both {old!r} and its new name {new!r} given")
+            data = {(new if k == old else k): v for k, v in data.items()}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

@@ -120,6 +120,6 @@ def rotation_angle_deg(R1: np.ndarray, R2: np.ndarray) -> np.ndarray:
     return np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def centered_coords(n: int) -> np.ndarray:
+def centred_coords(n: int) -> np.ndarray:
     """Pixel coordinates ``0..n-1`` minus the centre ``n // 2`` (float64)."""
     return np.arange(n, dtype=np.float64) - n // 2

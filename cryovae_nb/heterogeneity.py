@@ -17,12 +17,15 @@ from typing import Callable
 
 import numpy as np
 
-from cryovae_nb.analysis import _as_latents, align, correlation, fsc, mirror_volume, rotate_volume
+from cryovae_nb.analysis.align import align, correlation
+from cryovae_nb.analysis.fsc import fsc
+from cryovae_nb.analysis.latent import as_latents, kmeans
 from cryovae_nb.errors import InputError
+from cryovae_nb.volumes import mirror_through_plane, rotate_volume
 
 
 def _check_pairs(latents, values, name: str) -> tuple[np.ndarray, np.ndarray]:
-    z = _as_latents(latents)
+    z = as_latents(latents)
     v = np.asarray(values, np.float64).ravel()
     if len(v) != len(z):
         raise InputError(f"{len(z)} latents but {len(v)} {name}")
@@ -72,8 +75,6 @@ def motion_recovery(latents, truth, *, n_components: int = 5, k: int = 5, folds:
 def two_state_accuracy(latents, states, seed: int = 0) -> float:
     """Fraction of particles that k-means (k = 2, full latent) puts with their true state
     ``states`` ``(n,)`` of 0/1, under the better of the two label matchings (0.5 is chance)."""
-    from cryovae_nb.analysis import kmeans
-
     z, s = _check_pairs(latents, states, "states")
     if not np.isin(s, (0, 1)).all():
         raise InputError("two_state_accuracy: states must be 0 or 1")
@@ -96,7 +97,7 @@ def state_volumes(decode: Callable, latents, labels, truths, pixel_size: float =
     states) and ``mean_latent_correlation`` ``(S,)``: the one volume decoded at the mean of all
     latents against each truth (what a homogeneous reconstruction would give).
     """
-    z = _as_latents(latents)
+    z = as_latents(latents)
     labels = np.asarray(labels).ravel()
     truths = np.asarray(truths, np.float32)
     s = len(truths)
@@ -109,7 +110,7 @@ def state_volumes(decode: Callable, latents, labels, truths, pixel_size: float =
     vols = np.asarray(decode(centres), np.float32)
     if align_to is not None:
         a = align(vols[align_to], truths[align_to], try_mirror=True)
-        vols = np.stack([rotate_volume(mirror_volume(v) if a.mirrored else v, a.rotation, a.shift)
+        vols = np.stack([rotate_volume(mirror_through_plane(v) if a.mirrored else v, a.rotation, a.shift)
                          for v in vols]).astype(np.float32)
     states, mean_vol = vols[:s], vols[s]
     corr = np.array([[correlation(states[i], truths[j]) for j in range(s)] for i in range(s)])

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cryovae_nb import analysis, geometry
+from cryovae_nb import geometry
+from cryovae_nb.analysis.series import decode_volumes, interpolation_series, save_series, traversal_series
 from cryovae_nb.argcheck import nonnegative_int, number, output_dir, output_file, positive_int
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
+from cryovae_nb.volumes import band_limit
 
 
 @dataclass
@@ -64,21 +66,6 @@ class Encoding:
         return cls(np.asarray(z_mean, np.float32), np.asarray(z_logvar, np.float32),
                    geometry.matrix_to_quaternion(rotations), rotations,
                    geometry.matrix_to_relion_euler(rotations), np.asarray(shifts, np.float64))
-
-
-def band_limit(volumes: np.ndarray) -> np.ndarray:
-    """Zero the Fourier components of ``(..., n, n, n)`` volumes beyond the Nyquist sphere |k| > n/2.
-
-    The Fourier projector never samples them (the central slices stay inside the sphere), so
-    training leaves them unconstrained and they grow into a large checkerboard that hides the
-    structure in a viewer and misleads real-space alignment; the model's images are unchanged.
-    """
-    v = np.asarray(volumes, np.float32)
-    n = v.shape[-1]
-    k = np.fft.fftfreq(n) * n
-    kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(n) * n, indexing="ij")
-    keep = (kx**2 + ky**2 + kz**2) <= (n / 2) ** 2
-    return np.fft.irfftn(np.fft.rfftn(v, axes=(-3, -2, -1)) * keep, s=(n, n, n), axes=(-3, -2, -1)).astype(np.float32)
 
 
 class TrainedRun:
@@ -200,7 +187,7 @@ class TrainedRun:
             raise InputError(f"latent {bad} holds NaN or infinite values")
         if len(z) == 0:
             return np.zeros((0,) + (self.box,) * 3, np.float32)
-        vols = analysis.decode_volumes(self.model.decode, z, self.batch_size)
+        vols = decode_volumes(self.model.decode, z, self.batch_size)
         if self.config.model.projector == "fourier":
             vols = band_limit(vols)
         return vols[0] if single else vols
@@ -230,13 +217,13 @@ class TrainedRun:
 
     def interpolate(self, z0, z1, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) of ``k`` evenly spaced points from ``z0`` to ``z1`` (both included)."""
-        return analysis.interpolation_series(self.decode, z0, z1, k)
+        return interpolation_series(self.decode, z0, z1, k)
 
     def traverse(self, dim: int, k: int, latents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) along dimension ``dim`` from its observed min to max, the other
         dimensions held at their means over ``latents`` (default: the training data) (§3.4.3.3)."""
         obs = self.observed_latents() if latents is None else latents
-        return analysis.traversal_series(self.decode, obs, dim, k)
+        return traversal_series(self.decode, obs, dim, k)
 
     def sample_prior(self, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(latents, volumes) of ``k`` draws from the standard normal prior."""
@@ -259,9 +246,9 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
 def write_volumes(outdir: str | os.PathLike, volumes: np.ndarray, voxel_size: float | None,
                   prefix: str = "volume") -> list[Path]:
     """One MRC per volume (``prefix_000.mrc`` ...), voxel size in the header; returns the paths.
-    A single ``(n, n, n)`` volume is accepted too (`analysis.save_series` does the writing)."""
+    A single ``(n, n, n)`` volume is accepted too (`save_series` does the writing)."""
     volumes = np.asarray(volumes, np.float32)
-    return analysis.save_series(outdir, volumes[None] if volumes.ndim == 3 else volumes, voxel_size, prefix)
+    return save_series(outdir, volumes[None] if volumes.ndim == 3 else volumes, voxel_size, prefix)
 
 
 def write_star(path: str | os.PathLike, particles, encoding: Encoding, *,

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryovae_nb.errors import InputError
-from cryovae_nb.geometry import centered_coords
+from cryovae_nb.geometry import centred_coords
 
 # points interpolated per map_coordinates call: ~100 MB of float64 coordinates at most
 _POINTS_PER_CALL = 4_000_000
@@ -78,7 +78,7 @@ def project(volume: np.ndarray, rotations: np.ndarray, shifts: np.ndarray | None
     # instead of ramping down to the zero beyond the face), and "constant" is ~1.4x faster.
     faces_zero = not (V[[0, -1]].any() or V[:, [0, -1]].any() or V[:, :, [0, -1]].any())
     mode = "constant" if order <= 1 and faces_zero else "grid-constant"
-    c = centered_coords(n)
+    c = centred_coords(n)
     z2 = (c**2)[:, None, None]  # (n, 1, 1): the z axis of the [z, y, x] sample grid
     per_call = chunk_size or max(1, _POINTS_PER_CALL // n**3)
     for start in range(0, k, per_call):

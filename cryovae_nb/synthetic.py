@@ -37,11 +37,12 @@ from cryovae_nb.atomic import atomic_path
 from cryovae_nb.config import check_fields, save_config
 from cryovae_nb.ctf import apply_ctf, compute_ctf
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.geometry import (centered_coords, grid_rotations, matrix_to_quaternion,
+from cryovae_nb.geometry import (centred_coords, grid_rotations, matrix_to_quaternion,
                                  matrix_to_relion_euler, random_rotations)
 from cryovae_nb.io import (StackWriter, make_image_names, open_stack, read_volume,
                            write_particles_star, write_volume)
 from cryovae_nb.projection import project
+from cryovae_nb.volumes import fourier_resample
 
 _EDGE_SIGMA = 0.6  # px; the Gaussian blur of the phantom edges
 _TAIL_CUT = 1e-4
@@ -66,7 +67,7 @@ def _box_density(x, y, z, bounds, sigma: float) -> np.ndarray:
 
 def _l_parts(box: int, angle_deg: float, offset: np.ndarray) -> np.ndarray:
     u = box / 40.0
-    c = centered_coords(box)
+    c = centred_coords(box)
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     x, y, z = x + offset[0], y + offset[1], z + offset[2]  # offset moves the L's own origin
     long_bar = np.maximum(_box_density(x, y, z, np.multiply(_LONG_BAR, u), _EDGE_SIGMA),
@@ -86,7 +87,7 @@ def _l_parts(box: int, angle_deg: float, offset: np.ndarray) -> np.ndarray:
 def _l_offset(box: int) -> np.ndarray:
     """Centre of mass (x, y, z) of the unshifted L: subtracting it centres the L in its box."""
     v = _l_parts(box, 0.0, np.zeros(3))
-    c = centered_coords(box)
+    c = centred_coords(box)
     m = v.sum()
     return np.array([(v.sum(axis=(0, 1)) * c).sum(), (v.sum(axis=(0, 2)) * c).sum(),
                      (v.sum(axis=(1, 2)) * c).sum()]) / m
@@ -124,34 +125,6 @@ def two_state_volume(box: int = 40, state: int = 0, max_angle_deg: float = 60.0)
     return hinge_volume(box, float(state), max_angle_deg)
 
 
-def resample_volume(volume: np.ndarray, box: int) -> np.ndarray:
-    """Fourier-resample a cubic volume to ``box``³ (band-limited: crop or zero-pad the spectrum).
-
-    The physical extent is kept, so the voxel size scales by ``n / box``; the mean density is
-    kept (like coarsening, which averages). Voxel ``n // 2`` maps exactly onto voxel ``box // 2``,
-    the rotation centre of our convention, via a phase ramp.
-    """
-    v = np.asarray(volume, dtype=np.float64)
-    n = v.shape[0]
-    if box == n:
-        return v.astype(np.float32)
-    f = np.fft.fftn(v)
-    # keep the frequencies both grids represent symmetrically (|k| < min/2), so the result is real
-    kmax = (min(n, box) - 1) // 2
-    k_old = np.rint(np.fft.fftfreq(n) * n).astype(int)
-    k_new = np.rint(np.fft.fftfreq(box) * box).astype(int)
-    sel_old = np.nonzero(np.abs(k_old) <= kmax)[0]
-    sel_new = np.nonzero(np.abs(k_new) <= kmax)[0]
-    # both index lists run 0, 1, .., kmax, -kmax, .., -1 (fftfreq order), so they pair up
-    g = np.zeros((box, box, box), dtype=complex)
-    g[np.ix_(sel_new, sel_new, sel_new)] = f[np.ix_(sel_old, sel_old, sel_old)]
-    # new voxel j sits at old position j*n/box + delta; delta puts box//2 on n//2
-    delta = n // 2 - (box // 2) * n / box
-    ramp = np.exp(2j * np.pi * k_new * delta / n)
-    g *= ramp[:, None, None] * ramp[None, :, None] * ramp[None, None, :]
-    return (np.fft.ifftn(g).real * (box / n) ** 3).astype(np.float32)
-
-
 def volume_from_mrc(path: str | os.PathLike, box: int | None = None) -> tuple[np.ndarray, float | None]:
     """Read a cubic MRC map as a phantom -> (volume ``[z, y, x]`` float32, voxel size Å or None).
 
@@ -164,7 +137,7 @@ def volume_from_mrc(path: str | os.PathLike, box: int | None = None) -> tuple[np
     if box is None or box == n:
         return vol.astype(np.float32), voxel
     box = _check_box(box)
-    return resample_volume(vol, box), (None if voxel is None else voxel * n / box)
+    return fourier_resample(vol, box), (None if voxel is None else voxel * n / box)
 
 
 # -- simulation -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Execute a tutorial notebook top to bottom with small parameters (papermill-style injection).
 
-The library's ``cryovae_nb.demo.execute_notebook`` does the work (``make demo`` runs the same
+The library's ``cryovae_nb.tutorial.notebooks.execute_notebook`` does the work (``make demo`` runs the same
 path); this keeps the tests' call short and saves the executed copy when asked.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 
-from cryovae_nb.demo import execute_notebook
+from cryovae_nb.tutorial.notebooks import execute_notebook
 
 
 def run_notebook(path: Path, parameters: dict, cwd: Path, timeout: int = 900,

@@ -1,5 +1,5 @@
 """Analysis: FSC against analytic cases, alignment and hand on the real hand-vol.mrc, latent
-statistics / embeddings / k-means, volume series, particle screening and its STAR export."""
+statistics / embeddings / k-means, volume series, particle screening (its STAR export: test_io)."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +12,18 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from cryovae_nb import analysis as A
+from cryovae_nb.analysis.align import align, consistent_hand, correlation
+from cryovae_nb.analysis.cli import add_fsc_parser, run_fsc
+from cryovae_nb.analysis.fsc import FSCResult, fsc
+from cryovae_nb.analysis.latent import embed, kmeans, latent_statistics
+from cryovae_nb.analysis.screen import screen_particles
+from cryovae_nb.analysis.series import (cluster_volumes, decode_volumes, interpolation_series, save_series,
+                                        traversal_series)
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import random_rotations, rotation_angle_deg
+from cryovae_nb.volumes import mirror_through_plane, rotate_volume, soft_sphere_mask
 
-MIRROR = np.diag([1.0, 1.0, -1.0])  # (x, y, z) -> (x, y, -z), what mirror_volume does
+MIRROR = np.diag([1.0, 1.0, -1.0])  # (x, y, z) -> (x, y, -z), what mirror_through_plane does
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,7 +89,7 @@ def test_fsc_matches_equation_on_the_full_grid(n):
     rng = np.random.default_rng(n)
     a = rng.standard_normal((n, n, n))
     b = a + 0.8 * rng.standard_normal((n, n, n))
-    r = A.fsc(a, b)
+    r = fsc(a, b)
     np.testing.assert_allclose(r.curve, fsc_bruteforce(a, b), atol=1e-6)
     # every full-grid voxel within round(|k|) <= n//2 is counted once
     k = np.fft.fftfreq(n) * n
@@ -92,13 +99,13 @@ def test_fsc_matches_equation_on_the_full_grid(n):
 
 def test_fsc_identical_scaled_and_offset_volumes_is_one(hand):
     for other in (hand, 3.7 * hand, hand + 0.25):
-        r = A.fsc(hand, other, pixel_size=1.0)
+        r = fsc(hand, other, pixel_size=1.0)
         # adding a constant only touches the k = 0 term (shell 0, same sign here)
         np.testing.assert_allclose(r.curve, 1.0, atol=1e-6)
         assert not r.crossed_05 and not r.crossed_0143
         assert r.resolution_05 == pytest.approx(2.0) and r.resolution_0143 == pytest.approx(2.0)
     # a sign flip is the opposite: -1 everywhere, crossing at once
-    r = A.fsc(hand, -hand)
+    r = fsc(hand, -hand)
     np.testing.assert_allclose(r.curve[1:], -1.0, atol=1e-6)
 
 
@@ -107,7 +114,7 @@ def test_fsc_of_independent_noise_is_within_its_standard_error():
     z = []
     for seed in range(4):
         rng = np.random.default_rng(seed)
-        r = A.fsc(rng.standard_normal((48,) * 3), rng.standard_normal((48,) * 3))
+        r = fsc(rng.standard_normal((48,) * 3), rng.standard_normal((48,) * 3))
         z.append(r.curve[2:] * np.sqrt(r.n_voxels[2:]))
     z = np.concatenate(z)
     assert np.abs(z).max() < 4.0
@@ -121,7 +128,7 @@ def test_fsc_crossing_of_a_lowpassed_volume_and_angstrom_conversion():
     k = np.fft.fftfreq(n) * n
     kk = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
     low = np.real(np.fft.ifftn(np.fft.fftn(v) * (kk < k0 + 0.5)))  # shells 0..k0 kept exactly
-    r = A.fsc(v, low, pixel_size=px)
+    r = fsc(v, low, pixel_size=px)
     np.testing.assert_allclose(r.curve[: k0 + 1], 1.0, atol=1e-6)
     np.testing.assert_allclose(r.curve[k0 + 1:], 0.0, atol=1e-6)
     # linear interpolation between shell k0 (1.0) and k0 + 1 (0.0)
@@ -136,28 +143,28 @@ def test_fsc_crossing_of_a_lowpassed_volume_and_angstrom_conversion():
 def test_fsc_mask_sphere_equals_the_explicit_mask_and_inputs_are_checked(tmp_path):
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((2, 24, 24, 24))
-    m = A.soft_sphere_mask(24)
+    m = soft_sphere_mask(24)
     assert m[12, 12, 12] == 1.0 and m[0, 0, 0] == 0.0 and m.max() == 1.0
-    np.testing.assert_allclose(A.fsc(a, b, mask="sphere").curve, A.fsc(a * m, b * m).curve)
-    np.testing.assert_allclose(A.fsc(a, b, mask=m).curve, fsc_bruteforce(a * m, b * m), atol=1e-6)
+    np.testing.assert_allclose(fsc(a, b, mask="sphere").curve, fsc(a * m, b * m).curve)
+    np.testing.assert_allclose(fsc(a, b, mask=m).curve, fsc_bruteforce(a * m, b * m), atol=1e-6)
     with pytest.raises(InputError, match="same shape"):
-        A.fsc(a, b[:20, :20, :20])
+        fsc(a, b[:20, :20, :20])
     with pytest.raises(InputError, match="cubic"):
-        A.fsc(a[:, :, :20], b[:, :, :20])
+        fsc(a[:, :, :20], b[:, :, :20])
     with pytest.raises(InputError, match="mask shape"):
-        A.fsc(a, b, mask=m[:20])
+        fsc(a, b, mask=m[:20])
     with pytest.raises(InputError, match="NaN"):
-        A.fsc(np.full((8, 8, 8), np.nan), b[:8, :8, :8])
+        fsc(np.full((8, 8, 8), np.nan), b[:8, :8, :8])
     with pytest.raises(InputError, match="pixel size"):
-        A.fsc(a, b, pixel_size=0)
+        fsc(a, b, pixel_size=0)
 
 
 def test_fsc_result_saves_json_and_csv(tmp_path):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((16, 16, 16))
-    r = A.fsc(a, a + rng.standard_normal(a.shape), pixel_size=1.5)
+    r = fsc(a, a + rng.standard_normal(a.shape), pixel_size=1.5)
     r.save(tmp_path / "f.json")
-    back = A.FSCResult.load(tmp_path / "f.json")
+    back = FSCResult.load(tmp_path / "f.json")
     np.testing.assert_allclose(back.curve, r.curve)
     assert back.resolution_0143 == r.resolution_0143 and back.crossed_05 == r.crossed_05
     r.save(tmp_path / "f.csv")
@@ -179,16 +186,16 @@ def test_fsc_cli_on_mrc_files(tmp_path, capsys):
     noise = 0.01 * rng.standard_normal(v.shape).astype(np.float32)
     write_volume(tmp_path / "b.mrc", v + noise, 2.5)
     p = argparse.ArgumentParser()
-    A.add_fsc_parser(p)
+    add_fsc_parser(p)
     args = p.parse_args([str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--mask", "sphere",
                          "--out", str(tmp_path / "fsc.json")])
-    assert A.run_fsc(args) == 0
+    assert run_fsc(args) == 0
     out = json.loads((tmp_path / "fsc.json").read_text())
     assert out["pixel_size"] == 2.5 and out["nyquist"] == 5.0
     assert "FSC 0.143" in capsys.readouterr().out
     write_volume(tmp_path / "c.mrc", v[:16, :16, :16], 2.5)
     with pytest.raises(InputError, match=r"c\.mrc: shape \(16, 16, 16\) differs"):
-        A.run_fsc(p.parse_args([str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc")]))
+        run_fsc(p.parse_args([str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc")]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +211,7 @@ def test_rotate_volume_moves_a_point_to_R_transpose_p_plus_s():
     v = ndimage.gaussian_filter(v, 1.5)
     R = random_rotations(1, np.random.default_rng(0))[0]
     s = np.array([1.0, 2.0, -1.5])
-    w = A.rotate_volume(v, R, s)  # W(r) = V(R (r - s)) peaks where R (r - s) = p
+    w = rotate_volume(v, R, s)  # W(r) = V(R (r - s)) peaks where R (r - s) = p
     com = np.array(ndimage.center_of_mass(w))[::-1] - n // 2
     np.testing.assert_allclose(com, R.T @ p + s, atol=0.05)
 
@@ -215,33 +222,33 @@ def test_rotate_volume_agrees_with_the_reference_projector():
     v = chiral_blobs(24)
     R = random_rotations(1, np.random.default_rng(1))[0]
     img = project(v, R[None], np.array([[1.5, -2.0]]))[0]
-    np.testing.assert_allclose(A.rotate_volume(v, R, (1.5, -2.0, 0.0)).sum(axis=0), img,
+    np.testing.assert_allclose(rotate_volume(v, R, (1.5, -2.0, 0.0)).sum(axis=0), img,
                                atol=1e-4 * np.abs(img).max())
 
 
-def test_mirror_volume_is_an_involution_that_negates_z():
+def test_mirror_through_plane_is_an_involution_that_negates_z():
     v = chiral_blobs(32)
-    np.testing.assert_array_equal(A.mirror_volume(A.mirror_volume(v)), v)
+    np.testing.assert_array_equal(mirror_through_plane(mirror_through_plane(v)), v)
     com = np.array(ndimage.center_of_mass(v))[::-1] - 16
-    com_m = np.array(ndimage.center_of_mass(A.mirror_volume(v)))[::-1] - 16
+    com_m = np.array(ndimage.center_of_mass(mirror_through_plane(v)))[::-1] - 16
     np.testing.assert_allclose(com_m, MIRROR @ com, atol=1e-4)
     # chiral: no proper rotation maps it onto its mirror image
-    assert A.align(A.mirror_volume(v), v, try_mirror=False).correlation < 0.95
+    assert align(mirror_through_plane(v), v, try_mirror=False).correlation < 0.95
 
 
 def test_align_recovers_a_known_rotation_and_shift_on_hand_vol(hand):
     rng = np.random.default_rng(11)
     Rt = random_rotations(1, rng)[0]
     st = np.array([2.0, -1.5, 2.5])
-    target = A.rotate_volume(hand, Rt, st)
-    res = A.align(target, hand)
+    target = rotate_volume(hand, Rt, st)
+    res = align(target, hand)
     # rotate(rotate(V, Rt, st), R, s) = V  <=>  R = Rt^T, s = -Rt st
     assert not res.mirrored
     assert rotation_angle_deg(res.rotation, Rt.T) < 3.0
     np.testing.assert_allclose(res.shift, -Rt @ st, atol=0.5)
-    assert res.correlation > A.correlation(target, hand) + 0.3
+    assert res.correlation > correlation(target, hand) + 0.3
     assert res.correlation > res.correlation_other_hand + 0.05
-    np.testing.assert_allclose(res.aligned, A.rotate_volume(target, res.rotation, res.shift),
+    np.testing.assert_allclose(res.aligned, rotate_volume(target, res.rotation, res.shift),
                                atol=1e-5)
 
 
@@ -249,38 +256,38 @@ def test_align_detects_the_mirror_image_of_hand_vol(hand):
     rng = np.random.default_rng(12)
     Rt = random_rotations(1, rng)[0]
     st = np.array([-1.0, 2.0, 0.5])
-    target = A.rotate_volume(A.mirror_volume(hand), Rt, st)
-    res = A.align(target, hand)
+    target = rotate_volume(mirror_through_plane(hand), Rt, st)
+    res = align(target, hand)
     assert res.mirrored
     # mirror(rotate(mirror(V), Rt, st)) = rotate(V, M Rt M, M st)
     Rm = MIRROR @ Rt @ MIRROR
     assert rotation_angle_deg(res.rotation, Rm.T) < 3.0
     np.testing.assert_allclose(res.shift, -Rm @ (MIRROR @ st), atol=0.5)
     assert res.correlation > res.correlation_other_hand + 0.05
-    assert not A.align(target, hand, try_mirror=False).mirrored
+    assert not align(target, hand, try_mirror=False).mirrored
 
 
 def test_consistent_hand_flips_exactly_the_mirrored_volumes():
     rng = np.random.default_rng(5)
     v = chiral_blobs(32)
     truth = np.array([False, True, True])
-    vols = np.stack([A.rotate_volume(A.mirror_volume(v) if m else v, R, rng.uniform(-2, 2, 3))
+    vols = np.stack([rotate_volume(mirror_through_plane(v) if m else v, R, rng.uniform(-2, 2, 3))
                      for m, R in zip(truth, random_rotations(len(truth), rng))])
-    out, flipped = A.consistent_hand(vols, reference=v)
+    out, flipped = consistent_hand(vols, reference=v)
     np.testing.assert_array_equal(flipped, truth)
-    np.testing.assert_array_equal(out[1], A.mirror_volume(vols[1]))
+    np.testing.assert_array_equal(out[1], mirror_through_plane(vols[1]))
     np.testing.assert_array_equal(out[0], vols[0])
     # without a reference the first volume decides: the hand opposite to vols[0]'s flips
-    out0, flipped0 = A.consistent_hand(vols[:2])
+    out0, flipped0 = consistent_hand(vols[:2])
     np.testing.assert_array_equal(flipped0, [False, True])
     np.testing.assert_array_equal(out0[0], vols[0])
     with pytest.raises(InputError, match="shape"):
-        A.consistent_hand(v)
+        consistent_hand(v)
 
 
 def test_align_rejects_mismatched_volumes():
     with pytest.raises(InputError, match="same shape"):
-        A.align(np.zeros((16, 16, 16)), np.zeros((18, 18, 18)))
+        align(np.zeros((16, 16, 16)), np.zeros((18, 18, 18)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def test_align_rejects_mismatched_volumes():
 
 def test_latent_statistics_match_numpy():
     z = np.random.default_rng(0).normal(size=(500, 5)) * [1, 2, 3, 4, 5] + [0, 1, 0, -1, 0]
-    df = A.latent_statistics(z)
+    df = latent_statistics(z)
     assert list(df.index) == ["mean", "std", "min", "25%", "50%", "75%", "max"]
     assert list(df.columns) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose(df.loc["mean"], z.mean(0))
@@ -300,7 +307,7 @@ def test_latent_statistics_match_numpy():
     # same numbers as pandas' describe, the table layout of the thesis
     np.testing.assert_allclose(df.values, pd.DataFrame(z).describe().drop("count").values)
     with pytest.raises(InputError, match="NaN"):
-        A.latent_statistics(np.array([[np.nan, 1.0]]))
+        latent_statistics(np.array([[np.nan, 1.0]]))
 
 
 def _blobs(n_per=100, d=6, seed=0):
@@ -312,7 +319,7 @@ def _blobs(n_per=100, d=6, seed=0):
 
 def test_pca_embedding_is_the_projection_on_the_leading_components():
     z, _, _ = _blobs()
-    e = A.embed(z, "pca", n_components=2)
+    e = embed(z, "pca", n_components=2)
     assert e.coords.shape == (300, 2) and np.array_equal(e.indices, np.arange(300))
     zc = z - z.mean(0)
     _, s, vt = np.linalg.svd(zc, full_matrices=False)
@@ -321,14 +328,14 @@ def test_pca_embedding_is_the_projection_on_the_leading_components():
         assert min(np.abs(e.coords[:, j] - ref[:, j]).max(),
                    np.abs(e.coords[:, j] + ref[:, j]).max()) < 1e-3
     np.testing.assert_allclose(e.explained_variance_ratio, (s**2 / (s**2).sum())[:2], rtol=1e-6)
-    np.testing.assert_array_equal(A.embed(z, "pca").coords, e.coords)
+    np.testing.assert_array_equal(embed(z, "pca").coords, e.coords)
 
 
 @pytest.mark.parametrize("method", ["tsne", "umap"])
 def test_nonlinear_embeddings_are_deterministic_and_keep_blobs_apart(method):
     z, labels, _ = _blobs(n_per=60)
-    e1 = A.embed(z, method, seed=3)
-    e2 = A.embed(z, method, seed=3)
+    e1 = embed(z, method, seed=3)
+    e2 = embed(z, method, seed=3)
     assert e1.coords.shape == (180, 2) and e1.method == method
     np.testing.assert_array_equal(e1.coords, e2.coords)
     # each blob stays together: nearest embedded neighbour from the same blob
@@ -340,30 +347,30 @@ def test_nonlinear_embeddings_are_deterministic_and_keep_blobs_apart(method):
 def test_embedding_subsamples_above_max_points_with_a_warning():
     z, _, _ = _blobs(n_per=100)
     with pytest.warns(UserWarning, match="subsample of 90 of 300"):
-        e = A.embed(z, "tsne", max_points=90, seed=1, perplexity=10)
+        e = embed(z, "tsne", max_points=90, seed=1, perplexity=10)
     assert e.coords.shape == (90, 2) and len(np.unique(e.indices)) == 90
     assert np.all(np.diff(e.indices) > 0) and "subsample" in e.note
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert A.embed(z, "pca", max_points=90).coords.shape == (300, 2)  # PCA takes all
+        assert embed(z, "pca", max_points=90).coords.shape == (300, 2)  # PCA takes all
     with pytest.raises(InputError, match="unknown embedding"):
-        A.embed(z, "mds")
+        embed(z, "mds")
     with pytest.raises(InputError, match="n_components"):
-        A.embed(z, "pca", n_components=7)
+        embed(z, "pca", n_components=7)
 
 
 def test_kmeans_recovers_separated_blobs():
     z, labels, centres = _blobs()
-    lab, cen = A.kmeans(z, 3, seed=0)
+    lab, cen = kmeans(z, 3, seed=0)
     assert lab.shape == (300,) and cen.shape == (3, 6)
     # the partition is the true one up to a relabelling
     pairs = {(a, b) for a, b in zip(labels, lab)}
     assert len(pairs) == 3
     for c in centres:
         assert np.linalg.norm(cen - c, axis=1).min() < 0.5
-    np.testing.assert_array_equal(A.kmeans(z, 3, seed=0)[0], lab)
+    np.testing.assert_array_equal(kmeans(z, 3, seed=0)[0], lab)
     with pytest.raises(InputError, match="k must be"):
-        A.kmeans(z, 0)
+        kmeans(z, 0)
 
 
 class LinearDecoder:
@@ -381,26 +388,26 @@ class LinearDecoder:
 def test_traversal_and_interpolation_series():
     dec = LinearDecoder()
     z = np.random.default_rng(1).normal(size=(50, 4))
-    path, vols = A.traversal_series(dec, z, dim=2, steps=5)
+    path, vols = traversal_series(dec, z, dim=2, steps=5)
     np.testing.assert_allclose(path[:, 2], np.linspace(z[:, 2].min(), z[:, 2].max(), 5))
     np.testing.assert_allclose(path[:, [0, 1, 3]], np.repeat(z.mean(0)[None, [0, 1, 3]], 5, 0))
     np.testing.assert_allclose(vols, dec(path), rtol=1e-5, atol=1e-5)
-    path, vols = A.interpolation_series(dec, z[0], z[1], steps=6)
+    path, vols = interpolation_series(dec, z[0], z[1], steps=6)
     np.testing.assert_allclose(path[[0, -1]], z[:2])
     np.testing.assert_allclose(vols[3], dec(0.4 * z[:1] + 0.6 * z[1:2])[0], rtol=1e-4, atol=1e-4)
     # many latents are decoded in batches
     dec.calls = 0
-    assert A.decode_volumes(dec, z, batch_size=16).shape == (50, 8, 8, 8) and dec.calls == 4
-    np.testing.assert_allclose(A.cluster_volumes(dec, z[:3]), dec(z[:3]), rtol=1e-5)
+    assert decode_volumes(dec, z, batch_size=16).shape == (50, 8, 8, 8) and dec.calls == 4
+    np.testing.assert_allclose(cluster_volumes(dec, z[:3]), dec(z[:3]), rtol=1e-5)
     with pytest.raises(InputError, match="dim"):
-        A.traversal_series(dec, z, dim=4)
+        traversal_series(dec, z, dim=4)
     with pytest.raises(InputError, match="decode returned"):
-        A.decode_volumes(lambda zz: np.zeros((len(zz), 8, 8)), z[:2])
+        decode_volumes(lambda zz: np.zeros((len(zz), 8, 8)), z[:2])
 
 
 def test_save_series_writes_numbered_mrcs_with_voxel_size(tmp_path):
     vols = np.random.default_rng(2).normal(size=(3, 8, 8, 8)).astype(np.float32)
-    paths = A.save_series(tmp_path / "series", vols, voxel_size=4.2, prefix="dim3")
+    paths = save_series(tmp_path / "series", vols, voxel_size=4.2, prefix="dim3")
     assert [p.name for p in paths] == ["dim3_000.mrc", "dim3_001.mrc", "dim3_002.mrc"]
     for p, v in zip(paths, vols):
         with mrcfile.open(p) as m:
@@ -424,7 +431,7 @@ def _population(n_good=900, n_bad=100, seed=0):
 @pytest.mark.parametrize("method", ["gmm", "threshold"])
 def test_screening_separates_broken_from_intact_particles(method):
     err, logvar, bad = _population()
-    df = A.screen_particles(err, logvar, method=method)
+    df = screen_particles(err, logvar, method=method)
     assert len(df) == 1000 and {"recon_error", "posterior_var", "score", "keep"} <= set(df)
     np.testing.assert_allclose(df["posterior_var"], np.exp(logvar).mean(1))
     assert df["keep"][~bad].mean() > 0.97
@@ -434,45 +441,25 @@ def test_screening_separates_broken_from_intact_particles(method):
 
 def test_screening_keeps_a_single_population_and_checks_inputs():
     rng = np.random.default_rng(4)
-    df = A.screen_particles(rng.normal(1.0, 0.05, 800), rng.normal(-3, 0.3, (800, 4)))
+    df = screen_particles(rng.normal(1.0, 0.05, 800), rng.normal(-3, 0.3, (800, 4)))
     assert df["keep"].all() and "one population" in df.attrs["note"]
     # error only, threshold on the robust z-score
     err = np.r_[np.full(50, 1.0) + rng.normal(0, 0.01, 50), 5.0]
-    df = A.screen_particles(err, method="threshold", threshold=3.0)
+    df = screen_particles(err, method="threshold", threshold=3.0)
     assert list(np.flatnonzero(~df["keep"])) == [50]
     with pytest.raises(InputError, match="rows"):
-        A.screen_particles(np.ones(5), np.zeros((4, 2)))
+        screen_particles(np.ones(5), np.zeros((4, 2)))
     with pytest.raises(InputError, match="unknown screening"):
-        A.screen_particles(np.ones(20), method="kmeans")
-
-
-def test_export_kept_particles_to_star(shared_data, tmp_path):
-    from cryovae_nb.io import read_particles
-
-    with pytest.warns(UserWarning, match="MAP"):  # a real quirk of this file (see README)
-        parts = read_particles(shared_data / "relion31.star")
-    keep = np.array([True, False, True, True, False])
-    out = tmp_path / "kept.star"
-    assert A.export_kept_star(out, parts, keep) == 3
-    # the image names are rewritten to resolve from the new file's folder: no datadir needed
-    with pytest.warns(UserWarning, match="MAP"):
-        back = read_particles(out)
-    assert len(back) == 3
-    assert [n.split("@")[0] for n in back.df["rlnImageName"]] == \
-        [n.split("@")[0] for n in parts.df["rlnImageName"][keep]]
-    np.testing.assert_allclose(back.df["rlnDefocusU"], parts.df["rlnDefocusU"][keep])
-    np.testing.assert_array_equal(back.images[:], parts.images[np.flatnonzero(keep)])
-    with pytest.raises(InputError, match="5 particles"):
-        A.export_kept_star(out, parts, keep[:4])
-    with pytest.raises(InputError, match="no particles"):
-        A.export_kept_star(tmp_path / "none.star", parts, np.zeros(5, bool))
+        screen_particles(np.ones(20), method="kmeans")
 
 
 def test_module_is_headless():
     import subprocess
     import sys
 
-    code = ("import sys, cryovae_nb.analysis; "
+    code = ("import sys, cryovae_nb.analysis, cryovae_nb.analysis.fsc, cryovae_nb.analysis.align, "
+            "cryovae_nb.analysis.latent, cryovae_nb.analysis.series, cryovae_nb.analysis.screen, "
+            "cryovae_nb.analysis.cli, cryovae_nb.volumes; "
             "print(sorted(m for m in ('tensorflow', 'IPython', 'ipywidgets', 'umap', 'keras') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,

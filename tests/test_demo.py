@@ -1,4 +1,4 @@
-"""`cryovae demo --quick` end to end, and the tutorial helpers of cryovae_nb.demo."""
+"""`cryovae demo --quick` end to end, and the tutorial helpers of cryovae_nb.tutorial."""
 from __future__ import annotations
 
 import inspect
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cryovae_nb import demo
+from cryovae_nb.tutorial import demo, evaluation, notebooks, workspace
 from cryovae_nb.errors import ConfigError, InputError
 
 
@@ -112,7 +112,7 @@ def test_demo_notebooks_executed_without_errors(quick_demo):
     assert latest.name == f"step_{total:08d}", latest
     assert f"resuming {out / 'run'} at step {summary['steps']}" in (out / "notebooks" / "02_train.html").read_text()
     log_every = 25  # tutorial_train_config's default, and 02_train's LOG_EVERY
-    assert inspect.signature(demo.tutorial_train_config).parameters["log_every"].default == log_every
+    assert inspect.signature(workspace.tutorial_train_config).parameters["log_every"].default == log_every
     logged = sorted({r["step"] for r in read_metrics(out / "run") if r["split"] == "train"})
     assert logged == list(range(log_every, total + 1, log_every))
     assert (out / "landscape" / "trajectory").is_dir() and (out / "evaluate" / "fsc.json").is_file()
@@ -131,61 +131,62 @@ def test_cli_help_lists_the_options():
 
 
 def test_tutorial_paths_layout(tmp_path):
-    sim = demo.tutorial_paths(tmp_path)
+    sim = workspace.tutorial_paths(tmp_path)
     assert sim.simulated and sim.raw == tmp_path / "simulated" / "particles.star"
     assert sim.particles == tmp_path / "preprocessed" / "particles.star"
     assert sim.split == tmp_path / "preprocessed" / "particles_split.npz"
     # before simulating, the reference truth is the default hinge's middle conformation
     assert sim.truth_volume == tmp_path / "simulated" / "volumes" / "conformation_015.mrc"
     assert len(sim.truth_volume_files) == 32
-    own = demo.tutorial_paths(tmp_path, "/data/p.star")
+    own = workspace.tutorial_paths(tmp_path, "/data/p.star")
     assert not own.simulated and own.raw == Path("/data/p.star") and own.truth_volume is None
-    assert own.truth_volume_files == [] and demo.truth_t(own) is None
-    for f in (demo.truth_volume, demo.truth_volumes):
+    assert own.truth_volume_files == [] and evaluation.truth_t(own) is None
+    for f in (evaluation.truth_volume, evaluation.truth_volumes):
         with pytest.raises(InputError, match="no ground truth"):
             f(own)
 
 
 def test_ensure_tutorial_data_simulates_once_and_reuses(tmp_path):
-    data = demo.ensure_tutorial_data(tmp_path, box=12, n_particles=30, progress=False)
+    data = workspace.ensure_tutorial_data(tmp_path, box=12, n_particles=30, progress=False)
     assert data.particles.is_file() and data.truth_volume.is_file()
     stamp = data.raw.stat().st_mtime_ns, data.particles.stat().st_mtime_ns
     # asking again, even with other simulation settings, keeps what a notebook already made
-    demo.ensure_tutorial_data(tmp_path, box=12, n_particles=50, progress=False)
+    workspace.ensure_tutorial_data(tmp_path, box=12, n_particles=50, progress=False)
     assert (data.raw.stat().st_mtime_ns, data.particles.stat().st_mtime_ns) == stamp
     # simulate_tutorial_data reuses matching data, remakes it when the settings change
-    ds = demo.simulate_tutorial_data(tmp_path, box=12, n_particles=30, progress=False)
+    ds = workspace.simulate_tutorial_data(tmp_path, box=12, n_particles=30, progress=False)
     assert ds.n_particles == 30 and data.raw.stat().st_mtime_ns == stamp[0]
-    ds = demo.simulate_tutorial_data(tmp_path, box=12, n_particles=40, progress=False)
+    ds = workspace.simulate_tutorial_data(tmp_path, box=12, n_particles=40, progress=False)
     assert ds.n_particles == 40
     # the truth resampled to a coarser box keeps the physical extent
-    vol, voxel = demo.truth_volume(data, 6)
+    vol, voxel = evaluation.truth_volume(data, 6)
     assert vol.shape == (6, 6, 6) and voxel == pytest.approx(2.0)
 
 
 def test_tutorial_data_is_the_hinge_with_a_truth_per_conformation(tmp_path):
-    from cryovae_nb.analysis import correlation
-    from cryovae_nb.synthetic import hinge_volume, resample_volume
+    from cryovae_nb.analysis.align import correlation
+    from cryovae_nb.synthetic import hinge_volume
+    from cryovae_nb.volumes import fourier_resample
 
-    data = demo.ensure_tutorial_data(tmp_path, box=12, n_particles=40, progress=False)
-    assert demo.simulation_config(data).phantom == "hinge" and demo.max_angle_deg(data) == 60.0
-    t = demo.truth_t(data)
+    data = workspace.ensure_tutorial_data(tmp_path, box=12, n_particles=40, progress=False)
+    assert evaluation.simulation_config(data).phantom == "hinge" and evaluation.max_angle_deg(data) == 60.0
+    t = evaluation.truth_t(data)
     assert t.shape == (40,) and 0 <= t.min() and t.max() <= 1 and np.ptp(t) > 0
-    vols, levels, voxel = demo.truth_volumes(data, 6)
+    vols, levels, voxel = evaluation.truth_volumes(data, 6)
     assert vols.shape == (32, 6, 6, 6) and levels == pytest.approx(np.linspace(0, 1, 32)) and voxel == 2.0
     # the reference is the level nearest t = 0.5, resampled like the others
-    ref, _ = demo.truth_volume(data, 6)
-    assert demo.reference_t(data) == pytest.approx(15 / 31) and ref == pytest.approx(vols[15], abs=1e-6)
+    ref, _ = evaluation.truth_volume(data, 6)
+    assert evaluation.reference_t(data) == pytest.approx(15 / 31) and ref == pytest.approx(vols[15], abs=1e-6)
     # any t, also between the levels, from the same phantom
-    v, vx = demo.truth_volume_at(data, 0.4)
+    v, vx = evaluation.truth_volume_at(data, 0.4)
     assert vx == 1.0 and v == pytest.approx(hinge_volume(12, 0.4), abs=1e-6)
-    assert demo.truth_volume_at(data, 1.0, 6)[0] == pytest.approx(resample_volume(hinge_volume(12, 1.0), 6), abs=1e-6)
+    assert evaluation.truth_volume_at(data, 1.0, 6)[0] == pytest.approx(fourier_resample(hinge_volume(12, 1.0), 6), abs=1e-6)
     assert correlation(vols[0], vols[-1]) < correlation(vols[0], vols[1])  # it moves
     # a rigid phantom still works, with one truth map
-    rigid = demo.simulate_tutorial_data(tmp_path / "rigid", box=12, n_particles=20, phantom="lshape",
-                                        progress=False)
-    rd = demo.tutorial_paths(tmp_path / "rigid")
-    assert len(rigid.volumes) == 1 and rd.truth_volume == rd.truth_volume_files[0] and demo.max_angle_deg(rd) == 0
+    rigid = workspace.simulate_tutorial_data(tmp_path / "rigid", box=12, n_particles=20, phantom="lshape",
+                                             progress=False)
+    rd = workspace.tutorial_paths(tmp_path / "rigid")
+    assert len(rigid.volumes) == 1 and rd.truth_volume == rd.truth_volume_files[0] and evaluation.max_angle_deg(rd) == 0
 
 
 def test_motion_axis_follows_the_truth_and_endpoints():
@@ -193,55 +194,55 @@ def test_motion_axis_follows_the_truth_and_endpoints():
     t = rng.uniform(0, 1, 400)
     # the motion hides in the second-largest direction of spread, and runs against dimension 2
     z = np.stack([rng.normal(0, 3, 400), -2 * t + rng.normal(0, 0.05, 400), rng.normal(0, 0.1, 400)], 1)
-    ax = demo.motion_axis(z, t)
+    ax = evaluation.motion_axis(z, t)
     assert ax["pc"] == 1 and ax["rho"] > 0.95 and abs(ax["direction"][1]) > 0.99
     assert np.corrcoef(ax["coords"], t)[0, 1] > 0.95   # oriented: t grows along it
-    assert demo.motion_axis(z)["pc"] == 0 and demo.motion_axis(z)["rho"] is None
-    s, path, vols, _ = demo.axis_traversal(lambda zz: np.repeat(zz[:, :1, None, None], 4, 1) * np.ones((1, 4, 4, 4)),
-                                           z, t, steps=5)
+    assert evaluation.motion_axis(z)["pc"] == 0 and evaluation.motion_axis(z)["rho"] is None
+    s, path, vols, _ = evaluation.axis_traversal(lambda zz: np.repeat(zz[:, :1, None, None], 4, 1) * np.ones((1, 4, 4, 4)),
+                                                 z, t, steps=5)
     assert path.shape == (5, 3) and vols.shape == (5, 4, 4, 4) and np.all(np.diff(s) > 0)
     assert np.all(np.diff(path[:, 1]) < 0)  # dimension 2 falls as t grows
     t_levels = np.round(t * 3) / 3
-    z0, z1, n = demo.extreme_states(z, t_levels)
+    z0, z1, n = evaluation.extreme_states(z, t_levels)
     assert z0[1] > z1[1] and n.sum() == np.sum(t_levels == 0) + np.sum(t_levels == 1)
     centres = np.array([[0, -1.8, 0], [0, -0.2, 0], [5, -1.0, 0]])
-    assert demo.farthest_clusters_along(centres, ax) == (1, 0)
-    assert demo.state_labels([0, 0.24, 0.25, 0.99, 1.0]).tolist() == [0, 0, 1, 3, 3]
+    assert evaluation.farthest_clusters_along(centres, ax) == (1, 0)
+    assert evaluation.state_labels([0, 0.24, 0.25, 0.99, 1.0]).tolist() == [0, 0, 1, 3, 3]
 
 
 def test_format_motion_reads_the_figures():
     fig = {"n_particles": 10, "max_angle_deg": 60.0, "spearman_pc": 0.934, "best_pc": 0, "knn_r2": 0.851,
            "own_closest": True, "state_correlation": [0.9, None], "state_angle_deg": [7.4, 52.5],
            "consensus_correlation": [0.8, 0.7]}
-    text = demo.format_motion(fig)
+    text = evaluation.format_motion(fig)
     assert "|Spearman rho| 0.93 (best PC 1), kNN R^2 0.85" in text and "own truth: yes" in text
     assert "0.90, n/a at 7°, 52°" in text
-    assert "no simulated motion" in demo.format_motion(None)
+    assert "no simulated motion" in evaluation.format_motion(None)
 
 
 def test_ensure_tutorial_data_missing_star_names_it(tmp_path):
     with pytest.raises(InputError, match="nothere.star"):
-        demo.ensure_tutorial_data(tmp_path, tmp_path / "nothere.star", progress=False)
+        workspace.ensure_tutorial_data(tmp_path, tmp_path / "nothere.star", progress=False)
 
 
 def test_tutorial_train_config_routes_overrides(tmp_path):
-    data = demo.tutorial_paths(tmp_path)
-    cfg = demo.tutorial_train_config(data, tmp_path / "run", latent_dim=3, batch_size=16,
-                                     learning_rate=2e-4, pose_mode="learned", max_time_s=5)
+    data = workspace.tutorial_paths(tmp_path)
+    cfg = workspace.tutorial_train_config(data, tmp_path / "run", latent_dim=3, batch_size=16,
+                                          learning_rate=2e-4, pose_mode="learned", max_time_s=5)
     assert cfg.model.latent_dim == 3 and cfg.batch_size == 16 and cfg.learning_rate == 2e-4
     assert cfg.pose_mode == "learned" and cfg.max_time_s == 5 and cfg.data == str(data.particles)
-    assert cfg.model.decoder_layers == demo.TUTORIAL_MODEL["decoder_layers"]
+    assert cfg.model.decoder_layers == workspace.TUTORIAL_MODEL["decoder_layers"]
     # a TrainConfig or ModelConfig field may sit in either tutorial dict: each goes where it belongs
     mp = pytest.MonkeyPatch()
-    mp.setitem(demo.TUTORIAL_MODEL, "beta", 2.0)
-    mp.setitem(demo.TUTORIAL_MODEL, "n_test_eval", 7)
+    mp.setitem(workspace.TUTORIAL_MODEL, "beta", 2.0)
+    mp.setitem(workspace.TUTORIAL_MODEL, "n_test_eval", 7)
     try:
-        cfg = demo.tutorial_train_config(data, tmp_path / "run", log_every=3)
+        cfg = workspace.tutorial_train_config(data, tmp_path / "run", log_every=3)
         assert cfg.model.beta == 2.0 and cfg.n_test_eval == 7 and cfg.log_every == 3
     finally:
         mp.undo()
     with pytest.raises(ConfigError, match="latnet_dim"):
-        demo.tutorial_train_config(data, tmp_path / "run", latnet_dim=3)
+        workspace.tutorial_train_config(data, tmp_path / "run", latnet_dim=3)
 
 
 def test_execute_notebook_needs_exactly_one_parameters_cell(tmp_path):
@@ -249,16 +250,16 @@ def test_execute_notebook_needs_exactly_one_parameters_cell(tmp_path):
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, path)
     with pytest.raises(InputError, match="one cell tagged 'parameters'"):
-        demo.execute_notebook(path, {"X": 2}, tmp_path)
+        notebooks.execute_notebook(path, {"X": 2}, tmp_path)
 
 
 def test_fsc_summary_converts_to_pixels():
-    from cryovae_nb.analysis import fsc
+    from cryovae_nb.analysis.fsc import fsc
     from cryovae_nb.synthetic import lshape_volume
 
     v = lshape_volume(16)
     noisy = v + np.random.default_rng(0).normal(0, 0.3, v.shape).astype(np.float32)
-    s = demo.fsc_summary(fsc(noisy, v, pixel_size=2.5))
+    s = evaluation.fsc_summary(fsc(noisy, v, pixel_size=2.5))
     assert s["nyquist_A"] == pytest.approx(5.0)
     assert s["resolution_05_px"] == pytest.approx(s["resolution_05_A"] / 2.5)
     assert s["resolution_0143_A"] <= s["resolution_05_A"]

@@ -90,7 +90,7 @@ def test_origin_shift_are_opposite():
 
 
 def _gauss_volume(n, centres, sigma):
-    c = g.centered_coords(n)
+    c = g.centred_coords(n)
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     v = np.zeros((n, n, n))
     for cx, cy, cz in centres:
@@ -99,7 +99,7 @@ def _gauss_volume(n, centres, sigma):
 
 
 def _gauss_image(n, centres_xy, sigma):
-    c = g.centered_coords(n)
+    c = g.centred_coords(n)
     y, x = np.meshgrid(c, c, indexing="ij")
     img = np.zeros((n, n))
     for cx, cy in centres_xy:
@@ -125,7 +125,7 @@ def test_relion_convention_projection_matches_independent_computation():
         # trilinear interpolation of a Gaussian this wide errs by ~3 % of the peak at most
         err = np.abs(img - expected).max() / expected.max()
         assert err < 0.04, err
-        c = g.centered_coords(n)
+        c = g.centred_coords(n)
         centroid = [(img.sum(0) * c).sum() / img.sum(), (img.sum(1) * c).sum() / img.sum()]
         ref = [(expected.sum(0) * c).sum() / expected.sum(), (expected.sum(1) * c).sum() / expected.sum()]
         np.testing.assert_allclose(centroid, ref, atol=0.02)

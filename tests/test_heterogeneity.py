@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryovae_nb.analysis import rotate_volume
+from cryovae_nb.volumes import rotate_volume
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import random_rotations
 from cryovae_nb.heterogeneity import motion_recovery, state_volumes, two_state_accuracy

@@ -95,7 +95,7 @@ def test_known_pose_run_reports_the_known_poses(trained):
 
 
 def test_band_limit_removes_only_what_lies_beyond_nyquist():
-    from cryovae_nb.inference import band_limit
+    from cryovae_nb.volumes import band_limit
 
     n = 12
     z, y, x = np.meshgrid(*(np.arange(n),) * 3, indexing="ij")

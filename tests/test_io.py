@@ -18,8 +18,8 @@ import starfile
 
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import (CTFParams, ParticleStack, Poses, StackWriter, make_image_names,
-                           open_stack, read_particles, read_volume, write_particles_star, write_stack,
-                           write_volume)
+                           open_stack, read_particles, read_volume, write_particles_star,
+                           write_particles_subset, write_stack, write_volume)
 from cryovae_nb.io import mrc as mrc_module
 
 
@@ -488,3 +488,23 @@ def test_relion30_pixel_origins_and_mixed_pixel_sizes(tmp_path):
         {"rlnImageName": ["1@p.mrcs", "2@p.mrcs"], "rlnOpticsGroup": [1, 2]}), optics)
     with pytest.raises(InputError, match="mixed.star: rlnImagePixelSize differs"):
         read_particles(mixed)
+
+
+def test_star_export_of_kept_particles(shared_data, tmp_path):
+    with pytest.warns(UserWarning, match="MAP"):  # a real quirk of this file (see README)
+        parts = read_particles(shared_data / "relion31.star")
+    keep = np.array([True, False, True, True, False])
+    out = tmp_path / "kept.star"
+    assert write_particles_subset(out, parts, keep) == 3
+    # the image names are rewritten to resolve from the new file's folder: no datadir needed
+    with pytest.warns(UserWarning, match="MAP"):
+        back = read_particles(out)
+    assert len(back) == 3
+    assert [n.split("@")[0] for n in back.df["rlnImageName"]] == \
+        [n.split("@")[0] for n in parts.df["rlnImageName"][keep]]
+    np.testing.assert_allclose(back.df["rlnDefocusU"], parts.df["rlnDefocusU"][keep])
+    np.testing.assert_array_equal(back.images[:], parts.images[np.flatnonzero(keep)])
+    with pytest.raises(InputError, match="5 particles"):
+        write_particles_subset(out, parts, keep[:4])
+    with pytest.raises(InputError, match="no particles"):
+        write_particles_subset(tmp_path / "none.star", parts, np.zeros(5, bool))

@@ -17,7 +17,7 @@ tf = pytest.importorskip("tensorflow")
 from cryovae_nb import geometry  # noqa: E402
 from cryovae_nb.errors import ConfigError  # noqa: E402
 from cryovae_nb.model import ModelConfig, build_model, losses, make_train_step  # noqa: E402
-from cryovae_nb.model.projectors import spherical_mask  # noqa: E402
+from cryovae_nb.volumes import diameter_mask  # noqa: E402
 from cryovae_nb.model.vae import latent_noise  # noqa: E402
 from cryovae_nb.synthetic import hinge_volume  # noqa: E402
 
@@ -49,7 +49,7 @@ def test_gaussian_nll_is_the_normal_log_density(masked):
     images = rng.normal(size=(3, 8, 8)).astype(np.float32)
     pred = rng.normal(size=(3, 8, 8)).astype(np.float32)
     var = 0.37
-    mask = spherical_mask(8, 0.95)[4].astype(np.float32) if masked else np.ones((8, 8), np.float32)
+    mask = diameter_mask(8, 0.95, ndim=3)[4].astype(np.float32) if masked else np.ones((8, 8), np.float32)
     # -log N(x; mu, var) = (x - mu)^2 / (2 var) + log(2 pi var) / 2, summed over the scored pixels
     per_pixel = (images.astype(np.float64) - pred) ** 2 / (2 * var) + 0.5 * math.log(2 * math.pi * var)
     want = (per_pixel * mask).sum(axis=(1, 2))
@@ -337,7 +337,7 @@ def test_linearized_posterior_is_the_gaussian_posterior_by_numpy():
     probes = np.concatenate([np.zeros((1, d)), np.eye(d)]).astype(np.float32)
     proj = np.stack([project_fourier(model.decode(probes[k:k + 1]).numpy().repeat(b, 0), rot, None,
                                      width=2, band=0.5 * n).numpy() for k in range(d + 1)])
-    disc = spherical_mask(n, 1.0)[n // 2]  # only the pixels the loss scores (loss_in_mask)
+    disc = diameter_mask(n, 1.0, ndim=3)[n // 2]  # only the pixels the loss scores (loss_in_mask)
     G = ((proj[1:] - proj[:1]) * disc).transpose(1, 0, 2, 3).reshape(b, d, -1).astype(np.float64)
     r = ((images - proj[0]) * disc).reshape(b, -1).astype(np.float64)
     z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=var)

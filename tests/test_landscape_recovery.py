@@ -13,16 +13,16 @@ pytest.importorskip("tensorflow")
 
 
 def test_tutorial_training_recovers_the_hinge_angle(tmp_path):
-    from cryovae_nb import demo
     from cryovae_nb.inference import load_run
     from cryovae_nb.train import Trainer
+    from cryovae_nb.tutorial import evaluation, workspace
 
     # SNR 1 (ten times the tutorial's): the suite can afford ~1 minute of training, not 4
-    data = demo.ensure_tutorial_data(tmp_path, box=24, n_particles=1500, snr=1.0, progress=False)
-    cfg = demo.tutorial_train_config(data, tmp_path / "run", max_steps=600, max_time_s=None,
-                                     sample_every=10**9, checkpoint_every=10**9, log_every=100)
+    data = workspace.ensure_tutorial_data(tmp_path, box=24, n_particles=1500, snr=1.0, progress=False)
+    cfg = workspace.tutorial_train_config(data, tmp_path / "run", max_steps=600, max_time_s=None,
+                                          sample_every=10**9, checkpoint_every=10**9, log_every=100)
     Trainer(cfg, progress=False).train()
-    report = demo.latent_vs_truth(load_run(tmp_path / "run"), data)
+    report = evaluation.latent_vs_truth(load_run(tmp_path / "run"), data)
     f = report.figures
     # measured 0.83 / 0.61 (the motion on the first principal component); the Bayes limit at this
     # SNR is higher, a collapsed latent scores ~0.02 / < 0

@@ -27,10 +27,10 @@ from cryovae_nb.model import (  # noqa: E402
     projectors,  # noqa: E402
     quaternion_to_matrix,
     rfft3d,
-    spherical_mask,
 )
 from cryovae_nb.model import config as model_config  # noqa: E402
 from cryovae_nb.model.vae import latent_noise  # noqa: E402
+from cryovae_nb.volumes import diameter_mask  # noqa: E402
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_real_projector_matches_the_numpy_reference_projector():
 
     rng = np.random.default_rng(2)
     V, _, _ = gaussian_blobs(16, 1, rng)
-    V = V[0] * spherical_mask(16, 0.95)
+    V = V[0] * diameter_mask(16, 0.95, ndim=3)
     R, s = random_rotations(4, rng), rng.uniform(-2, 2, (4, 2))
     got = project_real(np.repeat(V[None], 4, 0), R.astype(np.float32), s.astype(np.float32)).numpy()
     np.testing.assert_allclose(got, project(V, R, s), atol=1e-4 * np.abs(got).max())
@@ -210,7 +210,7 @@ def test_projectors_against_analytic_projection_and_each_other():
     n, k = 32, 6
     rng = np.random.default_rng(4)
     V, centres, amps = gaussian_blobs(n, k, rng)
-    V *= spherical_mask(n, 0.95)
+    V *= diameter_mask(n, 0.95, ndim=3)
     R, s = random_rotations(k, rng), rng.uniform(-3, 3, (k, 2))
     Rf, sf = R.astype(np.float32), s.astype(np.float32)
     truth = analytic_projection(n, centres, amps, R, s)

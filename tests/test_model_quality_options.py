@@ -9,7 +9,7 @@ import tensorflow as tf
 from cryovae_nb.errors import ConfigError
 from cryovae_nb.geometry import random_rotations
 from cryovae_nb.model import ModelConfig, build_model, losses
-from cryovae_nb.model.projectors import spherical_mask
+from cryovae_nb.volumes import diameter_mask
 from cryovae_nb.projection import project
 
 LOG2 = math.log(2.0)
@@ -66,7 +66,7 @@ def test_rotate180_moves_pixels_through_the_centre(n):
 def test_rotate180_is_the_projection_at_the_pose_turned_about_the_view_axis():
     n = 9  # odd: the z grid is symmetric, so sum_z is unchanged by z -> -z
     rng = np.random.default_rng(0)
-    vol = (rng.random((n, n, n)) * spherical_mask(n, 0.8)).astype(np.float32)
+    vol = (rng.random((n, n, n)) * diameter_mask(n, 0.8, ndim=3)).astype(np.float32)
     R = random_rotations(3, np.random.default_rng(1))
     shifts = rng.uniform(-1, 1, (3, 2))
     rz180 = np.diag([-1.0, -1.0, 1.0])
@@ -124,7 +124,7 @@ def numpy_rotate180(x):
 
 def test_loss_in_mask_ignores_pixels_outside_the_disc():
     n = 8
-    disc = spherical_mask(n, 0.95)[n // 2]
+    disc = diameter_mask(n, 0.95, ndim=3)[n // 2]
     rot = random_rotations(2, np.random.default_rng(3)).astype(np.float32)
     a = _images(n)
     b = a.copy()
@@ -142,7 +142,7 @@ def test_loss_in_mask_ignores_pixels_outside_the_disc():
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_image_offset_is_added_inside_the_disc_and_starts_at_zero(likelihood):
     n = 8
-    disc = spherical_mask(n, 0.95)[n // 2]
+    disc = diameter_mask(n, 0.95, ndim=3)[n // 2]
     rot = random_rotations(2, np.random.default_rng(4)).astype(np.float32)
     images = _images(n, seed=1)
     # latents from the encoder, whose offset head is under test
@@ -179,7 +179,7 @@ def test_symmetrized_loss_only_applies_to_learned_poses(likelihood):
     enc = model.encode(images)
     logits = model.add_offset(model.project(model.decode(enc["z_mean"]), model_rotations(model, images),
                                             enc["shift"]), enc["offset"])
-    disc = spherical_mask(n, 0.95)[n // 2]
+    disc = diameter_mask(n, 0.95, ndim=3)[n // 2]
     logits = logits.numpy()
     # the noise variance comes from the unturned projection's residual (what compute_losses does)
     both = [numpy_recon(likelihood, images, lg, disc, noise_logits=logits)

@@ -52,7 +52,7 @@ def test_notebook_in_git_is_clean_with_one_parameters_cell(repo_root, name):
 
 
 def test_demo_parameters_exist_in_notebooks(repo_root):
-    from cryovae_nb.demo import DemoSettings, notebook_parameters
+    from cryovae_nb.tutorial.demo import DemoSettings, notebook_parameters
 
     params = notebook_parameters(repo_root / "x", DemoSettings())
     assert sorted(params) == NOTEBOOKS
@@ -116,7 +116,7 @@ def test_02_train_trains_to_max_steps_with_decreasing_loss(executed):
 def test_04_evaluate_writes_reconstruction_and_a_consistent_fsc(executed):
     cwd, nbs = executed
     _no_errors(nbs["04_evaluate.ipynb"])
-    from cryovae_nb.analysis import FSCResult
+    from cryovae_nb.analysis.fsc import FSCResult
     from cryovae_nb.io import read_volume
 
     ev = cwd / "wd" / "evaluate"

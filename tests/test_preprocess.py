@@ -13,10 +13,10 @@ import starfile
 from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.io import ParticleStack, read_particles, write_stack
-from cryovae_nb.preprocess import (PreprocessConfig, add_preprocess_parser, apply_mask, circular_mask,
-                                   coarsen, downsample_shifts, fourier_crop, invert_contrast, load_split,
-                                   normalize, output_paths, preprocess_images, preprocess_stack,
-                                   run_preprocess, train_test_split)
+from cryovae_nb.preprocess import (PreprocessConfig, add_preprocess_parser, apply_mask, coarsen,
+                                   downsample_shifts, invert_contrast, load_split, normalise, output_paths,
+                                   preprocess_images, preprocess_stack, run_preprocess, train_test_split)
+from cryovae_nb.volumes import diameter_mask, fourier_crop
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no 'MAP ' stamp"),
               pytest.mark.filterwarnings("ignore:.*rlnImageSize 448 disagrees"),
@@ -98,7 +98,7 @@ def test_downsample_shifts_follow_the_image_content(n, c, m):
 def test_tanh_estimator_equals_eq_2_12_by_hand():
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(4, 24, 24)) * [[[3.0]], [[0.1]], [[10.0]], [[1.0]]] + 5).astype(np.float32)
-    got = normalize(x, "tanh", spread=0.3)
+    got = normalise(x, "tanh", spread=0.3)
     for k in range(4):
         mu, sd = x[k].astype(np.float64).mean(), x[k].astype(np.float64).std()
         np.testing.assert_allclose(got[k], 0.5 * (np.tanh(0.3 * (x[k] - mu) / sd) + 1), atol=1e-6)
@@ -111,48 +111,48 @@ def test_normalise_with_background_ring():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 32, 32)).astype(np.float32)
     x[:, 10:22, 10:22] += 50  # a bright "particle" that must not set the scale
-    got = normalize(x, "zscore", background_radius=12)
+    got = normalise(x, "zscore", background_radius=12)
     for k in range(2):
         ring = [x[k, i, j] for i in range(32) for j in range(32) if np.hypot(i - 16, j - 16) > 12]
         mu, sd = np.mean(ring, dtype=np.float64), np.std(ring, dtype=np.float64)
         np.testing.assert_allclose(got[k], (x[k] - mu) / sd, rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="no pixels outside"):
-        normalize(x, "tanh", background_radius=40)
+        normalise(x, "tanh", background_radius=40)
 
 
 def test_zscore_minmax_and_flat_images():
     x = np.random.default_rng(3).gamma(2.0, size=(3, 16, 16)).astype(np.float32)
-    z = normalize(x, "zscore")
+    z = normalise(x, "zscore")
     np.testing.assert_allclose(z.mean(axis=(1, 2)), 0, atol=1e-5)
     np.testing.assert_allclose(z.std(axis=(1, 2)), 1, atol=1e-5)
-    mm = normalize(x, "minmax")
+    mm = normalise(x, "minmax")
     np.testing.assert_allclose(mm.min(axis=(1, 2)), 0, atol=1e-7)
     np.testing.assert_allclose(mm.max(axis=(1, 2)), 1, atol=1e-6)
     flat = np.full((1, 8, 8), 7.0)
-    assert np.all(normalize(flat, "tanh") == 0.5) and np.all(normalize(flat, "zscore") == 0)
-    with pytest.raises(ConfigError, match="normalize method"):
-        normalize(x, "robust")
+    assert np.all(normalise(flat, "tanh") == 0.5) and np.all(normalise(flat, "zscore") == 0)
+    with pytest.raises(ConfigError, match="normalise method"):
+        normalise(x, "robust")
     with pytest.raises(ConfigError, match="background_radius"):
-        normalize(x, "minmax", background_radius=3)
+        normalise(x, "minmax", background_radius=3)
 
 
 # ----------------------------------------------------------------------------- mask, invert, split
 
-def test_circular_mask_radius_and_fraction():
-    m = circular_mask(64, 0.95)  # radius 30.4 px around pixel 32
+def test_disc_mask_radius_and_fraction():
+    m = diameter_mask(64, 0.95, ndim=2)  # radius 30.4 px around pixel 32
     assert m[32, 32 + 30] == 1 and m[32, 32 + 31] == 0 and m[32 - 30, 32] == 1 and m[0, 0] == 0
     assert m.sum() / 64 ** 2 == pytest.approx(np.pi * 30.4 ** 2 / 64 ** 2, rel=0.01)
-    soft = circular_mask(64, 0.95, soft_edge=4.0)  # cosine from r = 26.4 to 30.4
+    soft = diameter_mask(64, 0.95, soft_edge=4.0, ndim=2)  # cosine from r = 26.4 to 30.4
     assert soft[32, 32 + 26] == 1 and soft[32, 32 + 31] == 0
     assert soft[32, 32 + 28] == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.4)), abs=1e-6)
     assert np.all(np.diff(soft[32, 32:]) <= 0)
     with pytest.raises(ConfigError, match="soft edge"):
-        circular_mask(64, 0.95, soft_edge=40)
+        diameter_mask(64, 0.95, soft_edge=40, ndim=2)
 
 
 def test_masked_tanh_stack_lies_in_unit_interval_and_outside_is_zero():
     x = np.random.default_rng(4).normal(size=(5, 40, 40)) * 100
-    out = apply_mask(normalize(x), circular_mask(40))
+    out = apply_mask(normalise(x), diameter_mask(40, ndim=2))
     assert out.min() >= 0 and out.max() <= 1
     assert np.all(out[:, 0, 0] == 0) and np.all(out[:, 20, 20] > 0)
     np.testing.assert_array_equal(invert_contrast(x), -x.astype(np.float32))
@@ -185,8 +185,8 @@ def _by_hand(x, cfg: PreprocessConfig, box_out):
     y = invert_contrast(x) if cfg.invert else x
     y = coarsen(y, cfg.coarsen)
     y = fourier_crop(y, box_out) if y.shape[-1] != box_out else y
-    y = normalize(y, cfg.normalize, cfg.spread, cfg.background_radius)
-    return apply_mask(y, circular_mask(box_out, cfg.mask_diameter, cfg.mask_soft_edge))
+    y = normalise(y, cfg.normalise, cfg.spread, cfg.background_radius)
+    return apply_mask(y, diameter_mask(box_out, cfg.mask_diameter, cfg.mask_soft_edge, ndim=2))
 
 
 def test_chunked_pipeline_equals_whole_array(stack, tmp_path):
@@ -354,11 +354,11 @@ def test_cli(stack, tmp_path, capsys):
     path, x = stack
     parser = add_preprocess_parser(argparse.ArgumentParser())
     args = parser.parse_args([str(path), "-o", str(tmp_path / "cli"), "--coarsen", "2", "--box", "8",
-                              "--normalize", "zscore", "--mask", "0", "--no-progress", "--seed", "4"])
+                              "--normalise", "zscore", "--mask", "0", "--no-progress", "--seed", "4"])
     assert run_preprocess(args) == 0
     assert "wrote 23 images of 8 px" in capsys.readouterr().out
     got = read_particles(tmp_path / "cli.star")
-    np.testing.assert_allclose(got.images[:], normalize(fourier_crop(coarsen(x, 2), 8), "zscore"), atol=1e-5)
+    np.testing.assert_allclose(got.images[:], normalise(fourier_crop(coarsen(x, 2), 8), "zscore"), atol=1e-5)
     assert set(output_paths(tmp_path / "cli").values()) <= set(tmp_path.iterdir())
     from cryovae_nb.cli import main
 
@@ -369,12 +369,24 @@ def test_cli(stack, tmp_path, capsys):
 def test_config_round_trip_and_validation(stack, tmp_path):
     from cryovae_nb.config import from_dict, load_config, save_config
 
-    cfg = PreprocessConfig(coarsen=2, box=12, normalize="zscore", background_radius=3.0, seed=9)
+    cfg = PreprocessConfig(coarsen=2, box=12, normalise="zscore", background_radius=3.0, seed=9)
     save_config(cfg, tmp_path / "pp.yaml")
     assert load_config(PreprocessConfig, tmp_path / "pp.yaml") == cfg
     preprocess_stack(stack[0], tmp_path / "o", cfg, progress=False)
     assert load_config(PreprocessConfig, tmp_path / "o_preprocess.json") == cfg
-    for bad in ({"coarsen": 0}, {"normalize": "l2"}, {"test_fraction": 1.0}, {"chunk_size": 0},
+    for bad in ({"coarsen": 0}, {"normalise": "l2"}, {"test_fraction": 1.0}, {"chunk_size": 0},
                 {"box": -4}, {"mask_soft_edge": -1.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             from_dict(PreprocessConfig, bad)
+
+
+def test_config_files_written_with_the_old_normalize_key_still_load(tmp_path):
+    from cryovae_nb.config import from_dict, load_config
+
+    (tmp_path / "old.json").write_text('{"coarsen": 2, "normalize": "zscore", "seed": 9}')
+    cfg = load_config(PreprocessConfig, tmp_path / "old.json")
+    assert cfg == PreprocessConfig(coarsen=2, normalise="zscore", seed=9)
+    with pytest.raises(ConfigError, match="normalise must be"):
+        from_dict(PreprocessConfig, {"normalize": "l2"})
+    with pytest.raises(ConfigError, match="both 'normalize' and its new name 'normalise'"):
+        from_dict(PreprocessConfig, {"normalize": "tanh", "normalise": "tanh"})

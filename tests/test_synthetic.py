@@ -16,8 +16,8 @@ from cryovae_nb.ctf import apply_ctf, compute_ctf
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.projection import project, support_radius
 from cryovae_nb.synthetic import (SimulationConfig, add_simulate_parser, hinge_volume, load_truth,
-                                  lshape_volume, resample_volume, run_simulate, simulate,
-                                  two_state_volume, volume_from_mrc)
+                                  lshape_volume, run_simulate, simulate, two_state_volume, volume_from_mrc)
+from cryovae_nb.volumes import fourier_resample
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def rng():
 
 
 def grid3(n):
-    c = g.centered_coords(n)
+    c = g.centred_coords(n)
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     return x, y, z
 
@@ -69,7 +69,7 @@ def test_off_centre_gaussian_projects_to_analytic_gaussian(rng):
     R = R[(g.rotation_angle_deg(np.eye(3), R) > 30) & (g.rotation_angle_deg(np.eye(3), R) < 140)][:4]
     S = rng.uniform(-2, 2, (4, 2))
     imgs = project(V, R, S)
-    cc = g.centered_coords(n)
+    cc = g.centred_coords(n)
     yy, xx = np.meshgrid(cc, cc, indexing="ij")
     for img, r, s in zip(imgs, R, S):
         # V(R p) peaks where R p = c, i.e. p = R^T c; the image moves by +s
@@ -264,7 +264,7 @@ def _gauss(n, centre, sigma):
 @pytest.mark.parametrize("n,m", [(64, 40), (30, 40), (33, 24)])
 def test_fourier_resampling_matches_analytic_gaussian(n, m):
     centre, sigma = np.array([4.0, -6.0, 2.5]), 3.0
-    out = resample_volume(_gauss(n, centre, sigma), m)
+    out = fourier_resample(_gauss(n, centre, sigma), m)
     f = m / n  # new voxels per old voxel; voxel n//2 stays the centre
     expected = _gauss(m, centre * f, sigma * f)
     assert np.abs(out - expected).max() < 1e-3 * (1 if m < n else 10)

@@ -20,7 +20,7 @@ from PIL import Image
 from cryovae_nb.errors import InputError
 from cryovae_nb.widgets import (LatentExplorer, ParticleGallery, TrainingMonitor, TrajectoryPlayer,
                                 VolumeViewer, comparison_png, fsc_figure, overlay_rgb, slice_planes)
-from cryovae_nb.widgets.images import comparison_grid, normalize01
+from cryovae_nb.widgets.images import comparison_grid, normalise01
 
 
 def l_shape(n=24, dx=0):
@@ -55,7 +55,7 @@ def test_overlay_puts_input_in_magenta_and_projection_in_green():
     np.testing.assert_allclose(rgb[0, ..., 0], [[0, 0.5], [1, 1]])
     np.testing.assert_allclose(rgb[0, ..., 2], rgb[0, ..., 0])
     np.testing.assert_allclose(rgb[0, ..., 1], [[0, 1], [0.5, 0]])
-    assert np.all(normalize01(np.full((1, 3, 3), 7.0)) == 0)   # a flat image is not a division by 0
+    assert np.all(normalise01(np.full((1, 3, 3), 7.0)) == 0)   # a flat image is not a division by 0
     with pytest.raises(InputError, match="same shape"):
         overlay_rgb(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
 
@@ -65,8 +65,8 @@ def test_comparison_grid_layout():
     a, b = rng.random((3, 40, 40)), rng.random((3, 40, 40))
     grid = comparison_grid(a, b, min_px=96)           # 40 px -> x3 = 120 px tiles, 2 px gaps
     assert grid.shape == (3 * 120 + 2 * 2, 3 * 120 + 2 * 2, 3)
-    np.testing.assert_allclose(grid[0, 0], normalize01(a)[0, 0, 0])                   # row 0: input
-    np.testing.assert_allclose(grid[122 + 3, 122 + 119, 1], normalize01(b)[1, 1, 39])  # row 1: proj
+    np.testing.assert_allclose(grid[0, 0], normalise01(a)[0, 0, 0])                   # row 0: input
+    np.testing.assert_allclose(grid[122 + 3, 122 + 119, 1], normalise01(b)[1, 1, 39])  # row 1: proj
     np.testing.assert_allclose(grid[244 + 5, 244 + 7], overlay_rgb(a, b)[2, 1, 2])     # row 2: overlay
     assert png_array(comparison_png(a, b)).shape == grid.shape
 
@@ -192,7 +192,7 @@ def test_trajectory_player_steps_through_frames(tmp_path):
 
 
 def test_fsc_plot_marks_thresholds_and_writes_resolutions(shared_data):
-    from cryovae_nb.analysis import fsc
+    from cryovae_nb.analysis.fsc import fsc
 
     with mrcfile.open(shared_data / "hand-vol.mrc", permissive=True) as m:
         vol = m.data.astype(np.float32)

@@ -498,3 +498,20 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     with atomic_path(path) as tmp:
         starfile.write({"optics": block, "particles": parts, **dict(extra_blocks or {})}, tmp,
                        float_format=_FLOAT_FORMAT)
+
+
+def write_particles_subset(path: str | os.PathLike, particles: Particles, keep) -> int:
+    """Write the particles selected by ``keep`` (a boolean mask or indices) as a RELION 3.1 STAR
+    file (:func:`write_particles_star` of ``particles.subset``); returns how many were written.
+    Refuses an empty selection rather than write a STAR file with no particles."""
+    keep = np.asarray(keep)
+    if keep.dtype == bool:
+        if len(keep) != len(particles):
+            raise InputError(f"keep mask has {len(keep)} entries for {len(particles)} particles")
+        idx = np.flatnonzero(keep)
+    else:
+        idx = keep.astype(np.int64).ravel()
+    if idx.size == 0:
+        raise InputError("no particles kept: refusing to write an empty STAR file", path)
+    write_particles_star(path, particles.subset(idx))
+    return len(idx)

@@ -28,18 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from cryovae_nb.errors import ConfigError, InputError
-
-
-def _centred(n: int) -> np.ndarray:
-    return np.arange(n, dtype=np.float64) - n // 2
-
-
-@lru_cache(maxsize=16)
-def spherical_mask(n: int, diameter_fraction: float) -> np.ndarray:
-    """Float32 ``(n, n, n)`` mask: 1 within ``diameter_fraction * n / 2`` of the centre voxel, else 0."""
-    c = _centred(n)
-    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
-    return (r2 <= (diameter_fraction * n / 2) ** 2).astype(np.float32)
+from cryovae_nb.geometry import centred_coords
 
 
 # Kaiser-Bessel shape parameter per kernel width, tuned at pad 1 on smooth masked volumes at random
@@ -98,7 +87,7 @@ def gridding_correction(n: int, padded: int, width: int = 2) -> np.ndarray:
     """Float32 ``(n, n, n)``: the inverse, per axis, of the apodisation that interpolating a
     ``padded``-point Fourier grid with the kernel of ``width`` imposes (``1 / sinc^2`` for 2)."""
     _check_width(width)
-    s = 1.0 / _kernel_transform(width, _centred(n) / padded)
+    s = 1.0 / _kernel_transform(width, centred_coords(n) / padded)
     return (s[:, None, None] * s[None, :, None] * s[None, None, :]).astype(np.float32)
 
 
@@ -119,7 +108,7 @@ def project_real(volumes, rotations, shifts=None) -> tf.Tensor:
     -> ``(B, n, n)`` images. Trilinear interpolation, zero outside the box."""
     volumes, rotations, shifts, n = _as_inputs(volumes, rotations, shifts)
     b = tf.shape(volumes)[0]
-    c = _centred(n)
+    c = centred_coords(n)
     zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
     grid = tf.constant(np.stack([xx, yy, zz], -1).reshape(-1, 3), tf.float32)  # (n^3, 3) in z,y,x order
     shift3 = tf.pad(shifts, [[0, 0], [0, 1]])[:, None, :]

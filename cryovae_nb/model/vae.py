@@ -10,7 +10,8 @@ import tensorflow as tf
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.model import losses, pose_search
 from cryovae_nb.model.config import ModelConfig
-from cryovae_nb.model.projectors import lowpass, project_fourier, project_real, spherical_mask
+from cryovae_nb.model.projectors import lowpass, project_fourier, project_real
+from cryovae_nb.volumes import diameter_mask
 
 
 def quaternion_to_matrix(q) -> tf.Tensor:
@@ -82,13 +83,13 @@ class CryoVAE(keras.Model):
                                                         kernel_initializer="zeros")
         out_act = act if cfg.output_activation == "leaky_relu" else None
         self.voxel_layer = dense(cfg.box ** 3, out_act, "voxels")
-        self._mask = None if cfg.volume_mask is None else tf.constant(spherical_mask(cfg.box, cfg.volume_mask))
+        self._mask = None if cfg.volume_mask is None else tf.constant(diameter_mask(cfg.box, cfg.volume_mask, ndim=3))
         # Why an offset: the tanh-normalised target is sigmoid(a * (P - mean) / sigma), so its logit
         # is a * P minus a per-image constant over the disc. No volume inside the mask projects to a
         # constant in every direction except an edge-singular shell, which the decoder would then
         # have to build (and re-tune per particle from the noise mean). The head takes that constant.
         # The disc the mask projects to (preprocessing masks images with the same 0.95 default).
-        self._disc = tf.constant(spherical_mask(cfg.box, cfg.volume_mask or 1.0)[cfg.box // 2])
+        self._disc = tf.constant(diameter_mask(cfg.box, cfg.volume_mask or 1.0, ndim=3)[cfg.box // 2])
         self.offset_layer = None
         if cfg.image_offset:
             self.offset_layer = keras.layers.Dense(1, name="image_offset", kernel_initializer="zeros")

@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError
+from cryovae_nb.io import write_particles_subset
 
 # above this many points, WebGL scatter (plotly's SVG scatter crawls past ~10^4 points)
 WEBGL_FROM = 20_000
@@ -116,16 +117,14 @@ class LatentExplorer(W.VBox):
 
     def export_selection(self, path: str | os.PathLike | None = None) -> str:
         """Write the selection: ``export(path, indices)`` if given, else a RELION STAR file of
-        ``particles.subset(selection)``. Returns the path written."""
+        ``particles.subset(selection)`` (``io.write_particles_subset``). Returns the path written."""
         path = os.fspath(path or self.path.value)
         if self.selected.size == 0:
             raise InputError("nothing selected to export", path)
         if self.export is not None:
             self.export(path, self.selected.copy())
         elif self.particles is not None:
-            from cryovae_nb.io import write_particles_star
-
-            write_particles_star(path, self.particles.subset(self.selected))
+            write_particles_subset(path, self.particles, self.selected)
         else:
             raise ConfigError("give the explorer `particles` or an `export` callback to export")
         self.status.value = f"wrote {self.selected.size} particle(s) to {html.escape(str(path))}"

@@ -17,7 +17,7 @@ from cryovae_nb.errors import InputError
 MIN_TILE_PX = 96
 
 
-def normalize01(images: np.ndarray) -> np.ndarray:
+def normalise01(images: np.ndarray) -> np.ndarray:
     """Scale each image of ``(..., h, w)`` to [0, 1] by its own min and max (flat images -> 0)."""
     a = np.asarray(images, dtype=np.float32)
     lo = a.min(axis=(-2, -1), keepdims=True)
@@ -32,7 +32,7 @@ def overlay_rgb(inputs: np.ndarray, projections: np.ndarray) -> np.ndarray:
     fringe (the pair is readable with red-green colour blindness). Returns ``(k, h, w, 3)`` in [0, 1].
     """
     a, b = _check_pair(inputs, projections)
-    a, b = normalize01(a), normalize01(b)
+    a, b = normalise01(a), normalise01(b)
     return np.stack([a, b, a], axis=-1)
 
 
@@ -70,7 +70,7 @@ def png_bytes(image01: np.ndarray) -> bytes:
 def comparison_grid(inputs: np.ndarray, projections: np.ndarray, min_px: int = MIN_TILE_PX) -> np.ndarray:
     """Three rows -- inputs, projections, overlay -- one column per particle, RGB in [0, 1]."""
     a, b = _check_pair(inputs, projections)
-    grey = lambda x: np.repeat(normalize01(x)[..., None], 3, axis=-1)  # noqa: E731
+    grey = lambda x: np.repeat(normalise01(x)[..., None], 3, axis=-1)  # noqa: E731
     rows = [upscale(grey(a), min_px), upscale(grey(b), min_px), upscale(overlay_rgb(a, b), min_px)]
     k = a.shape[0]
     return tile(np.concatenate(rows), ncols=k)

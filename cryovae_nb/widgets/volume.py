@@ -18,8 +18,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cryovae_nb.analysis import mirror_volume as flip_hand  # the hand flip used for alignment
 from cryovae_nb.errors import InputError
+from cryovae_nb.io import read_volume
+from cryovae_nb.volumes import mirror_through_plane
 
 COLORS = ["#9aa0a6", "#e8710a", "#1a73e8", "#d01884", "#188038", "#a142f4"]
 PLANES = ("XY (z = p)", "XZ (y = p)", "YZ (x = p)")
@@ -47,8 +48,6 @@ def default_level(volume: np.ndarray) -> float:
 def load_volume(source, voxel_size: float | None = None) -> tuple[np.ndarray, float]:
     """Array or MRC path -> (float32 [z,y,x] cube, voxel size in Å; 1.0 when nobody knows)."""
     if isinstance(source, (str, os.PathLike)):
-        from cryovae_nb.io import read_volume
-
         data, header_size = read_volume(source)
         voxel_size = voxel_size or header_size
     else:
@@ -171,7 +170,7 @@ class VolumeViewer(W.VBox):
     def displayed(self, key: int | str) -> np.ndarray:
         """The array drawn for a map (flipped when the hand is flipped)."""
         m = self._get(key)
-        return flip_hand(m.data) if m.flipped else m.data
+        return mirror_through_plane(m.data) if m.flipped else m.data
 
     # -- nglview ------------------------------------------------------------------------------
     def _load(self, m: _Map) -> None:

@@ -1,0 +1,18 @@
+"""Analysis of what the VAE produced, one module per subject (import from the module; this package
+file imports nothing, so importing one subject never pulls in another's dependencies):
+
+* ``fsc`` -- Fourier shell correlation (thesis eq. 2.64), resolution at 0.5 and 0.143 in Å.
+* ``align`` -- rigid 3D alignment by cross-correlation, trying the mirror image, and flipping
+  decoded volumes to one hand (§4.1). Rotating and mirroring one volume: ``cryovae_nb.volumes``.
+* ``latent`` -- ``latent_statistics`` (thesis Table 3.1), ``embed`` (PCA / UMAP / t-SNE),
+  ``kmeans``; umap is imported only when asked for, because it pulls in TensorFlow.
+* ``series`` -- ``decode_volumes``, ``traversal_series``, ``interpolation_series``,
+  ``save_series``: volume series through any ``decode(z) -> volumes`` callable, so no analysis
+  module imports the model.
+* ``screen`` -- ``screen_particles``: flag empty or broken particles (thesis §3.4.4); the kept ones
+  are written with ``cryovae_nb.io.write_particles_subset``.
+* ``cli`` -- ``cryovae fsc``.
+
+Headless (numpy / scipy / scikit-learn / umap-learn). Volumes follow cryovae_nb/geometry.py:
+arrays ``V[z, y, x]``, coordinates ``r = (x, y, z)`` centred on voxel ``n // 2``.
+"""

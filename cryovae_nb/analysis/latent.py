@@ -1,0 +1,118 @@
+"""The latent landscape: per-dimension statistics (thesis Table 3.1), 2D embeddings (PCA / UMAP /
+t-SNE) and k-means.
+
+scikit-learn and umap-learn are imported only when a function needs them: umap pulls in
+TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from cryovae_nb.errors import InputError
+
+
+def as_latents(latents) -> np.ndarray:
+    """Latents as a float64 (n, d) array; InputError unless non-empty and finite."""
+    z = np.asarray(latents, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] == 0:
+        raise InputError(f"latents must be a non-empty (n, d) array, got shape {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise InputError("latents contain NaN or infinite values")
+    return z
+
+
+def latent_statistics(latents) -> pd.DataFrame:
+    """Per-dimension mean, std, min, quartiles, max (thesis Table 3.1): rows are the statistics,
+    columns the dimensions numbered from 1. ``std`` uses ddof=1 like pandas' describe."""
+    z = as_latents(latents)
+    q = np.percentile(z, [25, 50, 75], axis=0)
+    rows = {"mean": z.mean(0), "std": z.std(0, ddof=1) if len(z) > 1 else np.zeros(z.shape[1]),
+            "min": z.min(0), "25%": q[0], "50%": q[1], "75%": q[2], "max": z.max(0)}
+    df = pd.DataFrame(rows).T
+    df.columns = pd.RangeIndex(1, z.shape[1] + 1, name="latent dim")
+    return df
+
+
+# Above these sizes a random subsample is embedded. Measured on 2 cores (benchmarks/
+# analysis_speed.py, CPU time): t-SNE of 10k points ~70 s, UMAP of 50k ~50 s; these limits keep a
+# notebook cell near half a minute. Pass max_points to go further.
+MAX_POINTS = {"tsne": 5_000, "umap": 20_000}
+
+
+@dataclasses.dataclass
+class Embedding:
+    """``coords[i]`` embeds ``latents[indices[i]]``; ``note`` says whether it was subsampled."""
+
+    coords: np.ndarray
+    indices: np.ndarray
+    method: str
+    note: str
+    explained_variance_ratio: np.ndarray | None = None  # PCA only
+
+
+def embed(latents, method: str = "pca", n_components: int = 2, seed: int = 0,
+          max_points: int | None = None, **kwargs) -> Embedding:
+    """Embed latents with PCA (all points), UMAP or t-SNE (a random subsample of at most
+    ``max_points``, default MAX_POINTS[method], with a warning that says so). Deterministic for a
+    given seed. Extra keyword arguments go to the sklearn / umap estimator."""
+    z = as_latents(latents)
+    method = method.lower().replace("-", "")
+    if method not in ("pca", "umap", "tsne"):
+        raise InputError(f"unknown embedding method {method!r}; use 'pca', 'umap' or 'tsne'")
+    if not 1 <= n_components <= z.shape[1]:
+        raise InputError(f"n_components must be in 1..{z.shape[1]}, got {n_components}")
+    n = len(z)
+    idx = np.arange(n)
+    note = f"{method} of all {n} points"
+    if method != "pca":
+        limit = MAX_POINTS[method] if max_points is None else int(max_points)
+        if n > limit:
+            idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+            note = (f"{method} of a random subsample of {limit} of {n} points (max_points="
+                    f"{limit}); coords[i] belongs to latents[indices[i]]")
+            warnings.warn(note, stacklevel=2)
+    x = z[idx]
+    evr = None
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=n_components, svd_solver="full", **kwargs)
+        coords = pca.fit_transform(x)
+        evr = pca.explained_variance_ratio_
+        # fix each component's sign (SVD leaves it free) so runs and subsets agree
+        signs = np.sign(coords[np.argmax(np.abs(coords), axis=0), range(n_components)])
+        coords = coords * np.where(signs == 0, 1, signs)
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+
+        kwargs.setdefault("perplexity", min(30.0, (len(x) - 1) / 3))
+        coords = TSNE(n_components=n_components, random_state=seed, init="pca",
+                      **kwargs).fit_transform(x)
+    else:
+        with warnings.catch_warnings():
+            # umap warns that a fixed random_state disables its parallelism: that is the point
+            warnings.simplefilter("ignore", UserWarning)
+            import umap
+
+            kwargs.setdefault("n_neighbors", min(15, len(x) - 1))
+            coords = umap.UMAP(n_components=n_components, random_state=seed,
+                               **kwargs).fit_transform(x)
+    return Embedding(np.asarray(coords, np.float32), idx, method, note, evr)
+
+
+def kmeans(latents, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k-means on the full latent space: (labels (n,), centres (k, d))."""
+    from sklearn.cluster import KMeans
+
+    z = as_latents(latents)
+    if not 1 <= k <= len(z):
+        raise InputError(f"k must be in 1..{len(z)}, got {k}")
+    km = KMeans(n_clusters=k, random_state=seed, n_init=10).fit(z)
+    return km.labels_.astype(np.int64), km.cluster_centers_
+
+
+__all__ = ["MAX_POINTS", "Embedding", "as_latents", "embed", "kmeans", "latent_statistics"]
