@@ -1,4 +1,10 @@
-"""The assembled VAE: encoder -> (z, pose) -> decoder -> volume -> projection (thesis §3.3.1)."""
+"""The assembled VAE: encoder -> (z, pose) -> decoder -> volume -> projection (thesis §3.3.1).
+
+This module composes the parts and orchestrates the losses: the encoder and its heads, the
+linearised latent posterior with its principal volumes, and the loss terms. The parts live beside
+it: decoders.py and projectors.py (registries keyed by ModelConfig), forward.py (volumes and poses
+-> images), pose_search.py (the learned-pose search), rotations.py, losses.py.
+"""
 from __future__ import annotations
 
 from functools import partial
