@@ -74,13 +74,13 @@ def oracle(args, phantom: str, truth: dict, m: int = 8000) -> dict:
     import numpy as np
 
     from cryovae_nb.io import read_particles
-    from cryovae_nb.projection import project
+    from cryovae_nb.projection import project_reference
     from cryovae_nb.synthetic import hinge_volume
 
     base = Path(args.workdir) / f"{phantom}_b{args.box}_n{args.n_particles}_snr{args.snr}_s{args.seed}" / "sim"
     x = np.asarray(read_particles(base / "particles.star").images[:m], np.float64)
     rot, sh, levels = truth["rotations"][:m], truth["shifts"][:m], np.asarray(truth["volume_t"])
-    ll = np.stack([-((x - project(hinge_volume(args.box, float(t)), rot, sh)) ** 2).sum((1, 2))
+    ll = np.stack([-((x - project_reference(hinge_volume(args.box, float(t)), rot, sh)) ** 2).sum((1, 2))
                    for t in levels], 1) / (2 * truth["noise_std"] ** 2)
     return _posterior_figures(ll, levels, np.asarray(truth["t"][:m]))
 
@@ -114,7 +114,7 @@ def oracle_ab_initio(args, phantom: str, truth: dict, m: int = 400, step_deg: fl
     from cryovae_nb.io import read_particles
     from cryovae_nb.model import ModelConfig, build_model
     from cryovae_nb.model.pose_search import search_grid
-    from cryovae_nb.model.vae import quaternion_to_matrix
+    from cryovae_nb.model.rotations import quaternion_to_matrix
     from cryovae_nb.synthetic import hinge_volume
 
     n = args.box

@@ -45,7 +45,7 @@ def _check_volume(volume) -> np.ndarray:
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
-def project(volume: np.ndarray, rotations: np.ndarray, shifts: np.ndarray | None = None,
+def project_reference(volume: np.ndarray, rotations: np.ndarray, shifts: np.ndarray | None = None,
             order: int = 1, chunk_size: int | None = None) -> np.ndarray:
     """Project ``volume`` ``[z, y, x]`` (n, n, n) in ``k`` poses -> float32 images ``(k, n, n)``.
 

@@ -41,7 +41,7 @@ from cryovae_nb.geometry import (centred_coords, grid_rotations, matrix_to_quate
                                  matrix_to_relion_euler, random_rotations)
 from cryovae_nb.io import (StackWriter, make_image_names, open_stack, read_volume,
                            write_particles_star, write_volume)
-from cryovae_nb.projection import project
+from cryovae_nb.projection import project_reference
 from cryovae_nb.volumes import fourier_resample
 
 _EDGE_SIGMA = 0.6  # px; the Gaussian blur of the phantom edges
@@ -276,9 +276,13 @@ def _write_clean(path: Path, cfg, vols, poses, pixel_size, progress) -> tuple[fl
             sl = slice(start, min(n, start + cfg.chunk_size))
             conf = poses["conformation"][sl]
             imgs = np.empty((len(conf), box, box), dtype=np.float32)
+            # Image formation as the model's (model/forward.py: project and shift, then the CTF),
+            # but by the numpy reference projector and ctf.py, on purpose: the simulator is the
+            # ground truth the TensorFlow forward model is tested against, so it shares no code
+            # with it.
             for j in np.unique(conf):  # one projector call per conformation present
                 m = conf == j
-                imgs[m] = project(vols[j], poses["rotations"][sl][m], poses["shifts"][sl][m])
+                imgs[m] = project_reference(vols[j], poses["rotations"][sl][m], poses["shifts"][sl][m])
             if cfg.ctf:
                 d = poses["defocus"][sl]
                 ctf = compute_ctf(box, pixel_size, d, d, 0.0, cfg.voltage, cfg.cs, cfg.amp_contrast)

@@ -217,11 +217,11 @@ def test_rotate_volume_moves_a_point_to_R_transpose_p_plus_s():
 
 
 def test_rotate_volume_agrees_with_the_reference_projector():
-    from cryovae_nb.projection import project
+    from cryovae_nb.projection import project_reference
 
     v = chiral_blobs(24)
     R = random_rotations(1, np.random.default_rng(1))[0]
-    img = project(v, R[None], np.array([[1.5, -2.0]]))[0]
+    img = project_reference(v, R[None], np.array([[1.5, -2.0]]))[0]
     np.testing.assert_allclose(rotate_volume(v, R, (1.5, -2.0, 0.0)).sum(axis=0), img,
                                atol=1e-4 * np.abs(img).max())
 

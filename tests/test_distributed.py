@@ -39,11 +39,11 @@ def tiny_stack(tmp_path_factory) -> Path:
     """48 projections of the L-shape phantom (box 16), scaled into [0, 1] like tanh-normalised data."""
     from cryovae_nb.geometry import random_rotations
     from cryovae_nb.io import write_stack
-    from cryovae_nb.projection import project
+    from cryovae_nb.projection import project_reference
     from cryovae_nb.synthetic import lshape_volume
 
     rng = np.random.default_rng(0)
-    proj = project(lshape_volume(16), random_rotations(48, rng))
+    proj = project_reference(lshape_volume(16), random_rotations(48, rng))
     proj = proj + 0.3 * proj.std() * rng.standard_normal(proj.shape)
     lo, hi = proj.min(axis=(1, 2), keepdims=True), proj.max(axis=(1, 2), keepdims=True)
     path = tmp_path_factory.mktemp("data") / "tiny.mrcs"

@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from cryovae_nb import geometry as g
-from cryovae_nb.projection import project
+from cryovae_nb.projection import project_reference
 
 
 def relion_A(rot, tilt, psi):
@@ -110,14 +110,14 @@ def _gauss_image(n, centres_xy, sigma):
 def test_relion_convention_projection_matches_independent_computation():
     """docs/design.md: RELION's image of map V at (rot, tilt, psi) and origin o is
     p(x, y) = sum_z V(A^T (x + o_x, y + o_y, z)): a blob at volume point c lands at (A c)_xy - o.
-    Our project() with relion_euler_to_matrix / relion_origin_to_shift must reproduce that."""
+    Our project_reference() with relion_euler_to_matrix / relion_origin_to_shift must reproduce that."""
     n, sigma = 32, 2.2
     centres = np.array([[6.0, -3.0, 2.0], [-4.0, 5.0, -6.0]])  # asymmetric: two blobs
     V = _gauss_volume(n, centres, sigma)
     angles = [(30.0, 50.0, -70.0), (-120.0, 100.0, 15.0), (75.0, 160.0, 140.0)]
     origins = np.array([[1.0, -2.0], [0.0, 0.0], [-1.5, 0.5]])
     R = g.relion_euler_to_matrix(*np.array(angles).T)
-    imgs = project(V, R, g.relion_origin_to_shift(origins))
+    imgs = project_reference(V, R, g.relion_origin_to_shift(origins))
     for img, ang, o in zip(imgs, angles, origins):
         A = relion_A(*ang)
         expected = _gauss_image(n, [(A @ c)[:2] - o for c in centres], sigma)

@@ -36,9 +36,9 @@ def images_for(n=8, b=4, seed=0):
 def freeze_volume(model, seed=0):
     """Make the decoded volume independent of z: the decoder's first kernel zeroed (the leaky
     ReLUs then pass zeros), the voxel layer's bias random (so the volume is not empty)."""
-    k = model.decoder_layers[0].kernel
+    k = model.decoder.hidden_layers[0].kernel
     k.assign(np.zeros(k.shape, np.float32))
-    b = model.voxel_layer.bias
+    b = model.decoder.voxel_layer.bias
     b.assign(np.random.default_rng(seed).normal(size=b.shape).astype(np.float32))
 
 
@@ -355,9 +355,9 @@ def test_linearized_latents_train_and_need_the_poses():
     rot = geometry.random_rotations(4, rng).astype(np.float32)
     images = rng.normal(0, 1, (4, 12, 12)).astype(np.float32)
     step = make_train_step(model, jit=False)
-    before = model.voxel_layer.kernel.numpy().copy()
+    before = model.decoder.voxel_layer.kernel.numpy().copy()
     out = step(images, rot, None, seed=[0, 0])
-    assert np.isfinite(float(out["total"])) and not np.array_equal(model.voxel_layer.kernel.numpy(), before)
+    assert np.isfinite(float(out["total"])) and not np.array_equal(model.decoder.voxel_layer.kernel.numpy(), before)
     assert model.encode(images, rotations=rot)["z_mean"].shape == (4, 3)
     with pytest.raises(InputError, match="poses"):
         model.encode(images)

@@ -2,6 +2,7 @@
 losses (recomputed by hand in numpy), seeded noise, compiled steps, known poses, weights I/O."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -123,14 +124,14 @@ def test_real_projector_matches_scipy_trilinear(n):
 
 
 def test_real_projector_matches_the_numpy_reference_projector():
-    from cryovae_nb.projection import project
+    from cryovae_nb.projection import project_reference
 
     rng = np.random.default_rng(2)
     V, _, _ = gaussian_blobs(16, 1, rng)
     V = V[0] * diameter_mask(16, 0.95, ndim=3)
     R, s = random_rotations(4, rng), rng.uniform(-2, 2, (4, 2))
     got = project_real(np.repeat(V[None], 4, 0), R.astype(np.float32), s.astype(np.float32)).numpy()
-    np.testing.assert_allclose(got, project(V, R, s), atol=1e-4 * np.abs(got).max())
+    np.testing.assert_allclose(got, project_reference(V, R, s), atol=1e-4 * np.abs(got).max())
 
 
 @pytest.mark.parametrize("n", [16, 15])
@@ -232,6 +233,53 @@ def test_projectors_against_analytic_projection_and_each_other():
     np.testing.assert_allclose(model.project(V, Rf, sf).numpy(), fast4, atol=1e-5 * np.abs(fast4).max())
 
 
+def test_projector_registry_and_the_forward_model():
+    from cryovae_nb.model.forward import forward_images
+    from cryovae_nb.model.projectors import PROJECTORS, FourierProjector, RealProjector, lowpass, make_projector
+
+    n, rng = 8, np.random.default_rng(3)
+    V = (rng.random((2, n, n, n)) * diameter_mask(n, 0.8, ndim=3)).astype(np.float32)
+    R = random_rotations(6, rng).reshape(2, 3, 3, 3).astype(np.float32)
+    s = rng.uniform(-1, 1, (2, 2)).astype(np.float32)
+    assert set(PROJECTORS) == {"fourier", "real"}
+    fourier = make_projector(tiny_config(box=n))
+    real = make_projector(tiny_config(box=n, projector="real"))
+    assert isinstance(fourier, FourierProjector) and isinstance(real, RealProjector)
+    np.testing.assert_allclose(fourier(V, R[:, 0], s).numpy(), project_fourier(V, R[:, 0], s).numpy())
+    np.testing.assert_allclose(real(V, R[:, 0], s).numpy(), project_real(V, R[:, 0], s).numpy())
+    # K poses per volume: the real projector repeats each volume; a band low-passes its images
+    many = real(V, R, s).numpy()
+    for k in range(3):
+        np.testing.assert_allclose(many[:, k], project_real(V, R[:, k], s).numpy(), atol=1e-6)
+    np.testing.assert_allclose(real(V, R, s, band=2.0).numpy(), lowpass(many, 2.0).numpy(), atol=1e-6)
+    # forward: project and shift, then the offset inside the disc, then the link
+    offset, disc = np.array([0.5, -1.0], np.float32), diameter_mask(n, 0.95, ndim=3)[n // 2]
+    logits = forward_images(V, R[:, 0], s, projector=fourier, offset=offset, disc=disc).numpy()
+    want = project_fourier(V, R[:, 0], s).numpy() + offset[:, None, None] * disc
+    np.testing.assert_allclose(logits, want, atol=1e-6)
+    np.testing.assert_allclose(forward_images(V, R[:, 0], s, projector=fourier, offset=offset, disc=disc,
+                                              link="sigmoid").numpy(), 1 / (1 + np.exp(-want)), atol=1e-6)
+    with pytest.raises(NotImplementedError, match="CTF"):
+        forward_images(V, R[:, 0], s, projector=fourier, optics={"defocus": 1.0})
+    with pytest.raises(ConfigError, match="projector"):
+        make_projector(dataclasses.replace(tiny_config(box=n), projector="cubic"))
+
+
+def test_decoder_registry_builds_the_configured_decoder():
+    from cryovae_nb.model.decoders import DECODERS, DenseDecoder
+
+    assert DECODERS == {"dense": DenseDecoder}
+    model = build_model(tiny_config())
+    assert isinstance(model.decoder, DenseDecoder)
+    # the decoder's weights are the model's (trained, checkpointed)
+    paths = {v.path for v in model.trainable_variables}
+    assert {v.path for v in model.decoder.trainable_variables} <= paths
+    assert {"dec0/kernel", "dec1/kernel", "voxels/kernel"} <= paths
+    z = np.random.default_rng(0).standard_normal((3, model.config.latent_dim)).astype(np.float32)
+    mask = diameter_mask(model.config.box, model.config.volume_mask, ndim=3)
+    np.testing.assert_allclose(model.decode(z).numpy(), model.decoder(z).numpy() * mask, atol=1e-6)
+
+
 def test_rfft3d_gradient_matches_autodiff_of_an_equivalent_path():
     for shape in [(2, 6, 8, 10), (1, 5, 7, 9)]:
         rng = np.random.default_rng(5)
@@ -318,9 +366,9 @@ def numpy_losses(model, images, seed, rotations=None, shifts=None):
         rotations = np_quat_to_matrix(q)  # normalises
         shifts = cfg.max_shift_px * np.tanh(dense(model.shift_layer, head_in))
     d = z
-    for layer in model.decoder_layers:
+    for layer in model.decoder.hidden_layers:
         d = lrelu(dense(layer, d))
-    vols = lrelu(dense(model.voxel_layer, d)).reshape(B, n, n, n)
+    vols = lrelu(dense(model.decoder.voxel_layer, d)).reshape(B, n, n, n)
     c = np.arange(n) - n // 2
     zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
     vols = vols * ((xx**2 + yy**2 + zz**2) <= (cfg.volume_mask * n / 2) ** 2)

@@ -14,7 +14,7 @@ from cryovae_nb import geometry  # noqa: E402
 from cryovae_nb.errors import ConfigError  # noqa: E402
 from cryovae_nb.model import ModelConfig, build_model, make_train_step, pose_search  # noqa: E402
 from cryovae_nb.model.projectors import lowpass, project_fourier  # noqa: E402
-from cryovae_nb.model.vae import quaternion_multiply, quaternion_to_matrix  # noqa: E402
+from cryovae_nb.model.rotations import quaternion_multiply, quaternion_to_matrix  # noqa: E402
 from cryovae_nb.synthetic import lshape_volume  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from cryovae_nb import io
 from cryovae_nb.config import load_config
 from cryovae_nb.ctf import apply_ctf, compute_ctf
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.projection import project, support_radius
+from cryovae_nb.projection import project_reference, support_radius
 from cryovae_nb.synthetic import (SimulationConfig, add_simulate_parser, hinge_volume, load_truth,
                                   lshape_volume, run_simulate, simulate, two_state_volume, volume_from_mrc)
 from cryovae_nb.volumes import fourier_resample
@@ -54,9 +54,9 @@ def rotate_volume(V, R):
 # -- projector ----------------------------------------------------------------------------------
 def test_identity_projection_is_the_z_sum(rng):
     V = rng.random((12, 12, 12)).astype(np.float32)  # non-zero faces: the general path
-    np.testing.assert_allclose(project(V, np.eye(3))[0], V.sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(project_reference(V, np.eye(3))[0], V.sum(axis=0), rtol=1e-6)
     W = lshape_volume(24)  # zero faces, compact support: the fast path
-    np.testing.assert_allclose(project(W, np.eye(3)[None], np.zeros((1, 2)))[0], W.sum(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(project_reference(W, np.eye(3)[None], np.zeros((1, 2)))[0], W.sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
 def test_off_centre_gaussian_projects_to_analytic_gaussian(rng):
@@ -68,7 +68,7 @@ def test_off_centre_gaussian_projects_to_analytic_gaussian(rng):
     # rotations by ~180 deg are nearly symmetric (R ~ R^T): keep ones that tell R from R^T
     R = R[(g.rotation_angle_deg(np.eye(3), R) > 30) & (g.rotation_angle_deg(np.eye(3), R) < 140)][:4]
     S = rng.uniform(-2, 2, (4, 2))
-    imgs = project(V, R, S)
+    imgs = project_reference(V, R, S)
     cc = g.centred_coords(n)
     yy, xx = np.meshgrid(cc, cc, indexing="ij")
     for img, r, s in zip(imgs, R, S):
@@ -90,12 +90,12 @@ def test_rod_seen_end_on_sums_its_length():
     c = n // 2
     V[c + 2, c - 3, c - 4:c - 4 + length] = 1.0  # a rod along x at y = -3, z = 2, x = -4..4
     R = np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])  # R e_z = e_x: rays run along the rod
-    img = project(V, R)[0]
+    img = project_reference(V, R)[0]
     # I(x, y) = sum_z V(z, y, -x): the rod lands at y = -3, x = -2
     assert img[c - 3, c - 2] == pytest.approx(length)
     assert img.sum() == pytest.approx(length)
     # viewed side-on it is a line of ones
-    side = project(V, np.eye(3))[0]
+    side = project_reference(V, np.eye(3))[0]
     np.testing.assert_array_equal(side[c - 3, c - 4:c - 4 + length], np.ones(length))
 
 
@@ -107,7 +107,7 @@ def test_tilted_slab_path_length():
     V = (0.5 * (erf((z + D / 2) / 1.2) - erf((z - D / 2) / 1.2))).astype(np.float32)
     for theta in (0.0, 25.0, 40.0):
         R = Rotation.from_euler("x", theta, degrees=True).as_matrix()
-        img = project(V, R)[0]
+        img = project_reference(V, R)[0]
         centre = img[n // 2 - 2:n // 2 + 3, n // 2 - 2:n // 2 + 3]
         np.testing.assert_allclose(centre, D / np.cos(np.deg2rad(theta)), rtol=5e-3)
 
@@ -115,7 +115,7 @@ def test_tilted_slab_path_length():
 def test_integer_shift_moves_image_by_plus_s():
     V = lshape_volume(24)
     base = V.sum(axis=0)
-    img = project(V, np.eye(3), np.array([[3.0, -2.0]]))[0]
+    img = project_reference(V, np.eye(3), np.array([[3.0, -2.0]]))[0]
     expected = np.zeros_like(base)
     expected[:-2, 3:] = base[2:, :-3]  # +3 in x (columns), -2 in y (rows)
     np.testing.assert_allclose(img, expected, atol=1e-5)
@@ -132,19 +132,19 @@ def test_projector_equals_plain_definition(case, rng):
     R = g.random_rotations(7, rng)
     S = rng.normal(0, 1.5, (7, 2))
     S[:3] = 0.0  # some images share a shift
-    np.testing.assert_allclose(project(V, R, S, order=order), naive_project(V, R, S, order), atol=2e-4)
+    np.testing.assert_allclose(project_reference(V, R, S, order=order), naive_project(V, R, S, order), atol=2e-4)
     # chunking changes nothing
-    np.testing.assert_allclose(project(V, R, S, order=order, chunk_size=2), project(V, R, S, order=order), atol=1e-5)
+    np.testing.assert_allclose(project_reference(V, R, S, order=order, chunk_size=2), project_reference(V, R, S, order=order), atol=1e-5)
 
 
 def test_projector_rejects_bad_input():
     with pytest.raises(InputError, match="cubic"):
-        project(np.zeros((4, 5, 5)), np.eye(3))
+        project_reference(np.zeros((4, 5, 5)), np.eye(3))
     with pytest.raises(InputError, match="shifts"):
-        project(np.zeros((4, 4, 4)), np.stack([np.eye(3)] * 2), np.zeros((3, 2)))
+        project_reference(np.zeros((4, 4, 4)), np.stack([np.eye(3)] * 2), np.zeros((3, 2)))
     with pytest.raises(InputError, match="NaN"):
-        project(np.full((4, 4, 4), np.nan), np.eye(3))
-    assert not project(np.zeros((6, 6, 6)), np.eye(3)).any()
+        project_reference(np.full((4, 4, 4), np.nan), np.eye(3))
+    assert not project_reference(np.zeros((6, 6, 6)), np.eye(3)).any()
 
 
 # -- phantoms -----------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def test_simulation_round_trip_through_star(tmp_path):
         assert voxel == pytest.approx(1.0)
         np.testing.assert_array_equal(vol, hinge_volume(16, truth["volume_t"][j]))
         m = truth["conformation"] == j
-        again = project(vol, parts.poses.rotations[m], parts.poses.shifts[m])
+        again = project_reference(vol, parts.poses.rotations[m], parts.poses.shifts[m])
         np.testing.assert_allclose(again, clean[m], atol=1e-3 * np.abs(clean).max())
     np.testing.assert_array_equal(truth["t"], truth["volume_t"][truth["conformation"]])
     # each pose appears `copies` times; clones share the clean image, not the noise
@@ -370,7 +370,7 @@ def test_noiseless_grid_simulation(tmp_path):
     np.testing.assert_allclose(ds.truth["rotations"], grid[ds.truth["pose_index"]])
     assert sorted(ds.truth["pose_index"]) == list(range(len(grid)))
     imgs = io.open_stack(ds.stack)[:]
-    np.testing.assert_allclose(imgs, project(lshape_volume(16), ds.truth["rotations"]), atol=1e-5)
+    np.testing.assert_allclose(imgs, project_reference(lshape_volume(16), ds.truth["rotations"]), atol=1e-5)
 
 
 def test_ctf_simulation_matches_star_ctf(tmp_path):
@@ -383,7 +383,7 @@ def test_ctf_simulation_matches_star_ctf(tmp_path):
     np.testing.assert_allclose(ctf.voltage, 300.0)
     np.testing.assert_allclose(ctf.cs, 2.7)
     np.testing.assert_allclose(ctf.amp_contrast, 0.1)
-    expected = apply_ctf(project(lshape_volume(16), parts.poses.rotations, parts.poses.shifts),
+    expected = apply_ctf(project_reference(lshape_volume(16), parts.poses.rotations, parts.poses.shifts),
                          compute_ctf(16, 2.0, ctf.defocus_u, ctf.defocus_v, ctf.defocus_angle,
                                      ctf.voltage, ctf.cs, ctf.amp_contrast, ctf.phase_shift))
     np.testing.assert_allclose(parts.images[:], expected, atol=1e-4)

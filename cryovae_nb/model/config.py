@@ -8,7 +8,9 @@ from cryovae_nb.errors import ConfigError
 
 KERNEL_WIDTHS = (2, 3, 4, 5, 6)  # = projectors.KERNEL_WIDTHS (kept import-free of TensorFlow)
 
+# the keys of the registries projectors.PROJECTORS and decoders.DECODERS (kept free of TensorFlow)
 PROJECTORS = ("fourier", "real")
+DECODERS = ("dense",)
 POSE_MODES = ("learned", "known")
 LIKELIHOODS = ("gaussian", "bernoulli")
 LINKS = ("sigmoid", "identity")
@@ -31,6 +33,7 @@ class ModelConfig:
     encoder_units: int = 512
     decoder_layers: int = 20
     decoder_units: int = 200
+    decoder: str = "dense"           # the decoder architecture (model/decoders.py); "dense": the seed's MLP
     leaky_slope: float = 0.2         # negative slope of every leaky ReLU (tf.nn.leaky_relu default)
     output_activation: str = "leaky_relu"   # on the n^3 voxel layer; the thesis uses leaky ReLU
     volume_mask: float | None = 0.95  # spherical mask diameter as a fraction of the box; None = off
@@ -116,6 +119,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.box must be at least 4 pixels, got {self.box}")
         if self.projector not in PROJECTORS:
             raise ConfigError(f"ModelConfig.projector must be one of {PROJECTORS}, got {self.projector!r}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"ModelConfig.decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.pose_mode not in POSE_MODES:
             raise ConfigError(f"ModelConfig.pose_mode must be one of {POSE_MODES}, got {self.pose_mode!r}")
         for name, allowed in (("likelihood", LIKELIHOODS), ("link", LINKS), ("pose_input", POSE_INPUTS),

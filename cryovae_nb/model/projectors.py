@@ -4,8 +4,8 @@ Both follow the convention of ``cryovae_nb.geometry`` (read its docstring): volu
 with coordinates centred on voxel ``n // 2``; the image in pose ``(R, s)`` is
 ``I(x, y) = sum_z V(R @ (x - sx, y - sy, z))``.
 
-* :func:`project_real` -- the reference: rotate the sampling grid, trilinear gather (zero outside
-  the box), sum over z. Exact to trilinear interpolation and slow (8 n^3 gathers per image).
+* :func:`project_real` -- the real-space path: rotate the sampling grid, trilinear gather (zero
+  outside the box), sum over z. Exact to trilinear interpolation and slow (8 n^3 gathers per image).
 * :func:`project_fourier` -- the fast path, by the central slice theorem: the projection's 2D
   spectrum is the 3D spectrum sampled on the plane ``R @ (kx, ky, 0)``. One rfft3d per volume,
   interpolation of the ~pi n^2 / 8 complex samples of the half plane within radius n/2 (Hermitian
@@ -16,13 +16,18 @@ with coordinates centred on voxel ``n // 2``; the image in pose ``(R, s)`` is
 
   Accuracy (relative L2 over smooth masked volumes at random poses, n = 32..40; see
   tests/test_model.py and ``benchmarks/train_throughput.py --accuracy``): vs the exact projection,
-  the reference is 2.3 % off; trilinear Fourier 8.5-10 % (pad 1), 2-3.5 % (pad 2, 8x the FFT);
+  project_real is 2.3 % off; trilinear Fourier 8.5-10 % (pad 1), 2-3.5 % (pad 2, 8x the FFT);
   Kaiser-Bessel width 3: 0.8-1 %, width 4: 0.2 % at pad 1 -- which leaves the fast projector
-  ~2.4 % from the reference, i.e. the reference's own interpolation error.
+  ~2.4 % from project_real, i.e. project_real's own interpolation error.
+
+The model picks one through the registry :data:`PROJECTORS` (``ModelConfig.projector``):
+:func:`make_projector` gives an object with the :class:`Projector` interface. (The numpy ground
+truth these are tested against is ``cryovae_nb.projection.project_reference``.)
 """
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -104,7 +109,7 @@ def _as_inputs(volumes, rotations, shifts):
 
 
 def project_real(volumes, rotations, shifts=None) -> tf.Tensor:
-    """Reference projector: ``(B, n, n, n)`` volumes, ``(B, 3, 3)`` rotations, ``(B, 2)`` shifts (px)
+    """Real-space projector: ``(B, n, n, n)`` volumes, ``(B, 3, 3)`` rotations, ``(B, 2)`` shifts (px)
     -> ``(B, n, n)`` images. Trilinear interpolation, zero outside the box."""
     volumes, rotations, shifts, n = _as_inputs(volumes, rotations, shifts)
     b = tf.shape(volumes)[0]
@@ -309,11 +314,72 @@ def lowpass(images, band: float, shifts=None) -> tf.Tensor:
     return tf.signal.irfft2d(spec, fft_length=[n, n])
 
 
-def project(volumes, rotations, shifts=None, *, method: str = "fourier", pad: float = 1.0,
-            correction: bool = True, width: int = 3) -> tf.Tensor:
-    """Dispatch to :func:`project_fourier` (``method="fourier"``) or :func:`project_real`."""
-    if method == "fourier":
-        return project_fourier(volumes, rotations, shifts, pad=pad, correction=correction, width=width)
-    if method == "real":
+class Projector(Protocol):
+    """What the model needs of a projector (built from a :class:`ModelConfig` by :func:`make_projector`).
+
+    ``projector(volumes, rotations, shifts=None, band=None)``: ``(B, n, n, n)`` volumes at ``(B, 3, 3)``
+    rotations and ``(B, 2)`` shifts (px) -> ``(B, n, n)`` images, moved by the shifts (the shift is
+    part of the projection: a phase ramp in Fourier space, a moved grid in real space);
+    ``(B, K, 3, 3)`` rotations (``shifts`` ``(B, 2)`` or ``(B, K, 2)``) give ``(B, K, n, n)``: K
+    poses of each volume. ``band`` (cycles per box) low-passes the images to the sharp disc
+    :func:`lowpass` keeps (the pose search compares images at low bands).
+
+    ``projector.project_features(volumes, rotations, shifts, band=...)``: the same, band-limited,
+    where speed matters more than accuracy (the linearised latent posterior's d + 1 projections
+    per image).
+    """
+
+    def __call__(self, volumes, rotations, shifts=None, *, band: float | None = None) -> tf.Tensor: ...
+
+    def project_features(self, volumes, rotations, shifts=None, *, band: float) -> tf.Tensor: ...
+
+
+class FourierProjector:
+    """:func:`project_fourier` with the configured padding, kernel and gridding correction."""
+
+    def __init__(self, config):
+        self.pad, self.width = config.fourier_pad, config.fourier_kernel_width
+        self.correction = config.gridding_correction
+
+    def __call__(self, volumes, rotations, shifts=None, *, band: float | None = None) -> tf.Tensor:
+        return project_fourier(volumes, rotations, shifts, pad=self.pad, correction=self.correction,
+                               width=self.width, band=band)
+
+    def project_features(self, volumes, rotations, shifts=None, *, band: float) -> tf.Tensor:
+        # trilinear taps on the unpadded grid: these are features, not the loss
+        return project_fourier(volumes, rotations, shifts, pad=1.0, width=2, band=band)
+
+
+class RealProjector:
+    """:func:`project_real` (the slow reference); a band low-passes its images by :func:`lowpass`."""
+
+    def __init__(self, config):
+        self.box = config.box
+
+    def __call__(self, volumes, rotations, shifts=None, *, band: float | None = None) -> tf.Tensor:
+        if band is not None:
+            return lowpass(self(volumes, rotations, shifts), band)
+        rotations = tf.convert_to_tensor(rotations, tf.float32)
+        if rotations.shape.rank == 4:  # K poses per volume: one real-space projection each
+            k = rotations.shape[1] or tf.shape(rotations)[1]
+            shifts = (tf.zeros([tf.shape(volumes)[0], 2]) if shifts is None
+                      else tf.convert_to_tensor(shifts, tf.float32))
+            shifts = tf.repeat(shifts[:, None], k, 1) if shifts.shape.rank == 2 else shifts
+            proj = project_real(tf.repeat(volumes, k, axis=0), tf.reshape(rotations, [-1, 3, 3]),
+                                tf.reshape(shifts, [-1, 2]))
+            return tf.reshape(proj, [-1, k, self.box, self.box])
         return project_real(volumes, rotations, shifts)
-    raise ConfigError(f"unknown projector {method!r}; use 'fourier' or 'real'")
+
+    def project_features(self, volumes, rotations, shifts=None, *, band: float) -> tf.Tensor:
+        return self(volumes, rotations, shifts, band=band)
+
+
+# ModelConfig.projector -> projector class (config.PROJECTORS lists the same names without TensorFlow)
+PROJECTORS = {"fourier": FourierProjector, "real": RealProjector}
+
+
+def make_projector(config) -> Projector:
+    """The projector ``config.projector`` names, set up from ``config`` (a :class:`ModelConfig`)."""
+    if config.projector not in PROJECTORS:
+        raise ConfigError(f"unknown projector {config.projector!r}; use one of {tuple(PROJECTORS)}")
+    return PROJECTORS[config.projector](config)

@@ -1,4 +1,10 @@
-"""The assembled VAE: encoder -> (z, pose) -> decoder -> volume -> projection (thesis §3.3.1)."""
+"""The assembled VAE: encoder -> (z, pose) -> decoder -> volume -> projection (thesis §3.3.1).
+
+This module composes the parts and orchestrates the losses: the encoder and its heads, the
+linearised latent posterior with its principal volumes, and the loss terms. The parts live beside
+it: decoders.py and projectors.py (registries keyed by ModelConfig), forward.py (volumes and poses
+-> images), pose_search.py (the learned-pose search), rotations.py, losses.py.
+"""
 from __future__ import annotations
 
 from functools import partial
@@ -7,31 +13,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cryovae_nb.config import to_dict
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.model import losses, pose_search
 from cryovae_nb.model.config import ModelConfig
-from cryovae_nb.model.projectors import lowpass, project_fourier, project_real
+from cryovae_nb.model.decoders import make_decoder
+from cryovae_nb.model.forward import add_offset, apply_link, forward_images
+from cryovae_nb.model.projectors import make_projector, project_fourier
+from cryovae_nb.model.rotations import quaternion_to_matrix
 from cryovae_nb.volumes import diameter_mask
-
-
-def quaternion_to_matrix(q) -> tf.Tensor:
-    """Unit quaternions ``(B, 4)`` scalar first -> rotation matrices ``(B, 3, 3)`` (geometry.py's formula)."""
-    w, x, y, z = tf.unstack(q, axis=-1)
-    return tf.reshape(tf.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], axis=-1), [-1, 3, 3])
-
-
-def quaternion_multiply(a, b) -> tf.Tensor:
-    """Hamilton product of quaternions (scalar first), broadcasting: the rotation ``R(a) @ R(b)``."""
-    aw, ax, ay, az = tf.unstack(a, axis=-1)
-    bw, bx, by, bz = tf.unstack(b, axis=-1)
-    return tf.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
 
 
 def latent_noise(shape, seed) -> tf.Tensor:
@@ -43,14 +33,16 @@ def latent_noise(shape, seed) -> tf.Tensor:
 
 
 def search_noise(shape, seed) -> tf.Tensor:
-    """Uniform draws for sampling searched poses (``CryoVAE.search_pose``) from the same int
+    """Uniform draws for sampling searched poses (``pose_search.search_pose``) from the same int
     ``[2]`` seed as :func:`latent_noise` (an independent stream), also drawn outside XLA."""
     return tf.random.stateless_uniform(shape, seed=tf.cast(seed, tf.int32) + tf.constant([0, 7919]))
 
 
 class CryoVAE(keras.Model):
     """Encoder (images -> latent Gaussian), pose head (latent -> quaternion + shift), decoder
-    (latent -> masked ``n^3`` volume ``[z, y, x]``) and a projector; see :class:`ModelConfig`.
+    (latent -> masked ``n^3`` volume ``[z, y, x]``; ``model/decoders.py``) and a projector
+    (``model/projectors.py``), composed by the forward model (``model/forward.py``); see
+    :class:`ModelConfig`.
 
     Build it with :func:`build_model` (which creates the weights). Save/load weights with Keras'
     ``save_weights("x.weights.h5")`` / ``load_weights`` -- no pickle.
@@ -74,15 +66,12 @@ class CryoVAE(keras.Model):
         self.shift_layer = dense(2, "tanh", "pose_shift")
         if cfg.pose_search_deg is not None:  # start centred: the global search moves images by it
             self.shift_layer = keras.layers.Dense(2, "tanh", name="pose_shift", kernel_initializer="zeros")
-        self.decoder_layers = [dense(cfg.decoder_units, act, f"dec{i}") for i in range(cfg.decoder_layers)]
-        if self.linearized and self.decoder_layers:
-            # The network's response to z starts at zero: a random one would hand every latent
-            # dimension a random direction, and the linearised posterior would fit noise along it.
-            # z-dependence is then learned where the data asks, beside the principal volumes.
-            self.decoder_layers[0] = keras.layers.Dense(cfg.decoder_units, act, name="dec0",
-                                                        kernel_initializer="zeros")
-        out_act = act if cfg.output_activation == "leaky_relu" else None
-        self.voxel_layer = dense(cfg.box ** 3, out_act, "voxels")
+        # With linearised latents the network's response to z starts at zero: a random one would
+        # hand every latent dimension a random direction, and the linearised posterior would fit
+        # noise along it. z-dependence is then learned where the data asks, beside the principal
+        # volumes.
+        self.decoder = make_decoder(cfg, seeds, zero_response=self.linearized)
+        self.projector = make_projector(cfg)
         self._mask = None if cfg.volume_mask is None else tf.constant(diameter_mask(cfg.box, cfg.volume_mask, ndim=3))
         # Why an offset: the tanh-normalised target is sigmoid(a * (P - mean) / sigma), so its logit
         # is a * P minus a per-image constant over the disc. No volume inside the mask projects to a
@@ -98,11 +87,9 @@ class CryoVAE(keras.Model):
         # lowered by pushing logits there to -inf with ringing in the volume, not by fitting data.
         self._pixel_mask = self._disc if cfg.loss_in_mask else None
         # Learned poses with a search: see model/pose_search.py for why
+        self._search_grids = None
         if cfg.pose_search_deg is not None:
-            self._search_grid = tf.constant(pose_search.search_grid(cfg.pose_search_deg))
-            self._search_local = tf.constant(pose_search.local_perturbations(cfg.pose_search_deg))
-            self._search_local_fine = tf.constant(pose_search.local_perturbations(cfg.pose_search_deg / 2))
-            self._search_dof = pose_search.band_dof(cfg.box, cfg.pose_search_band * cfg.box)
+            self._search_grids = pose_search.SearchGrids.for_config(cfg)
         # The Gaussian likelihood's noise variance: a bias-corrected running mean of the per-pixel
         # squared residual (its maximum-likelihood value), updated by the train step. Weights, so
         # checkpoints carry it and a resumed run continues exactly. Plain variables, not add_weight:
@@ -148,89 +135,17 @@ class CryoVAE(keras.Model):
     @property
     def search_grid_size(self) -> int:
         """Rotations in the pose-search grid (0 without search)."""
-        return 0 if self.config.pose_search_deg is None else int(self._search_grid.shape[0])
+        return 0 if self._search_grids is None else int(self._search_grids.grid.shape[0])
 
     def search_pose(self, images, volumes, quaternion, shift, pose_noise=None):
-        """Global pose search (see ``model/pose_search.py``) for ``(B, n, n)`` images, given their
-        decoded ``volumes`` and the head's ``quaternion`` ``(B, 4)`` and ``shift`` ``(B, 2)``.
-
-        The grid rotation (images moved back by the head's shift) is the best one, or with
-        ``pose_noise`` (uniform ``(B, R)``) drawn from its posterior; it is then refined locally,
-        each candidate rotation at its best whole-pixel shift within ``max_shift``. Returns
-        ``(B, 4)`` quaternions, ``(B, 2)`` shifts (px) and a ``(B,)`` bool: the head's own
-        rotation won. No gradient flows through the search."""
-        cfg = self.config
-        n = cfg.box
-        images, volumes, quaternion, shift = (tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
-                                              for x in (images, volumes, quaternion, shift))
-        if cfg.search_reference == "own" and volumes.shape[0] is not None and images.shape[0] is not None \
-                and volumes.shape[0] != images.shape[0]:
-            raise InputError(f"search_pose: {images.shape[0]} images but {volumes.shape[0]} volumes "
-                             "(search_reference='own' compares each image with its own volume)")
-        disc = self._disc
-        ref = tf.reduce_mean(volumes, axis=0, keepdims=True)   # one volume serves every image
-
-        def project_ref(quats, band):                          # (K, 4) -> (K, n^2) normalised
-            rot = quaternion_to_matrix(quats)[None]
-            return pose_search.normalise(self.project(ref, rot, band=band)[0], disc)
-
-        def project_own(quats, band):                          # (B, K, 4) -> (B, K, n^2) normalised
-            # Why each image's own volume: the batch mean blurs whatever moves, so on a flexible
-            # particle it misplaces fine poses; the global stage keeps the mean (one volume for
-            # thousands of rotations), where the low band hides the motion anyway.
-            # quaternion_to_matrix flattens to (B*K, 3, 3): restore (B, K, 3, 3) for project
-            rot = tf.reshape(quaternion_to_matrix(quats), [-1, quats.shape[1], 3, 3])
-            return pose_search.normalise(self.project(volumes, rot, band=band), disc)
-
-        # global: every grid rotation at the low band, the images moved back by the head's shift
-        band = cfg.pose_search_band * n
-        imgs = pose_search.normalise(lowpass(images, band, -shift), disc)            # (B, n^2)
-        corr = tf.matmul(imgs, project_ref(self._search_grid, band), transpose_b=True)  # (B, R)
-        if pose_noise is not None:
-            # Sampling rather than the best: early on the volume is wrong and the best pose often
-            # too; a hard choice then locks the volume into what it already is (projection
-            # matching's trap), a sample keeps every plausible pose in play (stochastic EM). The
-            # posterior is that of Gaussian noise in the band's n_eff real Fourier components, the
-            # projection scaled optimally: log p = -n_eff/2 (1 - c^2) / (1 - c_max^2) + const.
-            c2 = tf.square(tf.nn.relu(corr))
-            c2max = tf.reduce_max(c2, axis=1, keepdims=True)
-            logp = 0.5 * self._search_dof * (c2 - c2max) / tf.maximum(1.0 - c2max, 1e-3)
-            corr = logp - tf.math.log(-tf.math.log(tf.clip_by_value(pose_noise, 1e-12, 1.0 - 1e-7)))
-        q = tf.gather(self._search_grid, tf.argmax(corr, axis=1, output_type=tf.int32))
-
-        # local: +-step/2, then +-step/4, at the refinement band, with shifts by cross-correlation
-        # (one FFT product per candidate); the head's rotation competes in the first round
-        band = cfg.pose_refine_band * n
-        img_spec = tf.signal.rfft2d(tf.reshape(pose_search.normalise(lowpass(images, band), disc),
-                                               [-1, n, n]))
-        window = tf.constant(pose_search.shift_window(n, cfg.max_shift_px))          # (n, n) 0/1
-        head_won = tf.zeros(tf.shape(q)[:1], tf.bool)
-        shifts = tf.zeros(tf.shape(q)[:1] + [2])
-        for level, local in enumerate((self._search_local, self._search_local_fine)):
-            cand = quaternion_multiply(q[:, None], local[None])                      # (B, 27, 4)
-            if level == 0:
-                cand = tf.concat([quaternion[:, None], cand], axis=1)                # head first
-            k = cand.shape[1]
-            if cfg.search_reference == "own":
-                proj = tf.reshape(project_own(cand, band), [-1, k, n, n])
-            else:
-                proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])
-            # xcorr[s] = sum_x image(x) proj(x - s): the image is the projection moved by +s
-            xcorr = tf.signal.irfft2d(img_spec[:, None] * tf.math.conj(tf.signal.rfft2d(proj)),
-                                      fft_length=[n, n])
-            xcorr = tf.reshape(tf.where(window > 0, xcorr, -2.0), [-1, k * n * n])
-            best = tf.argmax(xcorr, axis=1, output_type=tf.int32)
-            q = tf.gather(cand, best // (n * n), axis=1, batch_dims=1)
-            sy, sx = (best // n) % n, best % n
-            shifts = tf.cast(tf.stack([sx, sy], -1), tf.float32)
-            shifts = tf.where(shifts > n // 2, shifts - n, shifts)                 # wrap to signed
-            if level == 0:
-                head_won = tf.equal(best // (n * n), 0)
-        return q, shifts, head_won
+        """:func:`pose_search.search_pose` with this model's grids, projector, disc and config."""
+        return pose_search.search_pose(images, volumes, quaternion, shift, grids=self._search_grids,
+                                       projector=self.projector, disc=self._disc, config=self.config,
+                                       pose_noise=pose_noise)
 
     def image_prediction(self, logits) -> tf.Tensor:
         """The model's image (in the data's units) from projections plus offset: the link."""
-        return tf.sigmoid(logits) if self.config.link == "sigmoid" else logits
+        return apply_link(logits, self.config.link)
 
     def noise_variance(self, fallback=None) -> tf.Tensor:
         """The Gaussian likelihood's per-pixel noise variance: the running mean of the squared
@@ -252,7 +167,7 @@ class CryoVAE(keras.Model):
         unchanged when the model has no offset head or ``offset`` is None."""
         if self.offset_layer is None or offset is None:
             return projections
-        return projections + offset[:, None, None] * self._disc
+        return add_offset(projections, offset, self._disc)
 
     def pose(self, z) -> dict:
         """Pose head on its input (the encoder's hidden layer or latent vectors, ``pose_input``):
@@ -262,12 +177,9 @@ class CryoVAE(keras.Model):
         return {"quaternion": q, "shift": self.config.max_shift_px * self.shift_layer(z)}
 
     def decode(self, z, training: bool = False) -> tf.Tensor:
-        """``(B, latent)`` -> masked volumes ``(B, n, n, n)`` indexed ``[z, y, x]``."""
-        h = tf.convert_to_tensor(z, tf.float32)
-        for layer in self.decoder_layers:
-            h = layer(h, training=training)
-        n = self.config.box
-        v = tf.reshape(self.voxel_layer(h, training=training), [-1, n, n, n])
+        """``(B, latent)`` -> masked volumes ``(B, n, n, n)`` indexed ``[z, y, x]``: the decoder's
+        volume plus (linearised latents) the principal volumes, times the volume mask."""
+        v = self.decoder(z, training=training)
         if self.linearized:
             scale = tf.sqrt(tf.nn.relu(self.pc_variance))
             v = v + tf.einsum("bk,kzyx->bzyx", tf.convert_to_tensor(z, tf.float32) * scale, self.pc_basis)
@@ -277,29 +189,13 @@ class CryoVAE(keras.Model):
         """Project ``(B, n, n, n)`` volumes at ``(B, 3, 3)`` rotations and ``(B, 2)`` shifts with
         the configured projector -> ``(B, n, n)``; ``(B, K, 3, 3)`` rotations give ``(B, K, n, n)``.
         ``band`` (cycles per box) low-passes the projections."""
-        if self.config.projector == "real" and band is not None:
-            return lowpass(self.project(volumes, rotations, shifts), band)
-        if self.config.projector == "real":
-            rotations = tf.convert_to_tensor(rotations, tf.float32)
-            if rotations.shape.rank == 4:
-                k = rotations.shape[1] or tf.shape(rotations)[1]
-                shifts = tf.zeros([tf.shape(volumes)[0], 2]) if shifts is None else shifts
-                shifts = tf.repeat(shifts[:, None], k, 1) if shifts.shape.rank == 2 else shifts
-                proj = project_real(tf.repeat(volumes, k, axis=0), tf.reshape(rotations, [-1, 3, 3]),
-                                    tf.reshape(shifts, [-1, 2]))
-                n = self.config.box
-                return tf.reshape(proj, [-1, k, n, n])
-            return project_real(volumes, rotations, shifts)
-        return project_fourier(volumes, rotations, shifts, pad=self.config.fourier_pad,
-                               correction=self.config.gridding_correction,
-                               width=self.config.fourier_kernel_width, band=band)
+        return self.projector(volumes, rotations, shifts, band=band)
 
     def call(self, images, training: bool = False):
         """Deterministic reconstruction of ``images`` (z = z_mean, learned pose)."""
         enc = self.encode(images, training)
-        proj = self.project(self.decode(enc["z_mean"], training),
-                            quaternion_to_matrix(enc["quaternion"]), enc["shift"])
-        return self.add_offset(proj, enc.get("offset"))
+        return forward_images(self.decode(enc["z_mean"], training), quaternion_to_matrix(enc["quaternion"]),
+                              enc["shift"], projector=self.projector, offset=enc.get("offset"), disc=self._disc)
 
     def linearized_posterior(self, images, rotations, shifts=None, offset=None, noise_var=None):
         """Each image's latent posterior under the decoder linearised about the prior mean, at its
@@ -323,15 +219,12 @@ class CryoVAE(keras.Model):
         probes = tf.concat([tf.zeros([1, d]), tf.eye(d)], 0)                       # (d + 1, d)
         vols = tf.stop_gradient(self.decode(probes))
         # low-passed: the conformation shows at low resolution, and slicing only the band's
-        # frequencies (trilinear taps: these are features, not the loss) makes the d + 1
+        # frequencies (the projector's cheap features, not the loss) makes the d + 1
         # projections per image cheap
         rot_k, shift_k = tf.repeat(rotations[None], d + 1, 0), tf.repeat(shifts[None], d + 1, 0)
-        if cfg.projector == "fourier":
-            proj = project_fourier(vols, rot_k, shift_k, pad=1.0, width=2, band=cfg.latent_band * n)
-        else:
-            proj = self.project(vols, rot_k, shift_k, band=cfg.latent_band * n)
+        proj = self.projector.project_features(vols, rot_k, shift_k, band=cfg.latent_band * n)
         if offset is not None and self.offset_layer is not None:
-            proj = proj + tf.stop_gradient(offset)[None, :, None, None] * self._disc
+            proj = add_offset(proj, tf.stop_gradient(offset), self._disc)
         pred = self.image_prediction(proj)                                         # (d + 1, B, n, n)
         mask = self._pixel_mask if self._pixel_mask is not None else tf.ones([n, n])
         g = tf.reshape(tf.transpose((pred[1:] - pred[:1]) * mask, [1, 0, 2, 3]), [b, d, n * n])
@@ -361,9 +254,11 @@ class CryoVAE(keras.Model):
         images, rotations, shifts, b = _known_pose_batch(images, rotations, shifts)
         band, mask = cfg.latent_band * n, (self._pixel_mask if self._pixel_mask is not None else 1.0)
         v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
+        # Why project_fourier whatever ModelConfig.projector: differentiable in the volume and
+        # cheap (trilinear taps, the band only); the seed's code did so with the real projector too
         l0 = project_fourier(v0, rotations[None], shifts[None], width=2, band=band)[0]
         if offset is not None and self.offset_layer is not None:
-            l0 = l0 + tf.stop_gradient(offset)[:, None, None] * self._disc
+            l0 = add_offset(l0, tf.stop_gradient(offset), self._disc)
         y0 = self.image_prediction(l0)
         slope = y0 * (1.0 - y0) if cfg.link == "sigmoid" else tf.ones_like(y0)
         r = (images - y0) * mask
@@ -493,7 +388,8 @@ class CryoVAE(keras.Model):
             pose_term = (tf.reduce_mean(tf.where(head_won, 0.0, 1.0 - tf.square(agree)))
                          + tf.reduce_mean(tf.reduce_sum(tf.square(shifts - found_shifts), -1)) / scale**2)
             shifts = found_shifts
-        logits = self.add_offset(self.project(volumes, rotations, shifts), offset)
+        logits = forward_images(volumes, rotations, shifts, projector=self.projector, offset=offset,
+                                disc=self._disc)
         pixel_mask = self._pixel_mask
         n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.box * cfg.box)
         predicted = self.image_prediction(logits)
@@ -528,8 +424,6 @@ class CryoVAE(keras.Model):
         return out
 
     def get_config(self):
-        from cryovae_nb.config import to_dict
-
         return {"config": to_dict(self.config)}
 
 

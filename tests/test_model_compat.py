@@ -1,0 +1,121 @@
+"""The model refactored behind registries (decoders, projectors, the forward model, the pose search)
+computes what the code before it did, and restores the checkpoints that code wrote.
+
+Fixtures: tests/data/model_checkpoint_v0/ (made by its make_fixture.py with the pre-refactor code).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from cryovae_nb import geometry  # noqa: E402
+from cryovae_nb.model import ModelConfig, build_model  # noqa: E402
+from cryovae_nb.model import config as model_config  # noqa: E402
+from cryovae_nb.model.decoders import DECODERS  # noqa: E402
+from cryovae_nb.model.projectors import PROJECTORS  # noqa: E402
+from cryovae_nb.train import make_checkpoint  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "data" / "model_checkpoint_v0"
+
+# the configurations of make_fixture.py
+CONFIGS = {
+    "known": dict(box=8, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=2,
+                  decoder_units=16, pose_mode="known", seed=3),
+    "known_encoder": dict(box=8, latent_dim=3, encoder_layers=2, encoder_units=16, decoder_layers=1,
+                          decoder_units=16, pose_mode="known", latent_inference="encoder",
+                          projector="real", kl_warmup_steps=5, free_bits=0.1, seed=4),
+    "learned": dict(box=12, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
+                    decoder_units=16, pose_mode="learned", pose_search_deg=30.0, seed=5),
+    "learned_real": dict(box=10, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
+                         decoder_units=16, pose_mode="learned", pose_search_deg=40.0, projector="real",
+                         likelihood="bernoulli", search_reference="mean", image_offset=False,
+                         pose_input="latent", seed=7),
+    "learned_head": dict(box=8, latent_dim=3, encoder_layers=2, encoder_units=16, decoder_layers=1,
+                         decoder_units=16, pose_mode="learned", pose_search_deg=None, symmetrized_loss=True,
+                         link="identity", loss_in_mask=False, volume_mask=None, seed=2),
+}
+
+# compute_losses(batch, training=True, seed=[1, 2]) of a freshly built model, as printed by
+# tests/data/model_checkpoint_v0/make_fixture.py run against main at 4fa2591 (before issue 11's
+# decoder/projector registries and forward model); "learned*" run the pose search (but learned_head)
+MAIN_LOSSES = {
+    "known": {"recon": 6.148802280426025, "kl": 0.0, "averaging": 0.0, "pose": 0.0,
+              "total": 6.148802280426025, "noise_var": 0.07695019245147705},
+    "known_encoder": {"recon": 8.130987167358398, "kl": 0.1247810423374176, "averaging": 0.003643989097326994,
+                      "pose": 0.0, "total": 44.870880126953125, "noise_var": 0.08403685688972473},
+    "learned": {"recon": 17.991640090942383, "kl": 0.4095277786254883, "averaging": 0.00020992776262573898,
+                "pose": 1.2296006679534912, "total": 143.46051025390625, "noise_var": 0.08360876142978668},
+    "learned_real": {"recon": 48.224281311035156, "kl": 0.7972540855407715,
+                     "averaging": 0.0012371345655992627, "pose": 1.5925235748291016,
+                     "total": 220.64523315429688, "noise_var": 0.08593632280826569},
+    "learned_head": {"recon": 29.91858673095703, "kl": 0.4534929692745209, "averaging": 0.0031865681521594524,
+                     "pose": 0.0, "total": 62.23775863647461, "noise_var": 0.16395488381385803},
+}
+
+
+def fixed_batch(n, b=4):
+    rng = np.random.default_rng(11)
+    return (rng.random((b, n, n)).astype(np.float32), geometry.random_rotations(b, rng).astype(np.float32),
+            rng.uniform(-1, 1, (b, 2)).astype(np.float32))
+
+
+def loss_inputs(cfg):
+    images, rot, sh = fixed_batch(cfg.box)
+    return (images, rot, sh) if cfg.pose_mode == "known" else (images,)
+
+
+@pytest.mark.parametrize("name", sorted(MAIN_LOSSES))
+def test_losses_are_those_of_the_code_before_the_refactor(name):
+    cfg = ModelConfig(**CONFIGS[name])
+    out = build_model(cfg).compute_losses(*loss_inputs(cfg), training=True, seed=tf.constant([1, 2]))
+    for key, want in MAIN_LOSSES[name].items():
+        np.testing.assert_allclose(float(out[key]), want, rtol=1e-5, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["known", "learned"])
+def test_checkpoints_of_the_code_before_the_refactor_restore_to_the_same_outputs(name):
+    cfg = ModelConfig(**CONFIGS[name])
+    model = build_model(cfg)
+    # the variable paths (the checkpoint's keys) are those the old code wrote
+    assert sorted(v.path for v in model.weights) == json.loads((FIXTURES / name / "variables.json").read_text())
+    status = make_checkpoint(model).read(str(FIXTURES / name / "ckpt"))
+    status.assert_existing_objects_matched().expect_partial()
+    want = np.load(FIXTURES / name / "outputs.npz")
+    np.testing.assert_allclose(model.decode(want["z"]).numpy(), want["volumes"], rtol=1e-5, atol=1e-6)
+    images, rot, sh = fixed_batch(cfg.box)
+    known = {"rotations": rot, "shifts": sh} if cfg.pose_mode == "known" else {}
+    enc = model.encode(images, **known)
+    for key, value in enc.items():
+        np.testing.assert_allclose(value.numpy(), want[f"enc_{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
+    out = model.compute_losses(*loss_inputs(cfg), training=False, seed=tf.constant([3, 4]))
+    for key in ("recon", "kl", "total"):
+        np.testing.assert_allclose(float(out[key]), want[f"loss_{key}"], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_config_names_are_the_registries_keys():
+    # config.py lists the names without importing TensorFlow; the registries hold the classes
+    assert model_config.PROJECTORS == tuple(PROJECTORS)
+    assert model_config.DECODERS == tuple(DECODERS)
+    assert ModelConfig().decoder == "dense"
+
+
+def test_an_unknown_decoder_is_a_config_error():
+    from cryovae_nb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decoder"):
+        ModelConfig(decoder="conv").validate()
+
+
+def test_a_config_file_without_the_decoder_field_still_loads(tmp_path):
+    from cryovae_nb.config import load_config, save_config, to_dict
+
+    old = {k: v for k, v in to_dict(ModelConfig(box=16)).items() if k != "decoder"}
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(old))
+    cfg = load_config(ModelConfig, path)
+    assert cfg.decoder == "dense" and cfg.box == 16
+    save_config(cfg, tmp_path / "again.json")
+    assert load_config(ModelConfig, tmp_path / "again.json") == cfg
