@@ -32,6 +32,9 @@ import numpy as np
 
 from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.model.batch import Batch
+from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.rundir import RunFolder
 
 NOTEBOOKS = ("01_preprocess.ipynb", "02_train.ipynb", "04_evaluate.ipynb", "05_latent_landscape.ipynb")
 
@@ -184,7 +187,6 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
     (each name goes where it belongs, in the two dicts too; a name both configs have, such as
     ``learning_rate``, goes to the ``TrainConfig``)."""
     from cryovae_nb.model import ModelConfig
-    from cryovae_nb.train import TrainConfig
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -207,10 +209,7 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    from cryovae_nb.train import CheckpointManager
-
-    run_dir = Path(run_dir)
-    return (run_dir / "config.json").is_file() and CheckpointManager(run_dir / "checkpoints").latest() is not None
+    return RunFolder(run_dir).has_checkpoint()
 
 
 def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike | None = None, *,
@@ -222,7 +221,7 @@ def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike
     run_dir = Path(workdir) / run_name
     if has_checkpoint(run_dir):
         return run_dir
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     data = ensure_tutorial_data(workdir, star_file, datadir=datadir, progress=progress, **(data_kwargs or {}))
     cfg = tutorial_train_config(data, run_dir, max_steps=max_steps, max_time_s=budget_s, **train_overrides)
@@ -727,8 +726,10 @@ def reconstruct_particles(run, particles, indices) -> tuple[np.ndarray, np.ndarr
     rot, sh = enc.rotations.astype(np.float32), enc.shifts.astype(np.float32)
     proj = run.model.project(volumes, rot, sh)
     # plus the per-image offset the loss adds (ModelConfig.image_offset), as Trainer.reconstruct
-    known = {"rotations": rot, "shifts": sh} if run.config.model.pose_mode == "known" else {}
-    proj = np.asarray(run.model.add_offset(proj, run.model.encode(images, **known).get("offset")))
+    batch = Batch(images, indices=idx)
+    if run.config.model.pose_mode == "known":
+        batch = batch.replace(rotations=rot, shifts=sh)
+    proj = np.asarray(run.model.add_offset(proj, run.model.encode(batch).get("offset")))
     return images, 1.0 / (1.0 + np.exp(-proj))
 
 
@@ -744,10 +745,11 @@ def reconstruction_errors(run, particles, indices=None, batch_size: int = 256) -
     out = []
     for s in range(0, len(idx), batch_size):
         b = idx[s:s + batch_size]
-        imgs = np.asarray(particles.images[b], np.float32)
-        rot = None if poses is None else np.asarray(poses.rotations[b], np.float32)
-        sh = None if poses is None else np.asarray(poses.shifts[b], np.float32)
-        losses = model.compute_losses(imgs, rot, sh, training=False)
+        batch = Batch(np.asarray(particles.images[b], np.float32), indices=b)
+        if poses is not None:
+            batch = batch.replace(rotations=np.asarray(poses.rotations[b], np.float32),
+                                  shifts=np.asarray(poses.shifts[b], np.float32))
+        losses = model.compute_losses(batch, training=False)
         out.append(np.asarray(losses["recon_per_sample"], np.float64))
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -880,7 +882,7 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     from cryovae_nb.inference import load_run, write_volumes
     from cryovae_nb.io import read_particles, write_volume
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
-    from cryovae_nb.train import Trainer, save_sample_png
+    from cryovae_nb.training.trainer import Trainer, save_sample_png
 
     t0 = time.monotonic()
     _say(f"1/5 simulating {s.n_particles} {s.phantom} particles ({s.box} px, SNR {s.snr}) in {out}")
