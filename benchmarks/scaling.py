@@ -48,14 +48,14 @@ def worker(cfg_path: str, out_path: str, reps: int) -> None:
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    ctx = trainer.context if hasattr(trainer, "context") else None
+    reduce_grads = trainer.hooks.grad_reducer  # the Horovod all-reduce; None in one process
     grads = [tf.zeros_like(v.value) for v in trainer.model.trainable_variables]
     allreduce_s = None
-    if ctx is not None and ctx.size > 1:
-        ctx.grad_reducer(grads)  # warm-up (negotiation, buffers)
+    if reduce_grads is not None:
+        reduce_grads(grads)  # warm-up (negotiation, buffers)
         t0 = time.perf_counter()
         for _ in range(reps):
-            ctx.grad_reducer(grads)
+            reduce_grads(grads)
         allreduce_s = (time.perf_counter() - t0) / reps
     if trainer.is_chief:
         from cryovae_nb.training.rundir import read_metrics

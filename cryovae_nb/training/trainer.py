@@ -180,7 +180,8 @@ class Trainer:
         keras.utils.set_random_seed(cfg.seed)
         self.model = build_model(cfg.model)
         self.optimizer = make_optimizer(self.model)  # Adam at model.learning_rate, built
-        self._train_step = make_train_step(self.model, self.optimizer, jit=cfg.jit, grad_reducer=self.hooks.grad_reducer)
+        self._train_step = make_train_step(self.model, self.optimizer, jit=cfg.jit,
+                                           grad_reducer=self.hooks.grad_reducer)
         self._eval_step = make_eval_step(self.model, jit=cfg.jit)
         self._checkpoint = make_checkpoint(self.model, self.optimizer)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
