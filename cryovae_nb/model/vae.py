@@ -128,10 +128,11 @@ class CryoVAE(keras.Model):
 
     # -- the pieces --------------------------------------------------------------------------
     def encode(self, batch: Batch, training: bool = False) -> dict:
-        """A `Batch` of ``(B, n, n)`` images -> dict ``z_mean``, ``z_logvar`` ``(B, latent)``, ``quaternion``
-        ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose head reads the hidden
-        layer (``pose_input="hidden"``) or ``z_mean`` (the seed's). With linearized latents
-        (``latent_inference``) the batch's known poses ``rotations`` ``(B, 3, 3)`` (and ``shifts``) are required."""
+        """A `Batch` of ``(B, n, n)`` images -> dict ``z_mean``, ``z_logvar`` ``(B, latent)``,
+        ``quaternion`` ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose head
+        reads the hidden layer (``pose_input="hidden"``) or ``z_mean`` (the seed's). With
+        linearized latents (``latent_inference``) the batch's known poses ``rotations``
+        ``(B, 3, 3)`` (and ``shifts``) are required."""
         images = batch.images
         h = self._hidden(images, training)
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
@@ -303,8 +304,8 @@ class CryoVAE(keras.Model):
         return self.add_offset(proj, enc.get("offset"))
 
     def linearized_posterior(self, batch: Batch, offset=None, noise_var=None):
-        """Each `Batch` image's latent posterior under the decoder linearised about the prior mean, at its
-        known pose: ``(z_mean, z_logvar)`` ``(B, latent)``, no gradient (``latent_inference =
+        """Each `Batch` image's latent posterior under the decoder linearised about the prior mean,
+        at its known pose: ``(z_mean, z_logvar)`` ``(B, latent)``, no gradient (``latent_inference =
         "linearized"``).
 
         The model image of latent z is approximated by ``y0 + G z`` with ``y0`` the image of z = 0
@@ -435,8 +436,8 @@ class CryoVAE(keras.Model):
                        seed=None, noise=None, pose_noise=None, kl_scale=1.0) -> dict:
         """All loss terms for a `Batch` of tanh-normalised images ``(B, n, n)``.
 
-        The batch's ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to known poses;
-        otherwise the pose head is used (required when ``pose_mode == "known"``). ``seed`` (int
+        The batch's ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to
+        known poses; otherwise the pose head is used (required when ``pose_mode == "known"``). ``seed`` (int
         tensor of shape [2]) draws the reparameterisation noise with ``tf.random.stateless_normal``
         -- the same seed gives the same noise; ``seed=None`` uses z = z_mean (no noise).
         ``noise`` ``(B, latent)`` gives the standard normal draws directly (overrides ``seed``).
