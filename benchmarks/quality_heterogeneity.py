@@ -162,13 +162,15 @@ def latent_means(model, images, poses=None, batch: int = 512):
     """z_mean of every image (the encoder alone: no decoding, no pose search)."""
     import numpy as np
 
+    from cryovae_nb.model.batch import Batch
+
     out = []
     for s in range(0, len(images), batch):
         sl = slice(s, s + batch)
         rot = None if poses is None else np.asarray(poses.rotations[sl], np.float32)
         sh = None if poses is None else np.asarray(poses.shifts[sl], np.float32)
-        out.append(np.asarray(model.encode(np.asarray(images[sl], np.float32), rotations=rot,
-                                           shifts=sh)["z_mean"]) if model.linearized else
+        out.append(np.asarray(model.encode(Batch(np.asarray(images[sl], np.float32), rot, sh))["z_mean"])
+                   if model.linearized else
                    np.asarray(model.z_mean_layer(model._hidden(np.asarray(images[sl], np.float32), False))))
     return np.concatenate(out)
 
@@ -220,10 +222,11 @@ def projection_agreement(model, images, truth: dict, m: int = 500) -> float:
     import numpy as np
 
     from cryovae_nb.geometry import quaternion_to_matrix
+    from cryovae_nb.model.batch import Batch
     from cryovae_nb.synthetic import hinge_volume
 
     n, m = model.config.box, min(m, len(images))
-    enc = model.encode(np.asarray(images[:m], np.float32))
+    enc = model.encode(Batch(np.asarray(images[:m], np.float32)))
     mine = model.project(model.decode(enc["z_mean"]),
                          quaternion_to_matrix(np.asarray(enc["quaternion"])).astype(np.float32),
                          enc["shift"]).numpy().reshape(m, -1)
@@ -259,7 +262,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_variant(args, phantom: str, mode: str, name: str, overrides: dict) -> list[dict]:
     from cryovae_nb.model import ModelConfig
-    from cryovae_nb.train import TrainConfig, Trainer
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
 
     star, truth = prepare_data(args, phantom)
     labels, truths = state_labels(phantom, truth, args.box)

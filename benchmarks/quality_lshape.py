@@ -74,13 +74,9 @@ def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
     from cryovae_nb.analysis.fsc import fsc
     from cryovae_nb.volumes import band_limit
 
-    images = trainer.particles.images[indices]
-    poses = {}
-    if trainer.config.model.pose_mode == "known":  # linearized latents are read at the known pose
-        p = trainer.particles.poses
-        poses = dict(rotations=np.asarray(p.rotations[indices], np.float32),
-                     shifts=np.asarray(p.shifts[indices], np.float32))
-    volumes = np.asarray(trainer.model.decode(trainer.model.encode(images, **poses)["z_mean"]))
+    # the Trainer's own batch: known poses when the run uses them (linearized latents are read there)
+    batch = trainer.batches(np.asarray(indices))
+    volumes = np.asarray(trainer.model.decode(trainer.model.encode(batch)["z_mean"]))
     if trainer.config.model.projector == "fourier":
         volumes = band_limit(volumes)  # drop what the projector never saw (see volumes.band_limit)
     r05, r0143, corr, mirrored = [], [], [], 0
@@ -140,7 +136,8 @@ def main(argv=None) -> int:
 
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.synthetic import lshape_volume
-    from cryovae_nb.train import TrainConfig, Trainer
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
 
     star = prepare_data(args)
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}"

@@ -4,7 +4,7 @@
     python benchmarks/scaling.py --small         # a quick run with a small model
 
 Runs ``horovodrun -np 1`` and ``-np 2 --gloo`` on this machine with the real Trainer
-(cryovae_nb.distributed), reads the Trainer's own images/s (global: all ranks' images over the
+(cryovae_nb.training.horovod), reads the Trainer's own images/s (global: all ranks' images over the
 step time, the first logging interval -- tracing -- left out), times the gradient all-reduce
 itself, and prints the bytes all-reduced per step (trainable parameters x 4 bytes).
 
@@ -42,27 +42,27 @@ def worker(cfg_path: str, out_path: str, reps: int) -> None:
     """One rank: train, then time the gradient all-reduce alone; rank 0 writes the figures."""
     import tensorflow as tf
 
-    from cryovae_nb import distributed
+    from cryovae_nb.training import horovod
 
-    trainer = distributed.make_trainer(cfg_path, progress=False)
+    trainer = horovod.make_trainer(cfg_path, progress=False)
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    ctx = trainer.context if hasattr(trainer, "context") else None
+    reduce_grads = trainer.hooks.grad_reducer  # the Horovod all-reduce; None in one process
     grads = [tf.zeros_like(v.value) for v in trainer.model.trainable_variables]
     allreduce_s = None
-    if ctx is not None and ctx.size > 1:
-        ctx.grad_reducer(grads)  # warm-up (negotiation, buffers)
+    if reduce_grads is not None:
+        reduce_grads(grads)  # warm-up (negotiation, buffers)
         t0 = time.perf_counter()
         for _ in range(reps):
-            ctx.grad_reducer(grads)
+            reduce_grads(grads)
         allreduce_s = (time.perf_counter() - t0) / reps
     if trainer.is_chief:
-        from cryovae_nb.train import read_metrics
+        from cryovae_nb.training.rundir import read_metrics
 
         records = [r for r in read_metrics(trainer.run_dir) if r["split"] == "train"]
         json.dump({"size": trainer.size, "images_per_s": [r["images_per_s"] for r in records],
-                   "gradient_bytes": distributed.gradient_bytes(trainer.model),
+                   "gradient_bytes": horovod.gradient_bytes(trainer.model),
                    "allreduce_s": allreduce_s, "wall_s": wall}, open(out_path, "w"))
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         worker(a.worker[0], a.worker[1], int(a.worker[2]))
         return
 
-    from cryovae_nb.distributed import hierarchical_allreduce_seconds, ring_allreduce_seconds
+    from cryovae_nb.training.horovod import hierarchical_allreduce_seconds, ring_allreduce_seconds
 
     model = {"box": a.box}
     if a.small:

@@ -83,20 +83,23 @@ def main(argv=None) -> None:
     ap.add_argument("--pose-mode", default="learned", choices=["learned", "known"])
     args = ap.parse_args(argv)
 
-    from cryovae_nb.model import configure_threads
+    from cryovae_nb.training.steps import configure_threads
 
     configure_threads(args.threads, 1)
     import numpy as np
     import tensorflow as tf
 
     from cryovae_nb.geometry import random_rotations
-    from cryovae_nb.model import ModelConfig, build_model, make_train_step
+    from cryovae_nb.model import ModelConfig, build_model
+    from cryovae_nb.model.batch import Batch
+    from cryovae_nb.training.steps import make_train_step
 
     rng = np.random.default_rng(0)
     n, b = args.box, args.batch
     images = tf.constant(rng.uniform(0, 1, (b, n, n)).astype(np.float32))
     rot = tf.constant(random_rotations(b, rng).astype(np.float32)) if args.pose_mode == "known" else None
     shifts = tf.zeros((b, 2)) if args.pose_mode == "known" else None
+    batch = Batch(images, rot, shifts, indices=np.arange(b))  # what the Trainer's loader hands over
     jit = not args.no_jit
     print(f"box {n}, batch {b}, latent {args.latent}, jit {jit}, pose {args.pose_mode}, "
           f"cores {os.cpu_count()}, TF {tf.__version__}")
@@ -115,7 +118,7 @@ def main(argv=None) -> None:
         model = build_model(cfg)
         step = make_train_step(model, jit=jit)
         t = time.perf_counter()
-        out = step(images, rot, shifts, seed=[0, 0])
+        out = step(batch, seed=[0, 0])
         float(out["total"])
         print(f"{name:10s} compile + first step {time.perf_counter() - t:.1f} s")
         steps[name], rates[name] = step, []
@@ -125,7 +128,7 @@ def main(argv=None) -> None:
         for name, step in steps.items():
             t = time.perf_counter()
             for i in range(args.steps):
-                out = step(images, rot, shifts, seed=[r, i])
+                out = step(batch, seed=[r, i])
             float(out["total"])  # wait for the last step
             rates[name].append(args.steps * b / (time.perf_counter() - t))
 
@@ -143,8 +146,8 @@ def main(argv=None) -> None:
     # inference: encode images, decode volumes (batch b, compiled)
     model = build_model(ModelConfig(box=n, latent_dim=args.latent, pose_search_deg=None))
     searching = build_model(ModelConfig(box=n, latent_dim=args.latent))
-    enc = tf.function(lambda x: model.encode(x)["z_mean"], jit_compile=jit)
-    enc_search = tf.function(lambda x: searching.encode(x)["quaternion"], jit_compile=jit)
+    enc = tf.function(lambda x: model.encode(Batch(x))["z_mean"], jit_compile=jit)
+    enc_search = tf.function(lambda x: searching.encode(Batch(x))["quaternion"], jit_compile=jit)
     dec = tf.function(lambda z: model.decode(z), jit_compile=jit)
     z = tf.constant(rng.standard_normal((b, args.latent)).astype(np.float32))
     for name, fn, arg in (("encode", enc, images), ("encode + pose search", enc_search, images),

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "simulate a particle stack (+ STAR, ground-truth volumes) from a phantom"),
     "preprocess": ("cryovae_nb.preprocess", "add_preprocess_parser", "run_preprocess",
                    "coarsen / crop, normalise, mask a stack; write .mrcs + .star"),
-    "train": ("cryovae_nb.train", "add_train_parser", "run_train",
+    "train": ("cryovae_nb.training.cli", "add_train_parser", "run_train",
               "train the VAE on a preprocessed stack (resumable)"),
     "encode": ("cryovae_nb.inference", "add_encode_parser", "run_encode",
                "encode a stack with a trained run: latents, poses, STAR with learned poses"),

@@ -26,8 +26,9 @@ from cryovae_nb import geometry
 from cryovae_nb.analysis.series import decode_volumes, interpolation_series, save_series, traversal_series
 from cryovae_nb.argcheck import nonnegative_int, number, output_dir, output_file, positive_int
 from cryovae_nb.atomic import atomic_path
-from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
+from cryovae_nb.model.batch import Batch
+from cryovae_nb.training.rundir import CheckpointManager, RunFolder, make_checkpoint
 from cryovae_nb.volumes import band_limit
 
 
@@ -73,15 +74,14 @@ class TrainedRun:
 
     def __init__(self, run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                  batch_size: int | None = None):
-        from cryovae_nb.model import build_model
-        from cryovae_nb.train import CheckpointManager, TrainConfig, make_checkpoint
+        from cryovae_nb.model.vae import build_model
 
         self.run_dir = Path(run_dir)
-        cfg_path = self.run_dir / "config.json"
-        if not cfg_path.is_file():
+        self.folder = RunFolder(self.run_dir)
+        if not self.folder.has_config():
             raise InputError("not a training run directory (no config.json)", self.run_dir)
-        self.config = load_config(TrainConfig, cfg_path)
-        manager = CheckpointManager(self.run_dir / "checkpoints")
+        self.config = self.folder.config()
+        manager = self.folder.checkpoints
         self.model = build_model(self.config.model)
         if checkpoint is not None:
             self.checkpoint = Path(checkpoint)
@@ -121,8 +121,7 @@ class TrainedRun:
 
     def split(self) -> tuple[np.ndarray, np.ndarray]:
         """(train, test) particle indices the run used."""
-        with np.load(self.run_dir / "split.npz", allow_pickle=False) as f:
-            return f["train"], f["test"]
+        return self.folder.split()
 
     def _as_images(self, data):
         """(lazy indexable images, known poses or None) from a path, Particles, stack or array."""
@@ -157,12 +156,13 @@ class TrainedRun:
         out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
         for start in tqdm(range(0, n, self.batch_size), desc="encode", unit="batch", disable=not progress):
             sl = slice(start, start + self.batch_size)
-            batch = np.asarray(images[sl], np.float32)
+            batch = Batch(np.asarray(images[sl], np.float32), indices=np.arange(n)[sl])
             # a known-pose model may read the poses to infer the latent (latent_inference=
             # "linearized"): give it the known ones whenever the data carries them
-            poses = (dict(rotations=np.asarray(known.rotations[sl], np.float32),
-                          shifts=np.asarray(known.shifts[sl], np.float32)) if use_known else {})
-            enc = self.model.encode(batch, **poses)
+            if use_known:
+                batch = batch.replace(rotations=np.asarray(known.rotations[sl], np.float32),
+                                      shifts=np.asarray(known.shifts[sl], np.float32))
+            enc = self.model.encode(batch)
             for k in out:
                 out[k].append(np.asarray(enc[k]))
         cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}

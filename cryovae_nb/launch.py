@@ -35,12 +35,12 @@ from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_int
 from cryovae_nb.atomic import write_json_atomic, write_text_atomic
 from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError, LaunchError
+from cryovae_nb.training.rundir import RunFolder, claim
 
 BACKENDS = ("local", "mpirun", "slurm")
 JOB_FILE = "job.json"
 EXIT_FILE = "exit.json"
 LOG_FILE = "launch.log"
-METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "launch_config.json"  # not config.json: the Trainer writes its resolved config there
 
 # Slurm job states -> our five (squeue and sacct print the upper-case names; sacct may add text
@@ -126,8 +126,8 @@ def _find_executable(name: str) -> str | None:
 def training_command(config_path: str | os.PathLike, run_dir: str | os.PathLike, *,
                      python: str | None = None, horovod: bool = True,
                      extra_args: Sequence[str] = ()) -> list[str]:
-    """The per-rank command: ``python -m cryovae_nb.train --config C --run-dir D --horovod``."""
-    cmd = [python or sys.executable, "-m", "cryovae_nb.train", "--config", os.fspath(config_path),
+    """The per-rank command: ``python -m cryovae_nb.training --config C --run-dir D --horovod``."""
+    cmd = [python or sys.executable, "-m", "cryovae_nb.training", "--config", os.fspath(config_path),
            "--run-dir", os.fspath(run_dir)]
     if horovod:
         cmd.append("--horovod")
@@ -353,17 +353,7 @@ class Job:
         """The run's metrics.jsonl (written by rank 0) as a DataFrame; empty before the first step."""
         import pandas as pd
 
-        rows = []
-        try:
-            text = (self.run_dir / METRICS_FILE).read_text()
-        except FileNotFoundError:
-            return pd.DataFrame()
-        for line in text.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass  # the last line may be mid-write
-        return pd.DataFrame(rows)
+        return pd.DataFrame(RunFolder(self.run_dir).metrics())  # a torn last line (mid-write) left out
 
     # -- control ----------------------------------------------------------------------------
 
@@ -464,8 +454,6 @@ def launch(config, run_dir: str | os.PathLike, *, backend: str = "local", np: in
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     run_dir = Path(run_dir).resolve()
     if not dry_run:
-        from cryovae_nb.rundir import claim
-
         _refuse_if_running(run_dir)
         claim(run_dir)  # a folder that is not a run of ours is refused before anything is written
     if dry_run and not isinstance(config, (str, os.PathLike)):

@@ -3,7 +3,7 @@
 Each step is a function on float32 arrays of images ``(k, n, n)`` (a single ``(n, n)`` image works
 too). ``preprocess_stack`` runs them chunk by chunk over a particle stack that is never loaded
 whole, and writes a new ``.mrcs``, a RELION 3.1 ``.star`` carrying pixel size, CTF and poses, and a
-``_split.npz`` holding a seeded train/test split.
+``_split.npz`` holding a seeded train/test split (read back by ``cryovae_nb.training.data.read_split``).
 
 Order (what a cryo-EM user expects; thesis §3.2):
   phase flip (needs the original box and pixel size) -> invert contrast -> coarsen -> Fourier crop
@@ -146,15 +146,6 @@ def train_test_split(n: int, test_fraction: float = 0.1, seed: int = 0) -> np.nd
     is_test = np.zeros(n, dtype=bool)
     is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
     return is_test
-
-
-def load_split(path: str | os.PathLike) -> np.ndarray:
-    """The ``is_test`` boolean array from a ``*_split.npz`` written by :func:`preprocess_stack`."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return np.asarray(z["is_test"], dtype=bool)
-    except (OSError, KeyError, ValueError) as e:
-        raise InputError(f"not a split file with an 'is_test' array ({e})", path) from None
 
 
 # ----------------------------------------------------------------------------- the pipeline

@@ -250,7 +250,8 @@ def bad_input_world(tmp_path_factory):
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, simulate
-    from cryovae_nb.train import TrainConfig, Trainer
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("bad_inputs")
     data = root / "data"
@@ -342,7 +343,7 @@ def _run_api(case: Case, paths: dict, expected: re.Pattern) -> None:
     from cryovae_nb.io import read_particles, write_particles_star, write_volume
     from cryovae_nb.launch import SlurmOptions
     from cryovae_nb.synthetic import SimulationConfig
-    from cryovae_nb.train import TrainConfig
+    from cryovae_nb.training.config import TrainConfig
     from cryovae_nb.widgets import ParticleGallery, TrajectoryPlayer, VolumeViewer
 
     namespace = dict(np=np, from_dict=from_dict, grid_rotations=grid_rotations, load_run=load_run,

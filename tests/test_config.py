@@ -66,7 +66,7 @@ def test_numbers_are_converted_where_the_type_allows(tmp_path):
 def test_train_config_types_optional_and_tuples():
     from cryovae_nb.config import from_dict
     from cryovae_nb.synthetic import SimulationConfig
-    from cryovae_nb.train import TrainConfig
+    from cryovae_nb.training.config import TrainConfig
 
     assert from_dict(TrainConfig, {"learning_rate": None, "max_time_s": 5}).max_time_s == 5.0
     with pytest.raises(ConfigError, match=r"TrainConfig\.learning_rate must be float or null"):
@@ -86,7 +86,7 @@ def test_configs_built_in_python_are_type_checked_too():
     from cryovae_nb.launch import SlurmOptions
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.preprocess import PreprocessConfig
-    from cryovae_nb.train import TrainConfig
+    from cryovae_nb.training.config import TrainConfig
 
     TrainConfig(data=Path("p.star"), run_dir=Path("run"), batch_size=np.int64(8)).validate()
     PreprocessConfig(box=np.int32(12), spread=np.float32(0.3)).validate()

@@ -102,7 +102,7 @@ def test_demo_notebooks_executed_without_errors(quick_demo):
         assert "data:image/png;base64" in text, f"{p.name} has no inline plot"
     # 02 resumed the demo's run rather than starting another: one run, more steps. The quick demo
     # trains fixed step counts (not wall-clock budgets), so these numbers are exact on any machine.
-    from cryovae_nb.train import CheckpointManager, read_metrics
+    from cryovae_nb.training.rundir import CheckpointManager, read_metrics
 
     summary = json.loads((out / "summary.json").read_text())
     quick = demo.DemoSettings.quick()

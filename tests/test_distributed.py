@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryovae_nb import distributed as D
+from cryovae_nb.training import horovod as D
 from cryovae_nb.errors import LaunchError
 
 HOROVOD = D.horovod_available()
@@ -85,8 +85,10 @@ def reference_weights(cfg: dict, steps: int, size: int = 2) -> tuple[list[np.nda
     import tensorflow as tf
 
     from cryovae_nb.config import from_dict
-    from cryovae_nb.model.train_step import kl_scale
-    from cryovae_nb.train import EpochOrder, Trainer, TrainConfig
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.data import EpochOrder
+    from cryovae_nb.training.steps import kl_scale
+    from cryovae_nb.training.trainer import Trainer
 
     ref_cfg = from_dict(TrainConfig, {**cfg, "run_dir": cfg["run_dir"] + "_reference"})
     trainer = Trainer(ref_cfg, resume=False, progress=False)  # same init, data, split, optimizer
@@ -98,7 +100,7 @@ def reference_weights(cfg: dict, steps: int, size: int = 2) -> tuple[list[np.nda
         batch = global_order.batch(step)
         seed = tf.constant([SEED, step], tf.int32)
         with tf.GradientTape() as tape:
-            shards = [model.compute_losses(trainer._images(batch[r::size]), training=True, seed=seed,
+            shards = [model.compute_losses(trainer.batches(batch[r::size]), training=True, seed=seed,
                                            kl_scale=kl_scale(model, opt)) for r in range(size)]
             total = tf.add_n([out["total"] for out in shards]) / size
         grads = tape.gradient(total, variables)
@@ -109,7 +111,7 @@ def reference_weights(cfg: dict, steps: int, size: int = 2) -> tuple[list[np.nda
 
 def test_sharding_splits_the_single_process_batch():
     """Rank r's batch of B is the interleaved share r of the global batch of 2B of one process."""
-    from cryovae_nb.train import EpochOrder
+    from cryovae_nb.training.data import EpochOrder
 
     idx = np.arange(100, 150)
     single = EpochOrder(idx, 2 * B, SEED)
@@ -128,7 +130,7 @@ WORKER = textwrap.dedent('''
     """One rank: train, then dump weights, optimizer state and every write it made into run_dir."""
     import json, os, sys
     import numpy as np
-    from cryovae_nb import distributed
+    from cryovae_nb.training import horovod
 
     cfg_path, out_dir = sys.argv[1], sys.argv[2]
     run_dir = os.path.realpath(json.load(open(cfg_path))["run_dir"])
@@ -143,7 +145,7 @@ WORKER = textwrap.dedent('''
         elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate"):
             writes.append(str(args[0]))
 
-    trainer = distributed.make_trainer(cfg_path, progress=False)
+    trainer = horovod.make_trainer(cfg_path, progress=False)
     sys.addaudithook(audit)
     result = trainer.train()
     mine = sorted({w for w in writes if os.path.realpath(w).startswith(run_dir)})
@@ -187,7 +189,7 @@ def test_killed_rank_fails_the_job_then_a_resumed_run_matches_one_process(tiny_s
             assert time.monotonic() - t0 < 900, "no checkpoint after 900 s (hung?)\n" + job.logs(40)
             time.sleep(0.2)
         ranks = [p for p in psutil.Process(job.pid).children(recursive=True)
-                 if "cryovae_nb.train" in " ".join(p.cmdline()) and p.environ().get("HOROVOD_RANK") == "1"]
+                 if "cryovae_nb.training" in " ".join(p.cmdline()) and p.environ().get("HOROVOD_RANK") == "1"]
         assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(job.pid).children(recursive=True)]
         ranks[0].kill()
         with pytest.raises(LaunchError, match=r"(?s)local job \(pid \d+\) failed \(exit code [1-9]\d*\)"):
@@ -230,11 +232,9 @@ def test_killed_rank_fails_the_job_then_a_resumed_run_matches_one_process(tiny_s
 
 
 def test_metrics_reduction_averages_every_loss_key_and_keeps_the_latent_statistics():
-    """What ranks average is train.LOSS_KEYS (+ throughput), not a copy that can fall behind (it
-    once missed ``pose``); the held-out latent statistics are rank 0's, untouched."""
-    from types import SimpleNamespace
-
-    from cryovae_nb.train import LOSS_KEYS
+    """What ranks average is model.losses.LOSS_KEYS (+ throughput), not a copy that can fall behind
+    (it once missed ``pose``); the held-out latent statistics are rank 0's, untouched."""
+    from cryovae_nb.model.losses import LOSS_KEYS
 
     seen = []
 
@@ -248,11 +248,40 @@ def test_metrics_reduction_averages_every_loss_key_and_keeps_the_latent_statisti
     record = {"step": 3, "split": "test", **{k: float(i) for i, k in enumerate(LOSS_KEYS)},
               "images_per_s": None, "time": 1.5, "kl_per_dim": [0.5, 0.0], "active_dims": 1,
               "latent_collapsed": True}
-    out = D._trainer_class().reduce_metrics(SimpleNamespace(context=FakeContext()), record)
+    out = D.reduce_metrics(FakeContext(), record)
     assert {"pose", "noise_var"} <= set(LOSS_KEYS) and seen == ["cryovae.metrics.test"]
     assert {k: out[k] for k in LOSS_KEYS} == {k: i + 1.0 for i, k in enumerate(LOSS_KEYS)}
     assert out["images_per_s"] is None and out["ranks"] == 2 and out["time"] == 1.5
     assert (out["kl_per_dim"], out["active_dims"], out["latent_collapsed"]) == ([0.5, 0.0], 1, True)
+
+
+def test_horovod_hooks_reduce_every_loss_key_and_agree_on_stopping():
+    """The Trainer gets Horovod only through its Hooks: the metrics hook averages every loss key
+    of a train record, the stop hook takes the strongest reason any rank saw."""
+    from cryovae_nb.model.losses import LOSS_KEYS
+    from cryovae_nb.training.trainer import Hooks
+
+    class FakeContext:
+        rank, size = 1, 3
+
+        def grad_reducer(self, grads):
+            return grads
+
+        def broadcast(self, trainer):
+            pass
+
+        def allreduce_mean(self, values, name):
+            return [2.0 * v for v in values]
+
+        def allreduce_max(self, value, name):
+            return max(int(value), 4)       # another rank saw a STOP file
+
+    hooks = D.hooks(FakeContext())
+    assert isinstance(hooks, Hooks) and (hooks.rank, hooks.size, hooks.is_chief) == (1, 3, False)
+    record = {"step": 1, "split": "train", **{k: 1.0 for k in LOSS_KEYS}, "images_per_s": 10.0}
+    out = hooks.reduce_metrics(record)
+    assert {k: out[k] for k in LOSS_KEYS} == dict.fromkeys(LOSS_KEYS, 2.0) and out["images_per_s"] == 20.0
+    assert hooks.agree_stop(None) == "stop_file" and Hooks().agree_stop is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +309,7 @@ def test_single_process_context_is_the_identity(tmp_path, monkeypatch):
 
 
 def test_learning_rate_scaling_is_opt_in():
-    from cryovae_nb.train import TrainConfig
+    from cryovae_nb.training.config import TrainConfig
 
     cfg = TrainConfig(data="x")
     assert D.scaled_config(cfg, 4, scale_lr=False) is cfg

@@ -24,7 +24,8 @@ import pytest
 
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import outputset, read_particles
-from cryovae_nb.train import load_split, read_metrics
+from cryovae_nb.training.data import read_split
+from cryovae_nb.training.rundir import read_metrics
 
 SOURCE = Path(__file__).resolve().parent / "data" / "quirks" / "relion30.star"  # 7 images, 20 px
 SET = ("out.mrcs", "out.star", "out_split.npz", "out_preprocess.json")
@@ -82,7 +83,7 @@ def state(folder: Path, old: dict[str, str], new_images: np.ndarray) -> str:
     assert names == set(SET), sorted(names)
     if {n: digest(folder / n) for n in SET} == old:
         p = read_particles(folder / "out.star")
-        assert p.box == 16 and load_split(folder / "out_split.npz", 7, p.output_id)
+        assert p.box == 16 and read_split(folder / "out_split.npz", 7, p.output_id)
         return "old"
     try:
         p = read_particles(folder / "out.star")
@@ -91,7 +92,7 @@ def state(folder: Path, old: dict[str, str], new_images: np.ndarray) -> str:
         return "refused"
     # it reads: then every file must be the new run's
     assert p.box == 12 and np.array_equal(p.images[:], new_images)
-    load_split(folder / "out_split.npz", 7, p.output_id)  # raises if the split is another run's
+    read_split(folder / "out_split.npz", 7, p.output_id)  # raises if the split is another run's
     assert '"box": 12' in (folder / "out_preprocess.json").read_text()
     return "new"
 
@@ -117,7 +118,7 @@ def test_sigkill_at_each_publish_step_then_rerun(point, old_set, new_images, tmp
 
 def train_config(data, run_dir, **kw):
     from cryovae_nb.model import ModelConfig
-    from cryovae_nb.train import TrainConfig
+    from cryovae_nb.training.config import TrainConfig
 
     model = ModelConfig(box=12, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
                         decoder_units=16)
@@ -148,7 +149,7 @@ def test_training_killed_at_each_step_of_a_run_resumes_to_the_same_weights(tmp_p
     run again as it was: it ends with the weights and log of a run that was never interrupted."""
     from cryovae_nb.config import save_config
     from cryovae_nb.inference import load_run
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     prep = tmp_path / "prep"
     assert preprocess(prep / "out", NEW_ARGS).returncode == 0
@@ -197,8 +198,8 @@ def test_training_killed_at_each_step_of_a_run_resumes_to_the_same_weights(tmp_p
 
 
 def test_a_start_over_killed_while_moving_the_old_run_aside_is_finished_next_time(tmp_path):
-    from cryovae_nb import rundir
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training import rundir
+    from cryovae_nb.training.trainer import Trainer
 
     prep = tmp_path / "prep"
     assert preprocess(prep / "out", NEW_ARGS).returncode == 0
@@ -206,7 +207,7 @@ def test_a_start_over_killed_while_moving_the_old_run_aside_is_finished_next_tim
     Trainer(train_config(prep / "out.star", run, max_steps=2), progress=False).train()
     old = {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file()
            and p.name != rundir.MARKER}
-    code = f"from cryovae_nb import rundir; rundir.move_aside({str(run)!r})"
+    code = f"from cryovae_nb.training import rundir; rundir.move_aside({str(run)!r})"
     env = dict(os.environ, CRYOVAE_FAULT="moved-aside:metrics.jsonl")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL

@@ -13,6 +13,7 @@ from cryovae_nb import geometry
 from cryovae_nb.errors import InputError
 from cryovae_nb.inference import (Encoding, add_encode_parser, add_generate_parser, load_run, run_encode,
                                   run_generate, write_star, write_volumes)
+from cryovae_nb.model.batch import Batch
 
 PIXEL = 2.5  # Å; not 1, so that a lost or mis-scaled voxel size shows
 
@@ -23,7 +24,8 @@ def trained(tmp_path_factory):
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, simulate
-    from cryovae_nb.train import TrainConfig, Trainer
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("inf")
     ds = simulate(SimulationConfig(box=16, n_particles=200, snr=1.0, shift_std_px=1.0, pixel_size=PIXEL,
@@ -47,8 +49,10 @@ def run(trained):
 
 
 def test_load_run_restores_the_trained_weights(trained, run):
-    from cryovae_nb.train import CheckpointManager, TrainConfig, Trainer
     from cryovae_nb.config import load_config
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.rundir import CheckpointManager
+    from cryovae_nb.training.trainer import Trainer
 
     assert run.step == 6 and run.box == 16 and run.latent_dim == 3
     assert run.pixel_size == pytest.approx(PIXEL)
@@ -71,7 +75,7 @@ def test_encode_is_batched_consistently_and_poses_agree(run):
         run.batch_size = 25
     assert len(batched) == len(run.particles) == 200
     np.testing.assert_allclose(batched.z_mean[:37], whole.z_mean, rtol=1e-5, atol=1e-6)
-    direct = run.model.encode(images)
+    direct = run.model.encode(Batch(np.asarray(images, np.float32)))
     np.testing.assert_allclose(whole.z_mean, np.asarray(direct["z_mean"]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(whole.z_logvar, np.asarray(direct["z_logvar"]), rtol=1e-5, atol=1e-6)
     # quaternions, matrices and RELION angles describe the same rotations

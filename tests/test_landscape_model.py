@@ -16,7 +16,9 @@ tf = pytest.importorskip("tensorflow")
 
 from cryovae_nb import geometry  # noqa: E402
 from cryovae_nb.errors import ConfigError  # noqa: E402
-from cryovae_nb.model import ModelConfig, build_model, losses, make_train_step  # noqa: E402
+from cryovae_nb.model import ModelConfig, build_model, losses  # noqa: E402
+from cryovae_nb.model.batch import Batch  # noqa: E402
+from cryovae_nb.training.steps import make_train_step  # noqa: E402
 from cryovae_nb.volumes import diameter_mask  # noqa: E402
 from cryovae_nb.model.vae import latent_noise  # noqa: E402
 from cryovae_nb.synthetic import hinge_volume  # noqa: E402
@@ -81,8 +83,8 @@ def test_identity_link_scores_the_logits_themselves():
     model = build_model(cfg)
     images = images_for()
     rot = geometry.random_rotations(4, np.random.default_rng(3)).astype(np.float32)
-    out = model.compute_losses(images, rot, training=False)
-    proj = model.project(model.decode(model.encode(images)["z_mean"]), rot).numpy().astype(np.float64)
+    out = model.compute_losses(Batch(images, rot), training=False)
+    proj = model.project(model.decode(model.encode(Batch(images))["z_mean"]), rot).numpy().astype(np.float64)
     sq = (images - proj) ** 2
     var = sq.mean()
     want = 0.5 * sq.sum(axis=(1, 2)) / var + 0.5 * 64 * np.log(2 * np.pi * var)
@@ -108,7 +110,7 @@ def test_free_bits_charge_the_allowance_below_it_and_no_gradient(free_bits):
     kl = 0.5 * (mu**2 + np.exp(lv) - 1 - lv)  # ~ [0, 2.18, 0.136]: dims 0 and 2 below 0.5 nats
     images = images_for()
     with tf.GradientTape() as tape:
-        out = model.compute_losses(images, training=True)
+        out = model.compute_losses(Batch(images), training=True)
     g_mu, g_lv = (g.numpy() for g in tape.gradient(out["total"], [model.z_mean_layer.bias,
                                                                     model.z_logvar_layer.bias]))
     np.testing.assert_allclose(out["kl_per_dim"].numpy(), kl, rtol=1e-5, atol=1e-7)
@@ -134,7 +136,7 @@ def test_kl_warmup_ramps_the_kl_weight_in_a_compiled_step(reducer):
     images = images_for(seed=4)
     weights = []
     for i in range(warmup + 2):
-        out = step(images, seed=[5, i])
+        out = step(Batch(images), seed=[5, i])
         regulariser = float(out["kl"]) + factor * float(out["averaging"])
         assert regulariser > 0.1  # a ratio worth measuring
         weights.append((float(out["total"]) - float(out["recon"])) / (beta * regulariser))
@@ -144,7 +146,7 @@ def test_kl_warmup_ramps_the_kl_weight_in_a_compiled_step(reducer):
         return
     # without warm-up: the full weight from the first step
     model = build_model(tiny(beta=beta, averaging_factor=factor, learning_rate=1e-4))
-    out = make_train_step(model, jit=False)(images, seed=[5, 0])
+    out = make_train_step(model, jit=False)(Batch(images), seed=[5, 0])
     assert (float(out["total"]) - float(out["recon"])) / (
         beta * (float(out["kl"]) + factor * float(out["averaging"]))) == pytest.approx(1.0, rel=1e-3)
 
@@ -152,7 +154,7 @@ def test_kl_warmup_ramps_the_kl_weight_in_a_compiled_step(reducer):
 # -- the running noise variance ---------------------------------------------------------------------
 @pytest.mark.parametrize("reducer", [False, True])
 def test_noise_variance_is_the_bias_corrected_ema_of_the_residuals_and_is_checkpointed(tmp_path, reducer):
-    from cryovae_nb.train import make_checkpoint
+    from cryovae_nb.training.rundir import make_checkpoint
 
     d, steps = 0.9, 5
     cfg = tiny(noise_ema=d, learning_rate=1e-2)
@@ -162,8 +164,8 @@ def test_noise_variance_is_the_bias_corrected_ema_of_the_residuals_and_is_checkp
     residuals, used = [], []
     for i in range(steps):
         # the residual this step will see: same weights, same noise (the seed's, drawn outside XLA)
-        residuals.append(float(model.compute_losses(images, seed=[7, i])["residual"]))
-        used.append(float(step(images, seed=[7, i])["noise_var"]))
+        residuals.append(float(model.compute_losses(Batch(images), seed=[7, i])["residual"]))
+        used.append(float(step(Batch(images), seed=[7, i])["noise_var"]))
     assert len(set(np.round(residuals, 6))) == steps  # the weights move: an EMA of distinct values
 
     def ema(values):
@@ -187,7 +189,7 @@ def test_noise_variance_is_the_bias_corrected_ema_of_the_residuals_and_is_checkp
     assert float(fresh.residual_count) == steps
     assert float(fresh.noise_variance()) == float(model.noise_variance())
     # and the restored model scores a batch with it, not with the batch's own residual
-    a, b = model.compute_losses(images, training=False), fresh.compute_losses(images, training=False)
+    a, b = model.compute_losses(Batch(images), training=False), fresh.compute_losses(Batch(images), training=False)
     assert float(b["noise_var"]) == float(a["noise_var"]) == float(model.noise_variance())
     assert float(b["noise_var"]) != pytest.approx(float(b["residual"]), rel=1e-3)
 
@@ -202,11 +204,11 @@ def test_hidden_pose_input_makes_the_pose_independent_of_the_latent_noise(pose_i
     n2 = latent_noise((4, 3), tf.constant([2, 2]))
 
     def recon(noise):
-        return model.compute_losses(images, noise=noise)["recon_per_sample"].numpy()
+        return model.compute_losses(Batch(images), noise=noise)["recon_per_sample"].numpy()
 
     np.testing.assert_array_equal(recon(n1), recon(n1))
     # z does differ between the draws (a posterior that is not a point)
-    z_logvar = model.encode(images)["z_logvar"].numpy()
+    z_logvar = model.encode(Batch(images))["z_logvar"].numpy()
     assert np.all(np.exp(0.5 * z_logvar) > 0.1)
     if pose_input == "hidden":
         np.testing.assert_array_equal(recon(n1), recon(n2))
@@ -316,12 +318,12 @@ def test_linearized_posterior_recovers_the_latent_of_its_own_images():
     z_true = rng.normal(0, 1, (b, 3)).astype(np.float32)
     clean = project_fourier(model.decode(z_true), rot, None, width=2, band=0.5 * n).numpy()
     images = clean + rng.normal(0, 1e-3, clean.shape).astype(np.float32)
-    z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=1e-6)
+    z_mean, z_logvar = model.linearized_posterior(Batch(images, rot), None, noise_var=1e-6)
     np.testing.assert_allclose(z_mean.numpy(), z_true, atol=0.02)
     # the posterior shrinks: far below the prior's unit variance at this noise
     assert np.all(z_logvar.numpy() < np.log(1e-2))
     # and at a noise far above the signal it stays at the prior
-    z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=1e6)
+    z_mean, z_logvar = model.linearized_posterior(Batch(images, rot), None, noise_var=1e6)
     assert np.all(np.abs(z_mean.numpy()) < 1e-2) and np.all(np.abs(z_logvar.numpy()) < 1e-2)
 
 
@@ -340,7 +342,7 @@ def test_linearized_posterior_is_the_gaussian_posterior_by_numpy():
     disc = diameter_mask(n, 1.0, ndim=3)[n // 2]  # only the pixels the loss scores (loss_in_mask)
     G = ((proj[1:] - proj[:1]) * disc).transpose(1, 0, 2, 3).reshape(b, d, -1).astype(np.float64)
     r = ((images - proj[0]) * disc).reshape(b, -1).astype(np.float64)
-    z_mean, z_logvar = model.linearized_posterior(images, rot, None, None, noise_var=var)
+    z_mean, z_logvar = model.linearized_posterior(Batch(images, rot), None, noise_var=var)
     for i in range(b):
         A = G[i] @ G[i].T / var + np.eye(d)
         np.testing.assert_allclose(z_mean.numpy()[i], np.linalg.solve(A, G[i] @ r[i] / var), rtol=1e-3, atol=1e-4)
@@ -356,11 +358,11 @@ def test_linearized_latents_train_and_need_the_poses():
     images = rng.normal(0, 1, (4, 12, 12)).astype(np.float32)
     step = make_train_step(model, jit=False)
     before = model.decoder.voxel_layer.kernel.numpy().copy()
-    out = step(images, rot, None, seed=[0, 0])
+    out = step(Batch(images, rot), seed=[0, 0])
     assert np.isfinite(float(out["total"])) and not np.array_equal(model.decoder.voxel_layer.kernel.numpy(), before)
-    assert model.encode(images, rotations=rot)["z_mean"].shape == (4, 3)
+    assert model.encode(Batch(images, rotations=rot))["z_mean"].shape == (4, 3)
     with pytest.raises(InputError, match="poses"):
-        model.encode(images)
+        model.encode(Batch(images))
     with pytest.raises(ConfigError, match="known"):
         ModelConfig(latent_inference="linearized", pose_mode="learned").validate()
 
@@ -388,7 +390,7 @@ def test_principal_volume_estimate_finds_the_direction_the_particles_vary_along(
 
     for _ in range(40):
         img, rot = batch(True)
-        hu, var = model.covariance_statistics(img, rot, noise_var=noise**2)
+        hu, var = model.covariance_statistics(Batch(img, rot), noise_var=noise**2)
         model.update_covariance(hu, var)
     basis = model.pc_basis.numpy().reshape(2, -1)
     overlap = np.abs(basis @ u.ravel())
@@ -424,5 +426,5 @@ def test_principal_volume_estimate_finds_the_direction_the_particles_vary_along(
     fresh = _linear_model(latent_dim=2, covariance_ema=0.8)
     for _ in range(20):
         img, rot = batch(False)
-        fresh.update_covariance(*fresh.covariance_statistics(img, rot, noise_var=noise**2))
+        fresh.update_covariance(*fresh.covariance_statistics(Batch(img, rot), noise_var=noise**2))
     assert np.all(fresh.pc_variance.numpy() < 0.1 * s**2)

@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow")
 
 def test_tutorial_training_recovers_the_hinge_angle(tmp_path):
     from cryovae_nb.inference import load_run
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
     from cryovae_nb.tutorial import evaluation, workspace
 
     # SNR 1 (ten times the tutorial's): the suite can afford ~1 minute of training, not 4

@@ -260,7 +260,7 @@ def test_hostile_run_dir_and_config_names_reach_the_trainer_intact(tmp_path, fak
                        launcher="srun", job_name=f"x{evil}", gpus_per_node=1))
     assert job.wait(timeout=600, poll=0.1) == "completed"
     argv = json.loads((fake_slurm.state_dir / "trainer_argv.json").read_text())
-    assert argv == ["-m", "cryovae_nb.train", "--config", str(config.resolve()), "--run-dir",
+    assert argv == ["-m", "cryovae_nb.training", "--config", str(config.resolve()), "--run-dir",
                     str(run_dir.resolve()), "--horovod", "--max-steps", "3"]
     assert sorted(p.name for p in tmp_path.rglob("CANARY*")) == []
     script = (run_dir / "job.sbatch").read_text()
@@ -438,7 +438,7 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(repo_root):
 
 @pytest.mark.horovod
 def test_notebook_launches_watches_and_shows_the_slurm_script(repo_root, tmp_path):
-    from cryovae_nb.distributed import horovod_available
+    from cryovae_nb.training.horovod import horovod_available
 
     if not horovod_available():
         pytest.skip("horovod.tensorflow is not importable; install it with `make horovod`")

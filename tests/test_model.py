@@ -17,11 +17,10 @@ from cryovae_nb.config import from_dict, load_config, save_config, to_dict  # no
 from cryovae_nb.errors import ConfigError, InputError  # noqa: E402
 from cryovae_nb.geometry import quaternion_to_matrix as np_quat_to_matrix  # noqa: E402
 from cryovae_nb.geometry import random_rotations  # noqa: E402
+from cryovae_nb.model.batch import Batch  # noqa: E402
 from cryovae_nb.model import (  # noqa: E402
     ModelConfig,
     build_model,
-    make_eval_step,
-    make_train_step,
     mirror,
     project_fourier,
     project_real,
@@ -29,6 +28,7 @@ from cryovae_nb.model import (  # noqa: E402
     quaternion_to_matrix,
     rfft3d,
 )
+from cryovae_nb.training.steps import make_eval_step, make_train_step  # noqa: E402
 from cryovae_nb.model import config as model_config  # noqa: E402
 from cryovae_nb.model.vae import latent_noise  # noqa: E402
 from cryovae_nb.volumes import diameter_mask  # noqa: E402
@@ -407,8 +407,8 @@ def test_losses_match_a_numpy_computation_by_hand(known, likelihood, pose_input)
     seed = tf.constant([3, 4], tf.int32)
     R = random_rotations(4, rng) if known else None
     s = rng.uniform(-1, 1, (4, 2)) if known else None
-    got = model.compute_losses(images, None if R is None else R.astype(np.float32),
-                               None if s is None else s.astype(np.float32), seed=seed)
+    got = model.compute_losses(Batch(images, None if R is None else R.astype(np.float32),
+                                     None if s is None else s.astype(np.float32)), seed=seed)
     want = numpy_losses(model, images, seed, R, s)
     for key in ("recon", "kl", "averaging", "total", "residual", "noise_var"):
         assert float(got[key]) == pytest.approx(want[key], rel=2e-4), key
@@ -419,14 +419,14 @@ def test_losses_match_a_numpy_computation_by_hand(known, likelihood, pose_input)
 def test_seeded_noise_is_reproducible_and_none_means_no_noise(likelihood):
     model = build_model(tiny_config(loss_in_mask=False, likelihood=likelihood))  # every pixel scored
     images = np.random.default_rng(10).uniform(0, 1, (4, 8, 8)).astype(np.float32)
-    a = model.compute_losses(images, seed=[1, 2])["total"]
-    b = model.compute_losses(images, seed=[1, 2])["total"]
-    c = model.compute_losses(images, seed=[1, 3])["total"]
+    a = model.compute_losses(Batch(images), seed=[1, 2])["total"]
+    b = model.compute_losses(Batch(images), seed=[1, 2])["total"]
+    c = model.compute_losses(Batch(images), seed=[1, 3])["total"]
     assert float(a) == float(b) and float(a) != float(c)
     # a compiled (XLA) step draws the same noise from the same seed
-    assert float(make_eval_step(model, jit=True)(images, seed=[1, 2])["total"]) == pytest.approx(float(a), rel=1e-5)
-    det = model.compute_losses(images)["recon_per_sample"]
-    enc = model.encode(images)
+    assert float(make_eval_step(model, jit=True)(Batch(images), seed=[1, 2])["total"]) == pytest.approx(float(a), rel=1e-5)
+    det = model.compute_losses(Batch(images))["recon_per_sample"]
+    enc = model.encode(Batch(images))
     rec = model(images)  # z_mean and the learned pose
     from cryovae_nb.model import reconstruction_loss
 
@@ -444,9 +444,9 @@ def test_seeded_noise_is_reproducible_and_none_means_no_noise(likelihood):
 def test_bad_inputs_raise_clear_errors():
     model = build_model(tiny_config(pose_mode="known", latent_inference="encoder"))
     with pytest.raises(InputError, match=r"\(batch, 8, 8\)"):
-        model.encode(np.zeros((2, 9, 9), np.float32))
+        model.encode(Batch(np.zeros((2, 9, 9), np.float32)))
     with pytest.raises(ConfigError, match="known"):
-        model.compute_losses(np.zeros((2, 8, 8), np.float32))
+        model.compute_losses(Batch(np.zeros((2, 8, 8), np.float32)))
 
 
 # -- compiled steps ------------------------------------------------------------------------------
@@ -465,10 +465,10 @@ def test_train_step_learns_and_jit_matches_eager(likelihood):
     results, residual = {}, {}
     for jit, steps in ((False, 40), (True, 5)):
         model = build_model(cfg)  # same seed -> same initial weights
-        before = float(model.compute_losses(images)["residual"])
+        before = float(model.compute_losses(Batch(images))["residual"])
         step = make_train_step(model, jit=jit)
-        results[jit] = [float(step(images, seed=[0, i])["recon"]) for i in range(steps)]
-        residual[jit] = (before, float(model.compute_losses(images)["residual"]))
+        results[jit] = [float(step(Batch(images), seed=[0, i])["recon"]) for i in range(steps)]
+        residual[jit] = (before, float(model.compute_losses(Batch(images))["residual"]))
     if likelihood == "bernoulli":
         # the cross-entropy cannot go below the targets' own entropy: judge the excess over it
         floor = float(np.mean(np.sum(-images * np.log(images) - (1 - images) * np.log(1 - images),
@@ -496,7 +496,7 @@ def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
         return [tf.zeros_like(g) for g in grads]
 
     step = make_train_step(model, jit=False, grad_reducer=zero_reducer)
-    step(images, R, None, seed=[0, 0])
+    step(Batch(images, R), seed=[0, 0])
     n_vars = len(model.trainable_variables)
     # everything but the pose head's kernels and biases, plus the batch's squared residual (reduced
     # with the gradients so that every rank keeps the same noise variance)
@@ -507,7 +507,7 @@ def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
 
     step = make_train_step(model, jit=False, grad_reducer=lambda g: g)
     for i in range(3):
-        step(images, R, np.zeros((8, 2), np.float32), seed=[1, i])
+        step(Batch(images, R, np.zeros((8, 2), np.float32)), seed=[1, i])
     assert not np.array_equal(model.encoder_layers[0].kernel.numpy(), enc0)
     for before, w in zip(head, model.quaternion_layer.weights + model.shift_layer.weights):
         np.testing.assert_array_equal(w.numpy(), before)
@@ -517,14 +517,14 @@ def test_eval_step_and_weights_round_trip(tmp_path):
     rng = np.random.default_rng(13)
     images, _ = _batch(rng)
     model = build_model(tiny_config(seed=1))
-    make_train_step(model, jit=False)(images, seed=[0, 0])  # move away from the initial weights
-    ev = make_eval_step(model, jit=False)(images)
+    make_train_step(model, jit=False)(Batch(images), seed=[0, 0])  # move away from the initial weights
+    ev = make_eval_step(model, jit=False)(Batch(images))
     path = tmp_path / "w.weights.h5"
     model.save_weights(path)
     other = build_model(tiny_config(seed=2))
-    assert float(make_eval_step(other, jit=False)(images)["total"]) != pytest.approx(float(ev["total"]))
+    assert float(make_eval_step(other, jit=False)(Batch(images))["total"]) != pytest.approx(float(ev["total"]))
     other.load_weights(path)
-    ev2 = make_eval_step(other, jit=False)(images)
+    ev2 = make_eval_step(other, jit=False)(Batch(images))
     for key in ("recon", "kl", "averaging", "total"):
         assert float(ev2[key]) == pytest.approx(float(ev[key]), rel=1e-6)
     np.testing.assert_allclose(other.decode(np.ones((1, 3), np.float32)).numpy(),

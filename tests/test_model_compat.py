@@ -13,10 +13,11 @@ tf = pytest.importorskip("tensorflow")
 
 from cryovae_nb import geometry  # noqa: E402
 from cryovae_nb.model import ModelConfig, build_model  # noqa: E402
+from cryovae_nb.model.batch import Batch  # noqa: E402
 from cryovae_nb.model import config as model_config  # noqa: E402
 from cryovae_nb.model.decoders import DECODERS  # noqa: E402
 from cryovae_nb.model.projectors import PROJECTORS  # noqa: E402
-from cryovae_nb.train import make_checkpoint  # noqa: E402
+from cryovae_nb.training.rundir import make_checkpoint  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "data" / "model_checkpoint_v0"
 
@@ -62,15 +63,15 @@ def fixed_batch(n, b=4):
             rng.uniform(-1, 1, (b, 2)).astype(np.float32))
 
 
-def loss_inputs(cfg):
+def loss_batch(cfg) -> Batch:
     images, rot, sh = fixed_batch(cfg.box)
-    return (images, rot, sh) if cfg.pose_mode == "known" else (images,)
+    return Batch(images, rot, sh) if cfg.pose_mode == "known" else Batch(images)
 
 
 @pytest.mark.parametrize("name", sorted(MAIN_LOSSES))
 def test_losses_are_those_of_the_code_before_the_refactor(name):
     cfg = ModelConfig(**CONFIGS[name])
-    out = build_model(cfg).compute_losses(*loss_inputs(cfg), training=True, seed=tf.constant([1, 2]))
+    out = build_model(cfg).compute_losses(loss_batch(cfg), training=True, seed=tf.constant([1, 2]))
     for key, want in MAIN_LOSSES[name].items():
         np.testing.assert_allclose(float(out[key]), want, rtol=1e-5, atol=1e-12, err_msg=key)
 
@@ -85,12 +86,10 @@ def test_checkpoints_of_the_code_before_the_refactor_restore_to_the_same_outputs
     status.assert_existing_objects_matched().expect_partial()
     want = np.load(FIXTURES / name / "outputs.npz")
     np.testing.assert_allclose(model.decode(want["z"]).numpy(), want["volumes"], rtol=1e-5, atol=1e-6)
-    images, rot, sh = fixed_batch(cfg.box)
-    known = {"rotations": rot, "shifts": sh} if cfg.pose_mode == "known" else {}
-    enc = model.encode(images, **known)
+    enc = model.encode(loss_batch(cfg))
     for key, value in enc.items():
         np.testing.assert_allclose(value.numpy(), want[f"enc_{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
-    out = model.compute_losses(*loss_inputs(cfg), training=False, seed=tf.constant([3, 4]))
+    out = model.compute_losses(loss_batch(cfg), training=False, seed=tf.constant([3, 4]))
     for key in ("recon", "kl", "total"):
         np.testing.assert_allclose(float(out[key]), want[f"loss_{key}"], rtol=1e-5, atol=1e-7, err_msg=key)
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 from cryovae_nb.errors import ConfigError
 from cryovae_nb.geometry import random_rotations
 from cryovae_nb.model import ModelConfig, build_model, losses
+from cryovae_nb.model.batch import Batch
 from cryovae_nb.projection import project_reference
 from cryovae_nb.volumes import diameter_mask
 
@@ -134,8 +135,8 @@ def test_loss_in_mask_ignores_pixels_outside_the_disc():
         # blind the encoder to the outside pixels, so that only the loss could see them
         k = model.encoder_layers[0].kernel
         k.assign(k.numpy() * disc.reshape(-1, 1))
-        ra = float(model.compute_losses(a, rot, training=False)["recon"])
-        rb = float(model.compute_losses(b, rot, training=False)["recon"])
+        ra = float(model.compute_losses(Batch(a, rot), training=False)["recon"])
+        rb = float(model.compute_losses(Batch(b, rot), training=False)["recon"])
         assert (ra == pytest.approx(rb, rel=1e-6)) is same
 
 
@@ -148,15 +149,15 @@ def test_image_offset_is_added_inside_the_disc_and_starts_at_zero(likelihood):
     # latents from the encoder, whose offset head is under test
     model = build_model(tiny(pose_mode="known", likelihood=likelihood, latent_inference="encoder"))
     seed_like = build_model(tiny(pose_mode="known", image_offset=False, latent_inference="encoder"))
-    assert seed_like.offset_layer is None and "offset" not in seed_like.encode(images)
-    assert np.all(model.encode(images)["offset"].numpy() == 0.0)  # zero init: the seed's model
+    assert seed_like.offset_layer is None and "offset" not in seed_like.encode(Batch(images))
+    assert np.all(model.encode(Batch(images))["offset"].numpy() == 0.0)  # zero init: the seed's model
     model.offset_layer.bias.assign([0.7])
-    enc = model.encode(images)
+    enc = model.encode(Batch(images))
     np.testing.assert_allclose(enc["offset"].numpy(), [0.7, 0.7])
     vols = model.decode(enc["z_mean"]).numpy()
     logits = model.project(vols, rot).numpy() + 0.7 * disc
     expect = numpy_recon(likelihood, images, logits, disc).mean()
-    got = float(model.compute_losses(images, rot, training=False)["recon"])
+    got = float(model.compute_losses(Batch(images, rot), training=False)["recon"])
     assert got == pytest.approx(expect, rel=1e-5)
     # call() (learned pose) gives the same logits: the projection plus 0.7 inside the disc only
     learned = model.project(vols, model_rotations(model, images), enc["shift"]).numpy()
@@ -166,7 +167,7 @@ def test_image_offset_is_added_inside_the_disc_and_starts_at_zero(likelihood):
 def model_rotations(model, images):
     from cryovae_nb.model.rotations import quaternion_to_matrix
 
-    return quaternion_to_matrix(model.encode(images)["quaternion"]).numpy()
+    return quaternion_to_matrix(model.encode(Batch(images))["quaternion"]).numpy()
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
@@ -175,8 +176,8 @@ def test_symmetrized_loss_only_applies_to_learned_poses(likelihood):
     images = _images(n, seed=2)
     cfg = tiny(symmetrized_loss=True, likelihood=likelihood)
     model = build_model(cfg)
-    out = model.compute_losses(images, training=False)
-    enc = model.encode(images)
+    out = model.compute_losses(Batch(images), training=False)
+    enc = model.encode(Batch(images))
     logits = model.add_offset(model.project(model.decode(enc["z_mean"]), model_rotations(model, images),
                                             enc["shift"]), enc["offset"])
     disc = diameter_mask(n, 0.95, ndim=3)[n // 2]
@@ -188,5 +189,5 @@ def test_symmetrized_loss_only_applies_to_learned_poses(likelihood):
     np.testing.assert_allclose(out["recon_per_sample"].numpy(), np.minimum(*both), rtol=1e-5)
     # given poses: the plain loss
     rot = model_rotations(model, images)
-    known = model.compute_losses(images, rot, enc["shift"].numpy(), training=False)
+    known = model.compute_losses(Batch(images, rot, enc["shift"].numpy()), training=False)
     np.testing.assert_allclose(known["recon_per_sample"].numpy(), both[0], rtol=1e-5)

@@ -18,7 +18,7 @@ import pytest
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import read_particles
 from cryovae_nb.preprocess import PreprocessConfig, output_paths, preprocess_stack
-from cryovae_nb.train import load_split
+from cryovae_nb.training.data import read_split
 
 QUIRKS = Path(__file__).resolve().parent / "data" / "quirks"
 SOURCE = QUIRKS / "relion30.star"  # 7 images of 20 px
@@ -47,8 +47,8 @@ def test_a_star_file_refuses_another_runs_stack_and_split(tmp_path):
     # a split from another run is refused by the trainer's reader, the matching one accepted
     split_b = output_paths(b / "out")["split"]
     with pytest.raises(InputError, match="another preprocessing run"):
-        load_split(split_b, 7, old.output_id)
-    assert len(load_split(split_b, 7, new.output_id)[0]) + len(load_split(split_b, 7, new.output_id)[1]) == 7
+        read_split(split_b, 7, old.output_id)
+    assert len(read_split(split_b, 7, new.output_id)[0]) + len(read_split(split_b, 7, new.output_id)[1]) == 7
     # files other software wrote carry no record and are read as before
     assert read_particles(SOURCE).output_id is None
 

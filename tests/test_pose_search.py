@@ -12,7 +12,9 @@ tf = pytest.importorskip("tensorflow")
 
 from cryovae_nb import geometry  # noqa: E402
 from cryovae_nb.errors import ConfigError  # noqa: E402
-from cryovae_nb.model import ModelConfig, build_model, make_train_step, pose_search  # noqa: E402
+from cryovae_nb.model import ModelConfig, build_model, pose_search  # noqa: E402
+from cryovae_nb.model.batch import Batch  # noqa: E402
+from cryovae_nb.training.steps import make_train_step  # noqa: E402
 from cryovae_nb.model.projectors import lowpass, project_fourier  # noqa: E402
 from cryovae_nb.model.rotations import quaternion_multiply, quaternion_to_matrix  # noqa: E402
 from cryovae_nb.synthetic import lshape_volume  # noqa: E402
@@ -30,7 +32,7 @@ def head_pose(model, images):
     layer (pose_input="hidden") or z_mean (the seed's)."""
     if model.config.pose_input == "hidden":
         return model.pose(model._hidden(images, False))
-    return model.pose(model.encode(images)["z_mean"])
+    return model.pose(model.encode(Batch(images))["z_mean"])
 
 
 def test_several_poses_per_volume_equal_one_pose_each():
@@ -114,7 +116,7 @@ def test_pose_sampling_is_seeded_and_the_step_is_deterministic():
     rng = np.random.default_rng(5)
     images = rng.random((8, n, n)).astype(np.float32)
     model = build_model(small(box=n))
-    vols = model.decode(model.encode(images)["z_mean"])
+    vols = model.decode(model.encode(Batch(images))["z_mean"])
     head = head_pose(model, images)
     size = model.search_grid_size
     assert size == len(pose_search.search_grid(15.0))
@@ -130,7 +132,7 @@ def test_pose_sampling_is_seeded_and_the_step_is_deterministic():
         m = build_model(small(box=n))
         step = make_train_step(m)
         for i in range(3):
-            out = step(images, seed=tf.constant([i, 1]))
+            out = step(Batch(images), seed=tf.constant([i, 1]))
         return out, [v.numpy() for v in m.trainable_variables]
 
     (o1, w1), (o2, w2) = run(), run()
@@ -144,11 +146,11 @@ def test_losses_with_search_add_the_pose_term_and_encode_reports_the_searched_po
     images = np.random.default_rng(6).random((8, n, n)).astype(np.float32)
     cfg = small(box=n, pose_distill=7.0)
     model = build_model(cfg)
-    out = model.compute_losses(images, training=False)
+    out = model.compute_losses(Batch(images), training=False)
     expected = (out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
                 + 7.0 * out["pose"])
     np.testing.assert_allclose(float(out["total"]), float(expected), rtol=1e-6)
-    enc = model.encode(images)
+    enc = model.encode(Batch(images))
     head = head_pose(model, images)
     q, s, _ = model.search_pose(images, model.decode(enc["z_mean"]), head["quaternion"], head["shift"])
     np.testing.assert_allclose(enc["quaternion"].numpy(), q.numpy(), atol=1e-6)

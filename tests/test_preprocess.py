@@ -14,9 +14,10 @@ from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.io import ParticleStack, read_particles, write_stack
 from cryovae_nb.preprocess import (PreprocessConfig, add_preprocess_parser, apply_mask, coarsen,
-                                   downsample_shifts, invert_contrast, load_split, normalise, output_paths,
+                                   downsample_shifts, invert_contrast, normalise, output_paths,
                                    preprocess_images, preprocess_stack, run_preprocess, train_test_split)
 from cryovae_nb.volumes import diameter_mask, fourier_crop
+from cryovae_nb.training.data import read_split
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no 'MAP ' stamp"),
               pytest.mark.filterwarnings("ignore:.*rlnImageSize 448 disagrees"),
@@ -207,8 +208,10 @@ def test_chunked_pipeline_equals_whole_array(stack, tmp_path):
     assert float(optics["rlnImagePixelSize"].iloc[0]) == pytest.approx(4.0)
     assert int(optics["rlnImageSize"].iloc[0]) == 12
     assert out.pixel_size == pytest.approx(4.0)
-    split = load_split(tmp_path / "pp" / "out_split.npz")
-    np.testing.assert_array_equal(split, train_test_split(23, 0.2, 3))
+    train, test = read_split(tmp_path / "pp" / "out_split.npz", 23)
+    is_test = train_test_split(23, 0.2, 3)
+    np.testing.assert_array_equal(test, np.flatnonzero(is_test))
+    np.testing.assert_array_equal(train, np.flatnonzero(~is_test))
     assert _sha(path) == before
 
 

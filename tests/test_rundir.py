@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cryovae_nb import rundir
+from cryovae_nb.training import rundir
 from cryovae_nb.config import save_config
 from cryovae_nb.errors import ConfigError, TrainingError
-from cryovae_nb.train import CheckpointManager, TrainConfig, read_metrics
+from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.rundir import CheckpointManager, read_metrics
 
 
 def snapshot(folder: Path) -> dict:
@@ -55,7 +56,7 @@ def config(data, run_dir, **kw) -> TrainConfig:
 
 
 def trainer(cfg, **kw):
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     return Trainer(cfg, progress=False, **kw)
 

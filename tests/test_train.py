@@ -15,8 +15,9 @@ import pytest
 
 from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError, TrainingError
-from cryovae_nb.train import (CheckpointManager, EpochOrder, MetricsLog, Prefetcher, TrainConfig,
-                              load_split, make_split, read_metrics)
+from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.data import EpochOrder, Prefetcher, make_split, read_split
+from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, read_metrics
 
 # --------------------------------------------------------------------------------------------
 # pure parts
@@ -36,22 +37,22 @@ def test_split_is_reproducible_disjoint_and_complete():
 def test_load_split_accepts_both_layouts_and_rejects_bad_ones(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, train=np.array([0, 2, 3]), test=np.array([1]))
-    tr, te = load_split(p, 4)
+    tr, te = read_split(p, 4)
     assert tr.tolist() == [0, 2, 3] and te.tolist() == [1]
     q = tmp_path / "mask.npz"
     np.savez(q, is_test=np.array([False, True, False, True]))
-    tr, te = load_split(q, 4)
+    tr, te = read_split(q, 4)
     assert tr.tolist() == [0, 2] and te.tolist() == [1, 3]
     with pytest.raises(InputError, match="is_test"):
-        load_split(q, 5)
+        read_split(q, 5)
     with pytest.raises(InputError, match=r"outside 0\.\.2"):
-        load_split(p, 3)
+        read_split(p, 3)
     np.savez(p, train=np.array([0, 1]), test=np.array([1]))
     with pytest.raises(InputError, match="share"):
-        load_split(p, 4)
+        read_split(p, 4)
     np.savez(p, something=np.array([0]))
     with pytest.raises(InputError, match="s.npz"):
-        load_split(p, 4)
+        read_split(p, 4)
 
 
 def test_epoch_order_visits_each_image_once_per_epoch_and_reshuffles():
@@ -132,15 +133,15 @@ def test_metrics_log_truncates_on_resume_and_skips_a_torn_line(tmp_path):
 
 
 def test_metric_values_are_cleaned_for_json_lists_included(tmp_path):
-    from cryovae_nb.train import _clean
+    from cryovae_nb.training.rundir import json_value
 
-    assert _clean(float("nan")) is None and _clean(np.float32(1.5)) == 1.5 and _clean(None) is None
-    assert _clean(np.int64(3)) == 3 and type(_clean(np.int64(3))) is int
-    assert _clean(True) is True and _clean(np.bool_(False)) is False
-    assert _clean([0.123456, float("inf"), np.float32(2e-5)], 4) == [0.1235, None, 2e-5]
-    assert _clean(np.array([1.0, np.nan])) == [1.0, None]
+    assert json_value(float("nan")) is None and json_value(np.float32(1.5)) == 1.5 and json_value(None) is None
+    assert json_value(np.int64(3)) == 3 and type(json_value(np.int64(3))) is int
+    assert json_value(True) is True and json_value(np.bool_(False)) is False
+    assert json_value([0.123456, float("inf"), np.float32(2e-5)], 4) == [0.1235, None, 2e-5]
+    assert json_value(np.array([1.0, np.nan])) == [1.0, None]
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    log.append({"step": 5, "split": "test", "kl_per_dim": _clean([0.5, 1e-4], 4), "active_dims": 1})
+    log.append({"step": 5, "split": "test", "kl_per_dim": json_value([0.5, 1e-4], 4), "active_dims": 1})
     log.append({"step": 9, "split": "test", "kl_per_dim": [0.25, 0.0], "active_dims": 0,
                 "latent_collapsed": True})
     log.truncate(5)
@@ -199,7 +200,7 @@ def _weights(trainer_or_model):
 
 def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_path):
     from cryovae_nb.io import read_volume
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     got = {"metrics": [], "samples": [], "checkpoints": []}
 
@@ -262,7 +263,7 @@ def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_pa
 
 
 def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_path, monkeypatch):
-    from cryovae_nb import train as T
+    from cryovae_nb.training import trainer as T
 
     # the verdict on crafted evaluations: it depends on the step and the count, nothing else
     model = dataclasses.replace(tiny_config(tiny_data, tmp_path).model, kl_warmup_steps=800)
@@ -310,7 +311,8 @@ def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_
 _DRIVER = textwrap.dedent("""
     import os, signal, sys
     from cryovae_nb.config import load_config
-    from cryovae_nb.train import Trainer, TrainConfig
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
 
     class KillAt:  # the process kills itself at a given logged step: the same point on any machine
         def on_metrics(self, record):
@@ -322,7 +324,7 @@ _DRIVER = textwrap.dedent("""
 
 
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     kw = dict(max_steps=16, log_every=1, checkpoint_every=6, n_test_eval=32)
     # the uninterrupted reference, in this process
@@ -360,7 +362,7 @@ def test_nan_input_fails_cleanly_and_keeps_the_last_checkpoint(tiny_data, tmp_pa
     import mrcfile
 
     from cryovae_nb.io import read_particles, write_particles_star
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     # a copy of the data whose particle used at step 15 holds a NaN pixel
     parts = read_particles(tiny_data)
@@ -388,7 +390,7 @@ def test_nan_input_fails_cleanly_and_keeps_the_last_checkpoint(tiny_data, tmp_pa
 
 def test_nan_loss_fails_cleanly_and_never_checkpoints_bad_weights(tiny_data, tmp_path):
     from cryovae_nb.inference import load_run
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "run", max_steps=10), progress=False)
     trainer.train()
@@ -409,7 +411,7 @@ def test_nan_loss_fails_cleanly_and_never_checkpoints_bad_weights(tiny_data, tmp
 
 
 def test_stop_requests_time_budget_and_stop_file(tiny_data, tmp_path):
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     class StopAt:
         def __init__(self):
@@ -438,7 +440,7 @@ def test_stop_requests_time_budget_and_stop_file(tiny_data, tmp_path):
 
 
 def test_known_pose_mode_needs_poses_and_trains(tiny_data, tmp_path):
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     cfg = tiny_config(tiny_data, tmp_path / "k", pose_mode="known", max_steps=20)
     r = Trainer(cfg, progress=False).train()
@@ -450,7 +452,7 @@ def test_known_pose_mode_needs_poses_and_trains(tiny_data, tmp_path):
 
 
 def test_resume_refuses_a_different_model(tiny_data, tmp_path):
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     Trainer(tiny_config(tiny_data, tmp_path / "r", max_steps=10), progress=False).train()
     cfg = tiny_config(tiny_data, tmp_path / "r", max_steps=20)
@@ -468,7 +470,7 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
 
 
 def test_cli_trains_and_resumes(tiny_data, tmp_path):
-    from cryovae_nb.train import main
+    from cryovae_nb.training.cli import main
 
     cfg = tiny_config(tiny_data, tmp_path / "ignored", max_steps=10)
     save_config(cfg, tmp_path / "c.yaml")

@@ -1,18 +1,32 @@
-"""The cryo-EM VAE: configuration, decoders, projectors, the forward model, losses, the Keras model
-and its compiled steps."""
-from cryovae_nb.model.config import ModelConfig
-from cryovae_nb.model.decoders import DECODERS, make_decoder
-from cryovae_nb.model.forward import forward_images
-from cryovae_nb.model.losses import averaging_loss, kl_divergence, mirror, reconstruction_loss
-from cryovae_nb.model.projectors import (PROJECTORS, gridding_correction, make_projector, project_fourier,
-                                         project_real, rfft3d)
-from cryovae_nb.model.rotations import quaternion_to_matrix
-from cryovae_nb.model.train_step import configure_threads, make_eval_step, make_optimizer, make_train_step
-from cryovae_nb.model.vae import CryoVAE, build_model
+"""The cryo-EM VAE: configuration, its batch, decoders, projectors, the forward model, losses and
+the Keras model.
 
-__all__ = [
-    "ModelConfig", "CryoVAE", "build_model", "make_train_step", "make_eval_step", "make_optimizer",
-    "configure_threads", "DECODERS", "make_decoder", "PROJECTORS", "make_projector", "forward_images",
-    "project_fourier", "project_real", "rfft3d", "gridding_correction",
-    "quaternion_to_matrix", "reconstruction_loss", "kl_divergence", "averaging_loss", "mirror",
-]
+The names below are loaded when first used (PEP 562), so that ``cryovae_nb.model.config`` and
+``cryovae_nb.model.batch`` -- which a TrainConfig or a loader needs -- import without TensorFlow.
+The compiled training steps are in ``cryovae_nb.training.steps``.
+"""
+from __future__ import annotations
+
+import importlib
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "ModelConfig": "config", "Batch": "batch",
+    "CryoVAE": "vae", "build_model": "vae",
+    "DECODERS": "decoders", "make_decoder": "decoders",
+    "PROJECTORS": "projectors", "make_projector": "projectors", "project_fourier": "projectors",
+    "project_real": "projectors", "rfft3d": "projectors", "gridding_correction": "projectors",
+    "forward_images": "forward", "quaternion_to_matrix": "rotations",
+    "reconstruction_loss": "losses", "kl_divergence": "losses", "averaging_loss": "losses",
+    "mirror": "losses", "LOSS_KEYS": "losses",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -5,6 +5,10 @@ import math
 
 import tensorflow as tf
 
+# the scalar losses of `CryoVAE.compute_losses` that training logs, averages over ranks and checks
+# for NaN: every consumer reads this tuple (cryovae_nb.training), so a new term is added once
+LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
+
 
 def reconstruction_loss(images, projections, pixel_mask=None) -> tf.Tensor:
     """Per-image sigmoid cross-entropy, summed over pixels (those where ``pixel_mask`` ``(n, n)``

@@ -16,6 +16,7 @@ import tensorflow as tf
 from cryovae_nb.config import to_dict
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.model import losses, pose_search
+from cryovae_nb.model.batch import Batch
 from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.model.decoders import make_decoder
 from cryovae_nb.model.forward import add_offset, apply_link, forward_images
@@ -28,7 +29,7 @@ def latent_noise(shape, seed) -> tf.Tensor:
     """Standard normal noise from an int ``[2]`` seed (``tf.random.stateless_normal``).
 
     XLA draws different numbers for the same seed, so compiled steps call this outside XLA and
-    pass the result as ``noise`` (see train_step.py): a seed means the same noise everywhere."""
+    pass the result as ``noise`` (see training/steps.py): a seed means the same noise everywhere."""
     return tf.random.stateless_normal(shape, seed=tf.cast(seed, tf.int32))
 
 
@@ -114,14 +115,16 @@ class CryoVAE(keras.Model):
             self.pc_count = keras.Variable(0.0, dtype="float32", trainable=False, name="pc_count")
 
     # -- the pieces --------------------------------------------------------------------------
-    def encode(self, images, training: bool = False, rotations=None, shifts=None) -> dict:
-        """``(B, n, n)`` images -> dict ``z_mean``, ``z_logvar`` ``(B, latent)``, ``quaternion``
-        ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose head reads the hidden
-        layer (``pose_input="hidden"``) or ``z_mean`` (the seed's). With linearized latents
-        (``latent_inference``) the known poses ``rotations`` ``(B, 3, 3)`` (and ``shifts``) are required."""
+    def encode(self, batch: Batch, training: bool = False) -> dict:
+        """A `Batch` of ``(B, n, n)`` images -> dict ``z_mean``, ``z_logvar`` ``(B, latent)``,
+        ``quaternion`` ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose head
+        reads the hidden layer (``pose_input="hidden"``) or ``z_mean`` (the seed's). With
+        linearized latents (``latent_inference``) the batch's known poses ``rotations``
+        ``(B, 3, 3)`` (and ``shifts``) are required."""
+        images = batch.images
         h = self._hidden(images, training)
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
-        z_mean, z_logvar = self._posterior(h, images, rotations, shifts, offset)
+        z_mean, z_logvar = self._posterior(h, batch, offset)
         out = {"z_mean": z_mean, "z_logvar": z_logvar}
         out.update(self.pose(h if self.config.pose_input == "hidden" else z_mean))
         if offset is not None:
@@ -193,13 +196,13 @@ class CryoVAE(keras.Model):
 
     def call(self, images, training: bool = False):
         """Deterministic reconstruction of ``images`` (z = z_mean, learned pose)."""
-        enc = self.encode(images, training)
+        enc = self.encode(Batch(images), training)
         return forward_images(self.decode(enc["z_mean"], training), quaternion_to_matrix(enc["quaternion"]),
                               enc["shift"], projector=self.projector, offset=enc.get("offset"), disc=self._disc)
 
-    def linearized_posterior(self, images, rotations, shifts=None, offset=None, noise_var=None):
-        """Each image's latent posterior under the decoder linearised about the prior mean, at its
-        known pose: ``(z_mean, z_logvar)`` ``(B, latent)``, no gradient (``latent_inference =
+    def linearized_posterior(self, batch: Batch, offset=None, noise_var=None):
+        """Each `Batch` image's latent posterior under the decoder linearised about the prior mean,
+        at its known pose: ``(z_mean, z_logvar)`` ``(B, latent)``, no gradient (``latent_inference =
         "linearized"``).
 
         The model image of latent z is approximated by ``y0 + G z`` with ``y0`` the image of z = 0
@@ -215,7 +218,7 @@ class CryoVAE(keras.Model):
         """
         cfg = self.config
         n, d = cfg.box, cfg.latent_dim
-        images, rotations, shifts, b = _known_pose_batch(images, rotations, shifts)
+        images, rotations, shifts, b = _known_pose_batch(batch)
         probes = tf.concat([tf.zeros([1, d]), tf.eye(d)], 0)                       # (d + 1, d)
         vols = tf.stop_gradient(self.decode(probes))
         # low-passed: the conformation shows at low resolution, and slicing only the band's
@@ -239,8 +242,8 @@ class CryoVAE(keras.Model):
         z_var = tf.linalg.diag_part(tf.linalg.cholesky_solve(chol, eye))
         return tf.stop_gradient(z_mean), tf.stop_gradient(tf.math.log(z_var))
 
-    def covariance_statistics(self, images, rotations, shifts=None, offset=None, noise_var=None):
-        """One batch's step of the principal-volume estimate (``latent_inference="linearized"``):
+    def covariance_statistics(self, batch: Batch, offset=None, noise_var=None):
+        """One `Batch`'s step of the principal-volume estimate (``latent_inference="linearized"``):
         ``(H U, variance)`` with ``U`` the current basis ``(d, n, n, n)``, ``H = mean_i Q_i^T (r_i
         r_i^T - var I) Q_i`` the images' residual covariance taken back into the volume (``Q_i``:
         projection at pose i, low-passed to ``latent_band``, times the link's slope, inside the
@@ -251,7 +254,7 @@ class CryoVAE(keras.Model):
         No gradient to the model."""
         cfg = self.config
         n, d = cfg.box, cfg.latent_dim
-        images, rotations, shifts, b = _known_pose_batch(images, rotations, shifts)
+        images, rotations, shifts, b = _known_pose_batch(batch)
         band, mask = cfg.latent_band * n, (self._pixel_mask if self._pixel_mask is not None else 1.0)
         v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
         # Why project_fourier whatever ModelConfig.projector: differentiable in the volume and
@@ -306,13 +309,13 @@ class CryoVAE(keras.Model):
         mode = self.config.latent_inference
         return mode == "linearized" or (mode == "auto" and self.config.pose_mode == "known")
 
-    def _posterior(self, h, images, rotations, shifts, offset, noise_var=None):
+    def _posterior(self, h, batch: Batch, offset, noise_var=None):
         if not self.linearized:
             return self.z_mean_layer(h), self.z_logvar_layer(h)
-        if rotations is None:
+        if batch.rotations is None:
             raise InputError("this model infers latents from the known poses (latent_inference="
                              "'linearized'): pass the poses (rotations, shifts)")
-        return self.linearized_posterior(images, rotations, shifts, offset, noise_var)
+        return self.linearized_posterior(batch, offset, noise_var)
 
     def _hidden(self, images, training):
         images = tf.convert_to_tensor(images, tf.float32)
@@ -325,12 +328,12 @@ class CryoVAE(keras.Model):
         return h
 
     # -- the objective -------------------------------------------------------------------------
-    def compute_losses(self, images, rotations=None, shifts=None, training: bool = True,
+    def compute_losses(self, batch: Batch, training: bool = True,
                        seed=None, noise=None, pose_noise=None, kl_scale=1.0) -> dict:
-        """All loss terms for a batch of tanh-normalised images ``(B, n, n)``.
+        """All loss terms for a `Batch` of tanh-normalised images ``(B, n, n)``.
 
-        ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to known poses;
-        otherwise the pose head is used (required when ``pose_mode == "known"``). ``seed`` (int
+        The batch's ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to
+        known poses; otherwise the pose head is used (required when ``pose_mode == "known"``). ``seed`` (int
         tensor of shape [2]) draws the reparameterisation noise with ``tf.random.stateless_normal``
         -- the same seed gives the same noise; ``seed=None`` uses z = z_mean (no noise).
         ``noise`` ``(B, latent)`` gives the standard normal draws directly (overrides ``seed``).
@@ -350,15 +353,15 @@ class CryoVAE(keras.Model):
         ``noise_var`` (the variance used).
         """
         cfg = self.config
-        images = tf.convert_to_tensor(images, tf.float32)
+        rotations, shifts = batch.rotations, batch.shifts
+        images = tf.convert_to_tensor(batch.images, tf.float32)
         h = self._hidden(images, training)
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
         if self.linearized:
             # before the first update there is no residual yet: the images' own variance bounds it
             mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
             v0 = tf.reduce_mean(tf.square(images - mean))
-            z_mean, z_logvar = self._posterior(h, images, rotations, shifts, offset,
-                                               self.noise_variance(fallback=v0))
+            z_mean, z_logvar = self._posterior(h, batch, offset, self.noise_variance(fallback=v0))
         else:
             z_mean, z_logvar = self.z_mean_layer(h), self.z_logvar_layer(h)
         z = z_mean
@@ -418,8 +421,7 @@ class CryoVAE(keras.Model):
                         + cfg.pose_distill * pose_term)
         out.update(recon_per_sample=recon, kl_per_dim=kl_dims, residual=residual, noise_var=noise_var)
         if self.linearized and training:
-            out["pc_update"], out["pc_variance"] = self.covariance_statistics(images, rotations, shifts,
-                                                                              offset, noise_var)
+            out["pc_update"], out["pc_variance"] = self.covariance_statistics(batch, offset, noise_var)
         out["z_mean"] = z_mean
         return out
 
@@ -427,9 +429,11 @@ class CryoVAE(keras.Model):
         return {"config": to_dict(self.config)}
 
 
-def _known_pose_batch(images, rotations, shifts):
-    """(images, rotations (B, 3, 3), shifts (B, 2), B) as float32 tensors with static ranks: a
-    loosely retraced step (reduce_retracing) may hand them in rank-unknown; no shifts are zeros."""
+def _known_pose_batch(batch: Batch):
+    """A known-pose `Batch`'s (images, rotations (B, 3, 3), shifts (B, 2), B) as float32 tensors
+    with static ranks: a loosely retraced step (reduce_retracing) may hand them in rank-unknown;
+    no shifts are zeros."""
+    images, rotations, shifts = batch.images, batch.rotations, batch.shifts
     images = tf.convert_to_tensor(images, tf.float32)
     rotations = tf.reshape(tf.convert_to_tensor(rotations, tf.float32), [-1, 3, 3])
     b = tf.shape(rotations)[0]
@@ -443,7 +447,7 @@ def build_model(config: ModelConfig | None = None) -> CryoVAE:
     n = model.config.box
     known = np.eye(3, dtype=np.float32)[None] if model.config.pose_mode == "known" else None
     images = np.zeros((1, n, n), np.float32)
-    model.encode(images, rotations=known)
+    model.encode(Batch(images, rotations=known))
     h = model._hidden(images, False)
     model.z_mean_layer(h), model.z_logvar_layer(h)  # built even when latents are not read from them
     model.decode(np.zeros((1, model.config.latent_dim), np.float32))

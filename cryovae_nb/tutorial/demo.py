@@ -106,7 +106,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     """The main job of ``cryovae demo``; returns the summary written to ``out/summary.json``."""
-    from cryovae_nb.train import Trainer, save_sample_png
+    from cryovae_nb.training.trainer import Trainer, save_sample_png
 
     t0 = time.monotonic()
     _say(f"1/5 simulating {s.n_particles} {s.phantom} particles ({s.box} px, SNR {s.snr}) in {out}")

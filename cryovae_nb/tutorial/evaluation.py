@@ -17,6 +17,7 @@ from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
 from cryovae_nb.heterogeneity import motion_recovery, state_volumes
 from cryovae_nb.io import read_volume
+from cryovae_nb.model.batch import Batch
 from cryovae_nb.synthetic import SimulationConfig, hinge_volume, load_truth
 from cryovae_nb.tutorial.workspace import TutorialData, reference_level, truth_table
 from cryovae_nb.volumes import fourier_resample
@@ -314,8 +315,10 @@ def reconstruct_particles(run, particles, indices) -> tuple[np.ndarray, np.ndarr
     rot, sh = enc.rotations.astype(np.float32), enc.shifts.astype(np.float32)
     proj = run.model.project(volumes, rot, sh)
     # plus the per-image offset the loss adds (ModelConfig.image_offset), as Trainer.reconstruct
-    known = {"rotations": rot, "shifts": sh} if run.config.model.pose_mode == "known" else {}
-    proj = np.asarray(run.model.add_offset(proj, run.model.encode(images, **known).get("offset")))
+    batch = Batch(images, indices=idx)
+    if run.config.model.pose_mode == "known":
+        batch = batch.replace(rotations=rot, shifts=sh)
+    proj = np.asarray(run.model.add_offset(proj, run.model.encode(batch).get("offset")))
     return images, 1.0 / (1.0 + np.exp(-proj))
 
 
@@ -331,9 +334,10 @@ def reconstruction_errors(run, particles, indices=None, batch_size: int = 256) -
     out = []
     for s in range(0, len(idx), batch_size):
         b = idx[s:s + batch_size]
-        imgs = np.asarray(particles.images[b], np.float32)
-        rot = None if poses is None else np.asarray(poses.rotations[b], np.float32)
-        sh = None if poses is None else np.asarray(poses.shifts[b], np.float32)
-        losses = model.compute_losses(imgs, rot, sh, training=False)
+        batch = Batch(np.asarray(particles.images[b], np.float32), indices=b)
+        if poses is not None:
+            batch = batch.replace(rotations=np.asarray(poses.rotations[b], np.float32),
+                                  shifts=np.asarray(poses.shifts[b], np.float32))
+        losses = model.compute_losses(batch, training=False)
         out.append(np.asarray(losses["recon_per_sample"], np.float64))
     return np.concatenate(out) if out else np.zeros(0)

@@ -30,6 +30,8 @@ from cryovae_nb.config import load_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
 from cryovae_nb.synthetic import SimulatedDataset, SimulationConfig, load_truth, simulate
+from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.rundir import RunFolder
 
 
 # The tutorial's model and optimiser settings, in this one place: tutorial_train_config starts
@@ -169,7 +171,6 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
     (each name goes where it belongs, in the two dicts too; a name both configs have, such as
     ``learning_rate``, goes to the ``TrainConfig``)."""
     from cryovae_nb.model import ModelConfig
-    from cryovae_nb.train import TrainConfig
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -192,10 +193,7 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    from cryovae_nb.train import CheckpointManager
-
-    run_dir = Path(run_dir)
-    return (run_dir / "config.json").is_file() and CheckpointManager(run_dir / "checkpoints").latest() is not None
+    return RunFolder(run_dir).has_checkpoint()
 
 
 def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike | None = None, *,
@@ -207,7 +205,7 @@ def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike
     run_dir = Path(workdir) / run_name
     if has_checkpoint(run_dir):
         return run_dir
-    from cryovae_nb.train import Trainer
+    from cryovae_nb.training.trainer import Trainer
 
     data = ensure_tutorial_data(workdir, star_file, datadir=datadir, progress=progress, **(data_kwargs or {}))
     cfg = tutorial_train_config(data, run_dir, max_steps=max_steps, max_time_s=budget_s, **train_overrides)

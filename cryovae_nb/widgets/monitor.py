@@ -11,7 +11,6 @@ a background poll.
 from __future__ import annotations
 
 import html
-import json
 import os
 import threading
 from collections import defaultdict
@@ -24,6 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cryovae_nb.errors import CryoVAEError, InputError
+from cryovae_nb.training.rundir import RunFolder
 from cryovae_nb.widgets.images import comparison_png
 
 METRICS = ("total", "recon", "kl", "averaging")
@@ -47,8 +47,7 @@ class TrainingMonitor(W.VBox):
             lambda: {m: ([], []) for m in self.metrics})
         self.sample_step: int | None = None
         self.latent: dict | None = None
-        self._offset = 0          # bytes of metrics.jsonl already consumed
-        self._lines_read = 0
+        self._reader = None if self.run_dir is None else RunFolder(self.run_dir).metrics_reader()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,7 +83,7 @@ class TrainingMonitor(W.VBox):
     # -- run-directory reading ----------------------------------------------------------------
     @property
     def metrics_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / "metrics.jsonl"
+        return None if self._reader is None else self._reader.path
 
     def refresh(self) -> int:
         """Read what was appended to metrics.jsonl since last time and the newest sample PNG.
@@ -92,31 +91,12 @@ class TrainingMonitor(W.VBox):
         Returns the number of new records. A half-written last line (the writer is mid-append)
         is left for the next call.
         """
-        path = self.metrics_path
-        if path is None:
+        if self._reader is None:
             raise InputError("this monitor has no run directory; it is fed by on_metrics()")
-        records = []
-        if path.exists():
-            with open(path, "rb") as fh:
-                if os.fstat(fh.fileno()).st_size < self._offset:   # file replaced: a new run
-                    self._offset, self._lines_read = 0, 0
-                    self.history.clear()
-                    self.latent = None
-                fh.seek(self._offset)
-                chunk = fh.read()
-            complete = chunk[:chunk.rfind(b"\n") + 1]
-            for line in complete.splitlines():
-                self._lines_read += 1
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"line {self._lines_read} is not JSON ({e.msg})", path) from None
-                if not isinstance(rec, dict) or "step" not in rec:
-                    raise InputError(f"line {self._lines_read} has no 'step' field", path)
-                records.append(rec)
-            self._offset += len(complete)
+        records, restarted = self._reader.read()
+        if restarted:   # the file was replaced: a new run
+            self.history.clear()
+            self.latent = None
         self._add(records)
         self._read_latest_sample()
         self._redraw()

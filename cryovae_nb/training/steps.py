@@ -1,4 +1,6 @@
-"""Compiled training and evaluation steps (the Trainer and the Horovod glue build on these)."""
+"""Compiled training and evaluation steps (the Trainer and the Horovod hooks build on these).
+
+A step takes a `Batch` (images, known poses or None, particle rows) and a seed."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,9 +8,9 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from cryovae_nb.model.batch import Batch
+from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import CryoVAE, latent_noise, search_noise
-
-SCALARS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
 
 
 def kl_scale(model: CryoVAE, optimizer) -> tf.Tensor:
@@ -41,31 +43,36 @@ def make_optimizer(model: CryoVAE) -> keras.optimizers.Optimizer:
     return opt
 
 
-def _inputs(model, images, rotations, shifts, seed):
-    """Tensors for a compiled step; the seed becomes the noise itself (drawn outside XLA)."""
-    images = tf.convert_to_tensor(images, tf.float32)
+def _inputs(model, batch: Batch, seed):
+    """(the batch as tensors, noise, pose noise) for a compiled step; the seed becomes the noise
+    itself (drawn outside XLA)."""
+    images = tf.convert_to_tensor(batch.images, tf.float32)
+    rotations, shifts = batch.rotations, batch.shifts
     if rotations is not None:
         rotations = tf.convert_to_tensor(rotations, tf.float32)
         if shifts is None:
             shifts = tf.zeros([tf.shape(images)[0], 2], tf.float32)
     if shifts is not None:
         shifts = tf.convert_to_tensor(shifts, tf.float32)
+    # the particle rows ride along as int64 (they do not enter the loss; a fixed dtype keeps one trace)
+    indices = None if batch.indices is None else tf.convert_to_tensor(batch.indices, tf.int64)
+    batch = batch.replace(images=images, rotations=rotations, shifts=shifts, indices=indices)
     noise = pose_noise = None
     if seed is not None:
         noise = latent_noise([images.shape[0], model.config.latent_dim], seed)
         if rotations is None and model.config.pose_search_deg is not None:
             # uniform draws for sampling the searched pose (model.search_pose), also outside XLA
             pose_noise = search_noise([images.shape[0], model.search_grid_size], seed)
-    return images, rotations, shifts, noise, pose_noise
+    return batch, noise, pose_noise
 
 
 def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None = None, *,
                     jit: bool = True,
                     grad_reducer: Callable[[list], list] | None = None) -> Callable[..., dict]:
-    """Return ``step(images, rotations=None, shifts=None, seed=None) -> dict`` of scalar losses
-    (``recon``, ``kl``, ``averaging``, ``total``) after one optimizer update.
+    """Return ``step(batch, seed=None) -> dict`` of the scalar losses (``LOSS_KEYS``) after one
+    optimizer update.
 
-    ``rotations``/``shifts`` give known poses (``pose_mode="known"``); ``seed`` is an int ``[2]``
+    The `Batch`'s ``rotations``/``shifts`` give known poses (``pose_mode="known"``); ``seed`` is an int ``[2]``
     for the reparameterisation noise (pass a different one each step; ``None`` = no noise).
     ``grad_reducer(list_of_grads) -> list_of_grads`` is applied between the gradient and the update
     (Horovod: ``hvd.grouped_allreduce``); then the gradient and the update are compiled separately
@@ -79,9 +86,9 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
 
     if grad_reducer is None:
         @tf.function(jit_compile=jit, reduce_retracing=True)
-        def fused(images, rotations, shifts, noise, pose_noise):
+        def fused(batch, noise, pose_noise):
             with tf.GradientTape() as tape:
-                out = model.compute_losses(images, rotations, shifts, training=True, noise=noise,
+                out = model.compute_losses(batch, training=True, noise=noise,
                                            pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
             grads = tape.gradient(out["total"], variables)
             # with known poses the pose head gets no gradient: leave it out (static, per trace)
@@ -89,27 +96,27 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
             model.update_noise_variance(out["residual"])
             if "pc_update" in out:
                 model.update_covariance(out["pc_update"], out["pc_variance"])
-            return {k: out[k] for k in SCALARS}
+            return {k: out[k] for k in LOSS_KEYS}
 
-        def step(images, rotations=None, shifts=None, seed=None):
-            return fused(*_inputs(model, images, rotations, shifts, seed))
+        def step(batch: Batch, seed=None):
+            return fused(*_inputs(model, batch, seed))
 
         return step
 
     used = {}  # known poses? -> indices of the variables that get a gradient (found while tracing)
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def compute(images, rotations, shifts, noise, pose_noise):
+    def compute(batch, noise, pose_noise):
         with tf.GradientTape() as tape:
-            out = model.compute_losses(images, rotations, shifts, training=True, noise=noise,
+            out = model.compute_losses(batch, training=True, noise=noise,
                                        pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
         grads = tape.gradient(out["total"], variables)
-        used[rotations is not None] = [i for i, g in enumerate(grads) if g is not None]
+        used[batch.known_poses] = [i for i, g in enumerate(grads) if g is not None]
         # the residual rides with the gradients through the reducer, so every rank keeps the same
         # noise variance (the mean of the ranks' batches, as one big batch would give)
         # (so do the principal-volume statistics of linearized latents)
         extra = [out["pc_update"], out["pc_variance"]] if "pc_update" in out else []
-        return [g for g in grads if g is not None] + [out["residual"]] + extra, {k: out[k] for k in SCALARS}
+        return [g for g in grads if g is not None] + [out["residual"]] + extra, {k: out[k] for k in LOSS_KEYS}
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def apply(grads, residual, extra, known):
@@ -118,27 +125,26 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         if extra:
             model.update_covariance(*extra)
 
-    def step(images, rotations=None, shifts=None, seed=None):
-        grads, losses = compute(*_inputs(model, images, rotations, shifts, seed))
+    def step(batch: Batch, seed=None):
+        grads, losses = compute(*_inputs(model, batch, seed))
         reduced = list(grad_reducer(list(grads)))
-        k = len(used[rotations is not None])
-        apply(reduced[:k], reduced[k], reduced[k + 1:], rotations is not None)
+        k = len(used[batch.known_poses])
+        apply(reduced[:k], reduced[k], reduced[k + 1:], batch.known_poses)
         return losses
 
     return step
 
 
 def make_eval_step(model: CryoVAE, *, jit: bool = True) -> Callable[..., dict]:
-    """Return ``step(images, rotations=None, shifts=None, seed=None) -> dict`` of losses without
+    """Return ``step(batch, seed=None) -> dict`` of losses without
     updating weights (``seed=None``: z = z_mean). Includes ``recon_per_sample`` ``(B,)`` and
     ``kl_per_dim`` ``(latent,)``."""
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def evaluate(images, rotations, shifts, noise, pose_noise):
-        return model.compute_losses(images, rotations, shifts, training=False, noise=noise,
-                                    pose_noise=pose_noise)
+    def evaluate(batch, noise, pose_noise):
+        return model.compute_losses(batch, training=False, noise=noise, pose_noise=pose_noise)
 
-    def step(images, rotations=None, shifts=None, seed=None):
-        return evaluate(*_inputs(model, images, rotations, shifts, seed))
+    def step(batch: Batch, seed=None):
+        return evaluate(*_inputs(model, batch, seed))
 
     return step

@@ -1,6 +1,6 @@
-"""Data-parallel training with Horovod: the glue between ``hvd`` and the Trainer's hooks.
+"""Data-parallel training with Horovod: ``hvd`` behind the Trainer's `Hooks`.
 
-    horovodrun -np 2 -H localhost:2 --gloo python -m cryovae_nb.train --config c.yaml --horovod
+    horovodrun -np 2 -H localhost:2 --gloo python -m cryovae_nb.training --config c.yaml --horovod
 
 Each rank reads its own interleaved share of every global batch (the Trainer's EpochOrder with
 rank/size), so with ``size`` ranks of batch ``b`` a step sees the same ``size * b`` images a single
@@ -21,7 +21,8 @@ by default; ``scale_lr=True`` multiplies it by the number of ranks (the linear-s
 global batch that grows with the ranks).
 
 Horovod is optional: without it (or without ``--horovod`` and outside horovodrun) training runs
-in one process. ``import cryovae_nb.distributed`` never imports Horovod or TensorFlow by itself.
+in one process. Horovod itself is imported only by `init`; this module depends on the trainer,
+never the other way round.
 """
 from __future__ import annotations
 
@@ -31,7 +32,13 @@ import os
 import warnings
 from typing import Any
 
+import tensorflow as tf
+
+from cryovae_nb.config import from_dict, load_config
 from cryovae_nb.errors import LaunchError
+from cryovae_nb.model.losses import LOSS_KEYS
+from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.trainer import Hooks, Trainer
 
 # Set by horovodrun (Gloo), Open MPI's mpirun, and MPICH/Intel MPI (PMI) in every rank.
 RANK_ENV = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
@@ -96,8 +103,6 @@ class Context:
         """Trainer hook, run after build/restore: rank 0's weights, optimizer state and step."""
         if self.hvd is None or self.size == 1:
             return
-        import tensorflow as tf
-
         trainer.optimizer.build(trainer.model.trainable_variables)  # slots must exist to be sent
         self.broadcast_variables(list(trainer.model.variables) + list(trainer.optimizer.variables))
         step = self.hvd.broadcast(tf.constant(int(trainer.step), tf.int64), 0, name="cryovae.bcast.step")
@@ -107,16 +112,12 @@ class Context:
         """Mean of a few Python floats over ranks (NaN-preserving)."""
         if self.hvd is None or self.size == 1:
             return list(values)
-        import tensorflow as tf
-
         out = self.hvd.allreduce(tf.constant(values, tf.float64), op=self.hvd.Average, name=name)
         return [float(x) for x in out.numpy()]
 
     def allreduce_max(self, value: int, name: str) -> int:
         if self.hvd is None or self.size == 1:
             return int(value)
-        import tensorflow as tf
-
         return int(self.hvd.allreduce(tf.constant(int(value), tf.int64), op=self.hvd.Max, name=name))
 
 
@@ -157,8 +158,6 @@ def _pin_gpu(local_rank: int, enabled: bool) -> None:
     """One GPU per process, memory growth on (must run before TensorFlow touches a device)."""
     if not enabled:
         return
-    import tensorflow as tf
-
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return
@@ -173,44 +172,43 @@ def _pin_gpu(local_rank: int, enabled: bool) -> None:
 _STOP_REASONS = ("max_steps", "stop_requested", "max_time", "stop_file")
 
 
-def _trainer_class():
-    from cryovae_nb.train import LOSS_KEYS, Trainer
+def agree_stop(context: Context, reason: str | None) -> str | None:
+    """The stop reason all ranks share: a STOP file, a time budget or stop() may be seen by one
+    rank only, and the others would wait forever in the next all-reduce."""
+    code = 0 if reason is None else _STOP_REASONS.index(reason) + 1
+    agreed = context.allreduce_max(code, name="cryovae.stop")
+    return None if agreed == 0 else _STOP_REASONS[agreed - 1]
 
-    class HorovodTrainer(Trainer):
-        """A Trainer whose ranks agree on when to stop and log metrics averaged over ranks."""
 
-        def __init__(self, config, *, context: Context, **kwargs):
-            self.context = context
-            super().__init__(config, rank=context.rank, size=context.size, is_chief=context.is_chief,
-                             grad_reducer=context.grad_reducer if context.size > 1 else None,
-                             broadcast=context.broadcast, **kwargs)
+def reduce_metrics(context: Context, record: dict) -> dict:
+    """A metrics record with its losses (every key of ``LOSS_KEYS``) and throughput averaged over
+    ranks (for train records each rank saw its own shard).
 
-        def stop_reason(self, started):
-            # a STOP file, a time budget or stop() may be seen by one rank only: stop together,
-            # or the others would wait forever in the next all-reduce
-            reason = super().stop_reason(started)
-            code = 0 if reason is None else _STOP_REASONS.index(reason) + 1
-            agreed = self.context.allreduce_max(code, name="cryovae.stop")
-            return None if agreed == 0 else _STOP_REASONS[agreed - 1]
+    A test record's kl_per_dim / active_dims / latent_collapsed are not: every rank evaluates the
+    same held-out images with the same (broadcast, all-reduced) weights, so they agree, and rank
+    0's are the ones written (an averaged count of active dimensions would not be a count). Every
+    rank must pass the same keys here: the all-reduce pairs the ranks' lists by position.
+    """
+    keys = [k for k in (*LOSS_KEYS, "images_per_s") if k in record]
+    vals = [math.nan if record[k] is None else float(record[k]) for k in keys]
+    means = context.allreduce_mean(vals, name=f"cryovae.metrics.{record['split']}")
+    out = dict(record, ranks=context.size)
+    for k, v in zip(keys, means):
+        out[k] = v if math.isfinite(v) else None
+    if out.get("images_per_s") is not None:
+        out["images_per_s"] = round(out["images_per_s"], 2)
+    return out
 
-        def reduce_metrics(self, record: dict) -> dict:
-            # The scalar losses are averaged over ranks (for train records each rank saw its own
-            # shard). A test record's kl_per_dim / active_dims / latent_collapsed are not: every
-            # rank evaluates the same held-out images with the same (broadcast, all-reduced)
-            # weights, so they agree, and rank 0's are the ones written (an averaged count of
-            # active dimensions would not be a count). Every rank must pass the same keys here:
-            # the all-reduce pairs the ranks' lists by position.
-            keys = [k for k in (*LOSS_KEYS, "images_per_s") if k in record]
-            vals = [math.nan if record[k] is None else float(record[k]) for k in keys]
-            means = self.context.allreduce_mean(vals, name=f"cryovae.metrics.{record['split']}")
-            out = dict(record, ranks=self.context.size)
-            for k, v in zip(keys, means):
-                out[k] = v if math.isfinite(v) else None
-            if out.get("images_per_s") is not None:
-                out["images_per_s"] = round(out["images_per_s"], 2)
-            return out
 
-    return HorovodTrainer
+def hooks(context: Context) -> Hooks:
+    """The Trainer's hooks for this rank: gradients averaged in every step, rank 0's weights
+    broadcast, one stop decision, metrics averaged. (jit is fine: the train step runs the reducer
+    between the compiled gradient and the compiled update.)"""
+    return Hooks(rank=context.rank, size=context.size,
+                 grad_reducer=context.grad_reducer if context.size > 1 else None,
+                 broadcast=context.broadcast,
+                 agree_stop=lambda reason: agree_stop(context, reason),
+                 reduce_metrics=lambda record: reduce_metrics(context, record))
 
 
 def scaled_config(config, size: int, scale_lr: bool):
@@ -222,15 +220,12 @@ def scaled_config(config, size: int, scale_lr: bool):
 
 
 def make_trainer(config, *, scale_lr: bool = False, use_horovod: bool | None = True,
-                 context: Context | None = None, **trainer_kwargs):
+                 context: Context | None = None, **trainer_kwargs) -> Trainer:
     """A Trainer for this rank: Horovod hooks wired in when Horovod runs, a plain one otherwise.
 
     ``config`` is a TrainConfig, a dict or a config file; ``trainer_kwargs`` go to Trainer
     (resume, progress, callbacks).
     """
-    from cryovae_nb.config import from_dict, load_config
-    from cryovae_nb.train import Trainer, TrainConfig
-
     if isinstance(config, (str, os.PathLike)):
         config = load_config(TrainConfig, config)
     elif isinstance(config, dict):
@@ -239,12 +234,11 @@ def make_trainer(config, *, scale_lr: bool = False, use_horovod: bool | None = T
     config = scaled_config(config, ctx.size, scale_lr)
     if ctx.hvd is None:
         return Trainer(config, **trainer_kwargs)
-    # jit is fine: make_train_step runs the reducer between the compiled gradient and update
-    return _trainer_class()(config, context=ctx, **trainer_kwargs)
+    return Trainer(config, hooks=hooks(ctx), **trainer_kwargs)
 
 
 def train(config, *, scale_lr: bool = False, **trainer_kwargs):
-    """``make_trainer(...).train()``: what each rank of ``python -m cryovae_nb.train --horovod`` runs."""
+    """``make_trainer(...).train()``: what each rank of ``python -m cryovae_nb.training --horovod`` runs."""
     return make_trainer(config, scale_lr=scale_lr, **trainer_kwargs).train()
 
 
