@@ -67,9 +67,9 @@ def worker(cfg_path: str, out_path: str, reps: int) -> None:
 
 
 def run(np_: int, cfg: dict, tmp: Path, reps: int) -> dict:
-    from cryovae_nb.launch import _find_executable, horovodrun_command
+    from cryovae_nb.launch.commands import find_executable, horovodrun_command
 
-    hvdrun = _find_executable("horovodrun")
+    hvdrun = find_executable("horovodrun")
     if hvdrun is None:
         sys.exit("horovodrun not found: install Horovod with `make horovod` (scripts/install_horovod.sh)")
     cfg = {**cfg, "run_dir": str(tmp / f"run_np{np_}")}

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "decode volumes: latents, interpolation, traversal, prior samples"),
     "fsc": ("cryovae_nb.analysis.cli", "add_fsc_parser", "run_fsc",
             "FSC between two volumes, resolution at 0.5 / 0.143"),
-    "launch": ("cryovae_nb.launch", "add_launch_parser", "run_launch",
+    "launch": ("cryovae_nb.launch.cli", "add_launch_parser", "run_launch",
                "launch Horovod training locally, with mpirun or on Slurm"),
     "demo": ("cryovae_nb.tutorial.demo", "add_demo_parser", "run_demo",
              "run the tutorial path on the embedded synthetic hinge data (a moving L)"),

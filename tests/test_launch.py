@@ -1,5 +1,6 @@
 """The launch helper: Slurm script rendering and submission (against stand-in Slurm commands),
-the local supervisor's job handle (status, logs, wait, cancel, re-attach), and quoting.
+the local supervisor's job handle (status, logs, wait, cancel, re-attach), quoting, and a backend
+added through the registry alone.
 
 The Slurm commands are stand-ins written into tmp_path: they record their arguments and run the
 submitted script locally, moving the job PENDING -> RUNNING -> COMPLETED/FAILED like Slurm.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -20,6 +22,8 @@ import pytest
 
 from cryovae_nb import launch as L
 from cryovae_nb.errors import ConfigError, LaunchError
+from cryovae_nb.launch import backends
+from cryovae_nb.launch.files import EXIT_FILE
 
 # ---------------------------------------------------------------------------------------------
 # stand-in Slurm
@@ -292,7 +296,7 @@ def test_rejected_submission_and_missing_sbatch_raise_launch_error(tmp_path, fak
     with pytest.raises(LaunchError, match="sbatch rejected .*Invalid account"):
         L.launch({"data": "x"}, tmp_path / "run", backend="slurm")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(L.sys, "executable", str(tmp_path / "empty" / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "empty" / "python"))
     with pytest.raises(LaunchError, match="sbatch not found"):
         L.launch({"data": "x"}, tmp_path / "run2", backend="slurm")
 
@@ -401,13 +405,107 @@ def test_metrics_skips_a_torn_last_line_and_attach_needs_a_job(tmp_path):
 
 
 def test_local_launch_without_horovodrun_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(L, "_find_executable", lambda name: None)
+    monkeypatch.setattr(backends, "find_executable", lambda name: None)
     with pytest.raises(LaunchError, match="horovodrun not found"):
         L.launch({"data": "x"}, tmp_path / "run", backend="local", np=2)
     with pytest.raises(LaunchError, match="mpirun not found"):
         L.launch({"data": "x"}, tmp_path / "run", backend="mpirun", np=2)
     with pytest.raises(ConfigError, match="backend"):
         L.launch({"data": "x"}, tmp_path / "run", backend="pbs")
+
+
+# ---------------------------------------------------------------------------------------------
+# the package: light, and a new backend is one class plus one registry entry
+
+
+def test_importing_launch_does_not_import_tensorflow():
+    code = "import sys, cryovae_nb.launch; print('tensorflow' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+class InlineBackend:
+    """A backend written for the test below: runs the per-rank command once, here, to completion
+    (no horovodrun, no supervisor), logging to inline.log and recording the exit code in exit.json."""
+
+    def dry_run(self, train_cmd, run_dir, request):
+        return shlex.join(train_cmd)
+
+    def start(self, train_cmd, run_dir, request):
+        started = time.time()
+        with open(run_dir / "inline.log", "wb") as log:
+            rc = subprocess.run(train_cmd, stdout=log, stderr=subprocess.STDOUT, timeout=300,
+                                env={**os.environ, **(request.env or {})}).returncode
+        (run_dir / EXIT_FILE).write_text(json.dumps({"returncode": rc, "finished": time.time()}))
+        return {"command": train_cmd, "started": started, "run_dir": str(run_dir)}
+
+    def status(self, job):
+        if job.info.get("cancelled"):
+            return "cancelled"
+        rec = job.exit_record()
+        return "running" if rec is None else "completed" if rec["returncode"] == 0 else "failed"
+
+    def cancel(self, job, grace):
+        pass  # start() returns only when the command has ended
+
+    def log_path(self, job):
+        return job.run_dir / "inline.log"
+
+    def ident(self, job):
+        return "inline"
+
+    def describe(self, job):
+        return "inline run"
+
+
+# A "python" for the training command: reads the config, writes two metrics records, prints its
+# arguments and $INLINE_ENV, exits with the config's "rc".
+INLINE_TRAINER = """#!{python}
+import json, os, pathlib, sys
+args = sys.argv[1:]
+run_dir = pathlib.Path(args[args.index("--run-dir") + 1])
+cfg = json.loads(pathlib.Path(args[args.index("--config") + 1]).read_text())
+with open(run_dir / "metrics.jsonl", "a") as f:
+    for step in (1, 2):
+        f.write(json.dumps({{"step": step, "split": "train", "total": 1.0 / step}}) + "\\n")
+print("trained on", cfg["data"], "with", " ".join(args[1:]), "and", os.environ["INLINE_ENV"])
+sys.exit(cfg.get("rc", 0))
+"""
+
+
+def test_a_backend_added_to_the_registry_runs_through_launch_and_its_job(tmp_path, monkeypatch):
+    monkeypatch.setitem(L.BACKENDS, "inline", InlineBackend())
+    trainer = tmp_path / "inline-python"
+    trainer.write_text(INLINE_TRAINER.format(python=sys.executable))
+    trainer.chmod(trainer.stat().st_mode | stat.S_IXUSR)
+    run_dir = (tmp_path / "run").resolve()
+
+    cmdline = L.launch({"data": "parts.star"}, run_dir, backend="inline", python=str(trainer), dry_run=True)
+    assert cmdline == shlex.join([str(trainer), "-m", "cryovae_nb.training", "--config",
+                                  str(run_dir / "launch_config.json"), "--run-dir", str(run_dir), "--horovod"])
+    assert not run_dir.exists()
+
+    job = L.launch({"data": "parts.star"}, run_dir, backend="inline", python=str(trainer),
+                   train_args=["--max-steps", "2"], env={"INLINE_ENV": "env passed"})
+    assert json.loads((run_dir / "job.json").read_text())["backend"] == "inline"
+    assert job.wait(timeout=60, poll=0.1) == "completed"
+    assert "trained on parts.star with" in job.logs() and "--max-steps 2 and env passed" in job.logs()
+    assert list(job.metrics()["step"]) == [1, 2]
+    again = L.attach(run_dir)  # a new kernel finds the job and asks the same backend
+    assert again.status() == "completed" and again.command == job.command and "<Job inline inline " in repr(again)
+
+    failing = L.launch({"data": "x", "rc": 3}, tmp_path / "run2", backend="inline", python=str(trainer),
+                       env={"INLINE_ENV": "-"})
+    assert failing.status() == "failed"
+    with pytest.raises(LaunchError, match=r"(?s)inline run failed \(exit code 3\); last lines of .*inline.log:\n.*trained on x"):
+        failing.wait(timeout=60, poll=0.1)
+
+    monkeypatch.delitem(L.BACKENDS, "inline")  # the registry is the one place a backend is known
+    with pytest.raises(LaunchError, match="unknown backend 'inline'"):
+        L.attach(run_dir)
+    with pytest.raises(ConfigError, match=r"backend must be one of \('local', 'mpirun', 'slurm'\), got 'inline'"):
+        L.launch({"data": "x"}, tmp_path / "run3", backend="inline")
 
 
 # ---------------------------------------------------------------------------------------------

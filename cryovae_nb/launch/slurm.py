@@ -1,0 +1,240 @@
+"""The Slurm backend: SlurmOptions, the sbatch script, and sbatch / squeue / sacct / scancel.
+
+Values rendered into the script are ``shlex.quote``d or, on ``#SBATCH`` lines (which sbatch
+parses itself, not the shell), restricted to plain tokens. The script's EXIT trap writes exit.json,
+so a job's outcome is known even on a cluster without accounting (sacct).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from cryovae_nb.atomic import write_text_atomic
+from cryovae_nb.config import check_fields, from_dict
+from cryovae_nb.errors import ConfigError, LaunchError
+from cryovae_nb.launch.commands import find_executable
+from cryovae_nb.launch.files import EXIT_FILE
+
+if TYPE_CHECKING:  # annotations only: job.py imports the backends
+    from cryovae_nb.launch.backends import LaunchRequest
+    from cryovae_nb.launch.job import Job
+
+# Slurm job states -> our five (squeue and sacct print the upper-case names; sacct may add text
+# such as "CANCELLED by 1234").
+_SLURM_STATES = {
+    "pending": {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+                "SUSPENDED", "STOPPED"},
+    "running": {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"},
+    "completed": {"COMPLETED"},
+    "cancelled": {"CANCELLED", "REVOKED"},
+    "failed": {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+               "PREEMPTED", "SPECIAL_EXIT"},
+}
+
+# What may appear on an #SBATCH line: sbatch splits these lines itself, so no quoting can help;
+# refuse anything with spaces, quotes, ';', '$', newlines.
+_SBATCH_TOKEN = re.compile(r"[A-Za-z0-9_.:,=+/@%\-\[\]]+")  # used with fullmatch: "$" lets "x\n" pass
+
+
+@dataclasses.dataclass
+class SlurmOptions:
+    """Resources and environment of a Slurm job (one task per GPU).
+
+    launcher="horovodrun" starts the ranks with ``horovodrun --gloo`` over the allocated hosts
+    (works with the Gloo-only Horovod that ``scripts/install_horovod.sh`` builds; needs
+    password-less ssh between nodes when nodes > 1). launcher="srun" starts them with ``srun``,
+    which needs a Horovod built with MPI (HOROVOD_WITH_MPI=1) and usually srun_args=("--mpi=pmix",).
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 4
+    cpus_per_task: int = 4
+    mem: str | None = "64G"          # per node; None leaves the cluster default
+    time: str = "24:00:00"
+    partition: str | None = None
+    account: str | None = None
+    job_name: str = "cryovae"
+    gres: bool = False               # True: "--gres=gpu:N" for clusters without --gpus-per-node
+    modules: tuple[str, ...] = ()    # `module load` each
+    conda_env: str | None = None     # `conda activate` it
+    venv: str | None = None          # `source VENV/bin/activate`
+    setup_commands: tuple[str, ...] = ()  # shell lines run verbatim before training (your code)
+    extra_sbatch: tuple[str, ...] = ()    # e.g. ("--qos=high", "--exclusive"): one #SBATCH line each
+    launcher: str = "horovodrun"
+    srun_args: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        check_fields(self)
+        for name in ("nodes", "gpus_per_node", "cpus_per_task"):
+            v = getattr(self, name)
+            # bool is an int: nodes=True would render "--nodes=True"
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1):
+                raise ConfigError(f"SlurmOptions.{name} must be a positive integer, got {v!r}")
+        if self.launcher not in ("horovodrun", "srun"):
+            raise ConfigError(f"SlurmOptions.launcher must be 'horovodrun' or 'srun', got {self.launcher!r}")
+        for name in ("mem", "time", "partition", "account"):
+            v = getattr(self, name)
+            if v is not None and not _SBATCH_TOKEN.fullmatch(str(v)):
+                raise ConfigError(f"SlurmOptions.{name}={v!r}: not a plain Slurm value (no spaces, quotes or ';')")
+        for line in self.extra_sbatch:
+            if not all(_SBATCH_TOKEN.fullmatch(tok) for tok in line.split(" ")) or "\n" in line:
+                raise ConfigError(f"SlurmOptions.extra_sbatch line {line!r}: only plain '--option=value' tokens")
+        for line in self.setup_commands:
+            if "\n" in line:
+                raise ConfigError(f"SlurmOptions.setup_commands: one command per entry, got {line!r}")
+
+    @property
+    def ntasks(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+
+def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
+                        opts: SlurmOptions, workdir: str | os.PathLike | None = None) -> str:
+    """The sbatch script: #SBATCH resources, environment set-up, then the ranks.
+
+    The ranks run in ``workdir`` (default: the current folder, as for a command typed there), so
+    relative paths in the config mean what they meant in the notebook.
+    """
+    opts.validate()
+    run_dir = Path(run_dir).resolve()
+    workdir = Path(workdir or os.getcwd()).resolve()
+    # job names are shown by squeue; squash anything that is not a plain token
+    job_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", opts.job_name) or "cryovae"
+    q = shlex.quote
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={opts.nodes}",
+             f"#SBATCH --ntasks-per-node={max(opts.gpus_per_node, 1)}",
+             f"#SBATCH --cpus-per-task={opts.cpus_per_task}"]
+    if opts.gpus_per_node:
+        lines.append(f"#SBATCH --gres=gpu:{opts.gpus_per_node}" if opts.gres
+                     else f"#SBATCH --gpus-per-node={opts.gpus_per_node}")
+    if opts.mem:
+        lines.append(f"#SBATCH --mem={opts.mem}")
+    lines.append(f"#SBATCH --time={opts.time}")
+    if opts.partition:
+        lines.append(f"#SBATCH --partition={opts.partition}")
+    if opts.account:
+        lines.append(f"#SBATCH --account={opts.account}")
+    out = _slurm_output(run_dir)
+    if _SBATCH_TOKEN.fullmatch(out):  # otherwise submit() passes --output on sbatch's command line
+        lines.append(f"#SBATCH --output={out}")
+    lines += [f"#SBATCH {line}" for line in opts.extra_sbatch]
+    lines += ["", "set -eo pipefail",
+              # exit.json lets the job handle tell success from failure even without sacct
+              f"EXIT_RECORD={q(str(run_dir / EXIT_FILE))}",
+              "record_exit() { rc=$?; printf '{\"returncode\": %d, \"finished\": %d}\\n' \"$rc\" "
+              "\"$(date +%s)\" > \"$EXIT_RECORD\"; }",
+              "trap record_exit EXIT",
+              f"cd {q(str(workdir))}"]
+    lines += [f"module load {q(m)}" for m in opts.modules]
+    if opts.conda_env:
+        lines += ['eval "$(conda shell.bash hook)"', f"conda activate {q(opts.conda_env)}"]
+    if opts.venv:
+        lines.append(f"source {q(str(Path(opts.venv) / 'bin' / 'activate'))}")
+    lines += list(opts.setup_commands)
+    lines += ["export PYTHONUNBUFFERED=1", 'echo "job $SLURM_JOB_ID on $SLURM_JOB_NODELIST"', ""]
+    cmd = " ".join(q(str(a)) for a in train_cmd)
+    if opts.launcher == "srun":
+        srun = " ".join(q(a) for a in ("--kill-on-bad-exit=1", *opts.srun_args))
+        lines.append(f"srun {srun} {cmd}")
+    else:
+        slots = max(opts.gpus_per_node, 1)
+        # the horovodrun beside the job's python, so no venv activation is needed to find it
+        hvdrun = Path(str(train_cmd[0])).parent / "horovodrun"
+        hvdrun = q(str(hvdrun)) if Path(str(train_cmd[0])).is_absolute() and hvdrun.exists() else "horovodrun"
+        lines += [f'HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/:{slots}/" | paste -sd, -)',
+                  f'{hvdrun} -np "$SLURM_NTASKS" -H "$HOSTS" --gloo --gloo-timeout-seconds 300 {cmd}']
+    return "\n".join(lines) + "\n"
+
+
+def _slurm_output(run_dir: Path) -> str:
+    """sbatch's --output pattern for the job log: sbatch expands %x, %u, %N ... anywhere in it, so
+    a "%" of the run folder's own name is written "%%"; only the file name's %j is a pattern."""
+    return str(run_dir).replace("%", "%%") + os.sep + "slurm-%j.out"
+
+
+def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
+    exe = find_executable(cmd[0])
+    if exe is None:
+        raise LaunchError(f"{what}: '{cmd[0]}' not found on PATH (is this a Slurm login node?)")
+    try:
+        return subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"{what}: '{' '.join(cmd)}' did not answer within 60 s") from None
+
+
+def _submit(script: str, run_dir: Path, train_cmd: list[str], env: dict | None) -> dict[str, Any]:
+    """sbatch the script (saved as run_dir/job.sbatch); return the job's record."""
+    sbatch = find_executable("sbatch")
+    if sbatch is None:
+        raise LaunchError("sbatch not found on PATH: backend='slurm' needs a Slurm login node "
+                          "(use dry_run=True to see the script)")
+    script_path = run_dir / "job.sbatch"
+    write_text_atomic(script_path, script)
+    (run_dir / EXIT_FILE).unlink(missing_ok=True)
+    started = time.time()
+    # --output on the command line too: it wins over the script and copes with any path
+    cmd = [sbatch, "--parsable", f"--output={_slurm_output(run_dir)}", f"--chdir={os.getcwd()}", str(script_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **(env or {})})
+    if r.returncode != 0:
+        raise LaunchError(f"sbatch rejected {script_path} (exit {r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+    job_id = r.stdout.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
+    if not job_id.isdigit():
+        raise LaunchError(f"sbatch gave no job id for {script_path}: {r.stdout.strip()!r} {r.stderr.strip()}")
+    return {"job_id": job_id, "command": train_cmd, "sbatch": cmd, "script": str(script_path),
+            "log": str(run_dir / f"slurm-{job_id}.out"), "started": started,
+            "run_dir": str(run_dir), "cwd": os.getcwd()}
+
+
+class SlurmBackend:
+    """An sbatch job; its state from squeue, then sacct, then the script's exit record."""
+
+    def _script(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> str:
+        opts = request.slurm
+        if not isinstance(opts, SlurmOptions):
+            opts = from_dict(SlurmOptions, opts or {})  # unknown keys -> ConfigError naming them
+        return render_slurm_script(train_cmd, run_dir, opts)
+
+    def dry_run(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> str:
+        return self._script(train_cmd, run_dir, request)
+
+    def start(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> dict[str, Any]:
+        return _submit(self._script(train_cmd, run_dir, request), run_dir, train_cmd, request.env)
+
+    def status(self, job: Job) -> str:
+        r = _run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], "job status")
+        state = r.stdout.strip().split()[0] if r.returncode == 0 and r.stdout.strip() else ""
+        if not state:  # left the queue: ask the accounting database
+            if find_executable("sacct"):
+                r = _run(["sacct", "-n", "-P", "-X", "-j", str(job.job_id), "-o", "State"], "job status")
+                state = r.stdout.strip().split()[0] if r.stdout.strip() else ""
+        if not state:  # no accounting: the script's own exit record
+            rec = job.exit_record()
+            if rec is None:
+                return "failed" if not job.info.get("cancelled") else "cancelled"
+            return "completed" if rec.get("returncode") == 0 else "failed"
+        state = state.rstrip("+").upper()
+        for ours, theirs in _SLURM_STATES.items():
+            if state in theirs:
+                return ours
+        return "failed"
+
+    def cancel(self, job: Job, grace: float) -> None:
+        r = _run(["scancel", str(job.job_id)], "cancel")
+        if r.returncode != 0:
+            raise LaunchError(f"scancel {job.job_id} failed: {r.stderr.strip()}")
+
+    def log_path(self, job: Job) -> Path:
+        return Path(job.info["log"])
+
+    def ident(self, job: Job) -> str:
+        return f"job {job.job_id}"
+
+    def describe(self, job: Job) -> str:
+        return f"Slurm job {job.job_id}"
