@@ -52,16 +52,30 @@ def _target(module: str, node: ast.ImportFrom | ast.Import, alias: ast.alias) ->
 
 
 def import_edges() -> set[tuple[str, str]]:
-    """(importer, imported) for every import of a cryovae_nb module, at any depth in the file."""
+    """(importer, imported) for every import of a cryovae_nb module, at any depth in the file
+    (inside functions too), except type-checking-only imports."""
     edges = set()
     for module, path in MODULES.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for alias in node.names:
                     t = _target(module, node, alias)
                     if t and t != module:
                         edges.add((module, t))
     return edges
+
+
+def _runtime_nodes(tree):
+    """Every node except those under ``if TYPE_CHECKING:`` (type hints only, never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def _cycles(edges) -> list[list[str]]:
