@@ -23,7 +23,7 @@ import pytest
 from cryovae_nb import launch as L
 from cryovae_nb.errors import ConfigError, LaunchError
 from cryovae_nb.launch import backends
-from cryovae_nb.launch.files import EXIT_FILE
+from cryovae_nb.training.rundir import EXIT_FILE
 
 # ---------------------------------------------------------------------------------------------
 # stand-in Slurm

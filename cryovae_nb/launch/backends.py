@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryovae_nb.errors import ConfigError, LaunchError
 from cryovae_nb.launch.commands import find_executable, horovodrun_command, mpirun_command
-from cryovae_nb.launch.files import LOG_FILE
+from cryovae_nb.training.rundir import LAUNCH_LOG_FILE
 from cryovae_nb.launch.slurm import SlurmBackend, SlurmOptions
 from cryovae_nb.launch.supervise import start_supervised, stop_process_tree, supervisor_process
 
@@ -103,7 +103,7 @@ class _SupervisedBackend:
             stop_process_tree(proc, grace)
 
     def log_path(self, job: Job) -> Path:
-        return job.run_dir / LOG_FILE
+        return job.run_dir / LAUNCH_LOG_FILE
 
     def ident(self, job: Job) -> str:
         return f"pid {job.pid}"

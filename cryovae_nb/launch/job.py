@@ -15,7 +15,7 @@ from typing import Any
 from cryovae_nb.atomic import write_json_atomic
 from cryovae_nb.errors import LaunchError
 from cryovae_nb.launch.backends import BACKENDS, Backend
-from cryovae_nb.launch.files import EXIT_FILE, JOB_FILE
+from cryovae_nb.training.rundir import EXIT_FILE, JOB_FILE
 from cryovae_nb.training.rundir import RunFolder
 
 FINISHED = ("completed", "failed", "cancelled")

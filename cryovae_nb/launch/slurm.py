@@ -19,7 +19,7 @@ from cryovae_nb.atomic import write_text_atomic
 from cryovae_nb.config import check_fields, from_dict
 from cryovae_nb.errors import ConfigError, LaunchError
 from cryovae_nb.launch.commands import find_executable
-from cryovae_nb.launch.files import EXIT_FILE
+from cryovae_nb.training.rundir import EXIT_FILE, SBATCH_FILE
 
 if TYPE_CHECKING:  # annotations only: job.py imports the backends
     from cryovae_nb.launch.backends import LaunchRequest
@@ -174,7 +174,7 @@ def _submit(script: str, run_dir: Path, train_cmd: list[str], env: dict | None) 
     if sbatch is None:
         raise LaunchError("sbatch not found on PATH: backend='slurm' needs a Slurm login node "
                           "(use dry_run=True to see the script)")
-    script_path = run_dir / "job.sbatch"
+    script_path = run_dir / SBATCH_FILE
     write_text_atomic(script_path, script)
     (run_dir / EXIT_FILE).unlink(missing_ok=True)
     started = time.time()

@@ -14,7 +14,7 @@ from cryovae_nb.config import save_config
 from cryovae_nb.errors import ConfigError, LaunchError
 from cryovae_nb.launch.backends import BACKENDS, LaunchRequest
 from cryovae_nb.launch.commands import training_command
-from cryovae_nb.launch.files import CONFIG_NAME, JOB_FILE
+from cryovae_nb.training.rundir import JOB_FILE, LAUNCH_CONFIG_FILE
 from cryovae_nb.launch.job import Job
 from cryovae_nb.launch.slurm import SlurmOptions
 from cryovae_nb.launch.supervise import start_supervised
@@ -28,7 +28,7 @@ def _write_config(config, run_dir: Path) -> Path:
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         return path.resolve()
-    path = run_dir / CONFIG_NAME
+    path = run_dir / LAUNCH_CONFIG_FILE
     if dataclasses.is_dataclass(config):
         save_config(config, path)
     elif isinstance(config, dict):
@@ -59,7 +59,7 @@ def launch(config, run_dir: str | os.PathLike, *, backend: str = "local", np: in
         _refuse_if_running(run_dir)
         claim(run_dir)  # a folder that is not a run of ours is refused before anything is written
     if dry_run and not isinstance(config, (str, os.PathLike)):
-        config_path = run_dir / CONFIG_NAME
+        config_path = run_dir / LAUNCH_CONFIG_FILE
     else:
         config_path = _write_config(config, run_dir)
     train_cmd = training_command(config_path, run_dir, python=python, extra_args=train_args)

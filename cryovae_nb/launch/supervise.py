@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from cryovae_nb.atomic import write_json_atomic
-from cryovae_nb.launch.files import EXIT_FILE, LOG_FILE
+from cryovae_nb.training.rundir import EXIT_FILE, LAUNCH_LOG_FILE
 
 
 def start_supervised(cmd: list[str], run_dir: str | os.PathLike, env: dict | None = None) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def start_supervised(cmd: list[str], run_dir: str | os.PathLike, env: dict | Non
 
     started = time.time()
     (run_dir / EXIT_FILE).unlink(missing_ok=True)
-    with open(run_dir / LOG_FILE, "ab") as log:
+    with open(run_dir / LAUNCH_LOG_FILE, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
     sup = [sys.executable, "-m", "cryovae_nb.launch", "_supervise", str(run_dir), "--", *cmd]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -81,7 +81,7 @@ def stop_process_tree(proc: psutil.Process, grace: float) -> None:
 
 def _supervise(run_dir: Path, cmd: list[str]) -> int:
     """Run ``cmd`` with output appended to launch.log; record its exit code in exit.json."""
-    with open(run_dir / LOG_FILE, "ab") as log:
+    with open(run_dir / LAUNCH_LOG_FILE, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
         def forward(signum, _frame):  # cancel(): pass the signal on to horovodrun / mpirun

@@ -53,8 +53,14 @@ FORMAT = "cryovae_nb run"
 FORMAT_VERSION = 1
 # what a Trainer writes; a restart moves these (and only these) aside
 RUN_FILES = (CONFIG_FILE, "config.yaml", SPLIT_FILE, DATA_FILE, METRICS_FILE, "checkpoints", "samples", "STOP")
-# what cryovae_nb.launch writes beside them (they belong to the job, not to one training session)
-LAUNCH_FILES = ("job.json", "launch_config.json", "launch.log", "exit.json", "job.sbatch")
+# What cryovae_nb.launch writes beside them (they belong to the job, not to one training session).
+# job.json is the job's record (backend, job id or pid, command, times): all a new kernel needs to
+# find the job again. exit.json holds the exit code, written by whatever outlives the job's ranks
+# (the supervisor, or the Slurm script's EXIT trap). launch.log is the supervised job's output.
+# launch_config.json, not config.json: the Trainer writes its own config there.
+JOB_FILE, EXIT_FILE, LAUNCH_LOG_FILE = "job.json", "exit.json", "launch.log"
+LAUNCH_CONFIG_FILE, SBATCH_FILE = "launch_config.json", "job.sbatch"
+LAUNCH_FILES = (JOB_FILE, LAUNCH_CONFIG_FILE, LAUNCH_LOG_FILE, EXIT_FILE, SBATCH_FILE)
 _PREVIOUS = re.compile(r"previous-(\d+)")
 MOVING = ".moving"
 _OURS = re.compile(r"(previous-\d+|slurm-[^/]*\.out|\..+\.tmp.*)")  # old runs, Slurm logs, our temporaries
