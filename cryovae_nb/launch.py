@@ -17,7 +17,6 @@ restricted to plain tokens.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,9 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_int
 from cryovae_nb.atomic import write_json_atomic, write_text_atomic
-from cryovae_nb.config import check_fields
+from cryovae_nb.config import check_fields, from_dict, save_config
 from cryovae_nb.errors import ConfigError, LaunchError
 from cryovae_nb.training.rundir import RunFolder, claim
 
@@ -427,8 +425,6 @@ def _write_config(config, run_dir: Path) -> Path:
         return path.resolve()
     path = run_dir / CONFIG_NAME
     if dataclasses.is_dataclass(config):
-        from cryovae_nb.config import save_config
-
         save_config(config, path)
     elif isinstance(config, dict):
         write_json_atomic(path, config)
@@ -466,8 +462,6 @@ def launch(config, run_dir: str | os.PathLike, *, backend: str = "local", np: in
         if isinstance(slurm, SlurmOptions):
             opts = slurm
         else:
-            from cryovae_nb.config import from_dict
-
             opts = from_dict(SlurmOptions, slurm or {})  # unknown keys -> ConfigError naming them
         script = render_slurm_script(train_cmd, run_dir, opts)
         if dry_run:
@@ -565,7 +559,7 @@ def _submit_slurm(script: str, run_dir: Path, opts: SlurmOptions, train_cmd: lis
 
 
 # ---------------------------------------------------------------------------------------------
-# The supervisor (runs as its own process) and the CLI
+# The supervisor (runs as its own process)
 
 
 def _supervise(run_dir: Path, cmd: list[str]) -> int:
@@ -587,55 +581,14 @@ def _supervise(run_dir: Path, cmd: list[str]) -> int:
     return rc
 
 
-def add_launch_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="training config (JSON/YAML)")
-    p.add_argument("--run-dir", required=True, help="output folder (checkpoints, metrics, job.json)")
-    p.add_argument("--backend", choices=BACKENDS, default="local")
-    p.add_argument("--np", type=positive_int, default=2, help="processes (local / mpirun)")
-    p.add_argument("--hosts", help="horovodrun/mpirun host list, e.g. node1:4,node2:4")
-    p.add_argument("--nodes", type=positive_int, default=1)
-    p.add_argument("--gpus-per-node", type=nonnegative_int, default=4)
-    p.add_argument("--cpus-per-task", type=positive_int, default=4)
-    p.add_argument("--mem", default="64G")
-    p.add_argument("--time", default="24:00:00")
-    p.add_argument("--partition")
-    p.add_argument("--account")
-    p.add_argument("--venv")
-    p.add_argument("--conda-env")
-    p.add_argument("--module", action="append", default=[], help="module to load (repeatable)")
-    p.add_argument("--launcher", choices=("horovodrun", "srun"), default="horovodrun")
-    p.add_argument("--dry-run", action="store_true", help="print the script / command only")
-    p.add_argument("--wait", action="store_true", help="block until the job ends")
-
-
-def run_launch(args: argparse.Namespace) -> int:
-    output_dir(args.run_dir, "--run-dir")
-    slurm = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                         cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
-                         partition=args.partition, account=args.account, venv=args.venv,
-                         conda_env=args.conda_env, modules=tuple(args.module), launcher=args.launcher)
-    out = launch(args.config, args.run_dir, backend=args.backend, np=args.np, hosts=args.hosts,
-                 slurm=slurm, dry_run=args.dry_run)
-    if isinstance(out, str):
-        print(out)
-        return 0
-    print(f"launched {out!r}")
-    if args.wait:
-        out.wait()
-        print(f"finished: {out.status()}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    """``python -m cryovae_nb.launch _supervise RUN_DIR -- CMD...``: the supervisor's entry (the
+    ``cryovae launch`` command is cryovae_nb.commands.launch)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_supervise"]:
-        if len(argv) < 4 or argv[2] != "--":
-            print("usage: python -m cryovae_nb.launch _supervise RUN_DIR -- CMD...", file=sys.stderr)
-            return 2
-        return _supervise(Path(argv[1]), argv[3:])
-    from cryovae_nb.cli import main as cli_main
-
-    return cli_main(["launch", *argv])
+    if argv[:1] != ["_supervise"] or len(argv) < 4 or argv[2] != "--":
+        print("usage: python -m cryovae_nb.launch _supervise RUN_DIR -- CMD...", file=sys.stderr)
+        return 2
+    return _supervise(Path(argv[1]), argv[3:])
 
 
 if __name__ == "__main__":
