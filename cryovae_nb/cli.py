@@ -81,15 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         _top_parser().parse_args([name])  # argparse prints the valid choices and exits 2
+    # TensorFlow's C++ INFO lines (oneDNN, CPU features) would stand before a one-line error;
+    # warnings and errors still show, and a user's own setting wins
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     return run_command(name, rest)
 
 
 def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     """Parse ``argv`` for command ``name`` and run it under the one error policy; the exit status."""
     prog = prog or f"cryovae {name}"
-    # TensorFlow's C++ INFO lines (oneDNN, CPU features) would stand before a one-line error;
-    # warnings and errors still show, and a user's own setting wins
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     command = _command(name)
     parser = _Parser(prog=prog, description=command.HELP)
     command.add_arguments(parser)
