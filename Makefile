@@ -52,6 +52,7 @@ test-fast: deps
 	$(PY) -m pytest -m "not horovod and not browser" $(PYTEST_ARGS)
 
 benchmarks: deps
+	$(PY) benchmarks/cli_startup.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/preprocess_throughput.py 10000
 

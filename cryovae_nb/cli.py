@@ -1,36 +1,39 @@
-"""The ``cryovae`` console script.
+"""The ``cryovae`` console script: routes to the command modules of ``cryovae_nb.commands`` and
+holds the one error policy every command runs under (a user error is one line on stderr, exit 2).
 
-Each subcommand lives in the module that does the work; this file only routes. Modules are imported
-when their subcommand runs, so ``cryovae --help`` answers without loading TensorFlow.
+``python -m cryovae_nb.training`` (each Horovod rank) runs the train command through `run_command`,
+so it answers errors the same way.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
+from cryovae_nb import __version__
 from cryovae_nb.errors import CryoVAEError
 
-# name -> (module, function that adds the arguments, function that runs, one-line help)
-COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "simulate": ("cryovae_nb.synthetic", "add_simulate_parser", "run_simulate",
-                 "simulate a particle stack (+ STAR, ground-truth volumes) from a phantom"),
-    "preprocess": ("cryovae_nb.preprocess", "add_preprocess_parser", "run_preprocess",
-                   "coarsen / crop, normalise, mask a stack; write .mrcs + .star"),
-    "train": ("cryovae_nb.training.cli", "add_train_parser", "run_train",
-              "train the VAE on a preprocessed stack (resumable)"),
-    "encode": ("cryovae_nb.inference", "add_encode_parser", "run_encode",
-               "encode a stack with a trained run: latents, poses, STAR with learned poses"),
-    "generate": ("cryovae_nb.inference", "add_generate_parser", "run_generate",
-                 "decode volumes: latents, interpolation, traversal, prior samples"),
-    "fsc": ("cryovae_nb.analysis.cli", "add_fsc_parser", "run_fsc",
-            "FSC between two volumes, resolution at 0.5 / 0.143"),
-    "launch": ("cryovae_nb.launch.cli", "add_launch_parser", "run_launch",
-               "launch Horovod training locally, with mpirun or on Slurm"),
-    "demo": ("cryovae_nb.tutorial.demo", "add_demo_parser", "run_demo",
-             "run the tutorial path on the embedded synthetic hinge data (a moving L)"),
-}
+# the command modules, in the order `cryovae --help` lists them (each: HELP, add_arguments, run)
+COMMANDS = ("simulate", "preprocess", "train", "encode", "generate", "fsc", "launch", "demo")
+
+
+def _command(name: str):
+    return importlib.import_module(f"cryovae_nb.commands.{name}")
+
+
+def _help_line(name: str) -> str:
+    """A command module's ``HELP``, read from its source without importing it: importing all of
+    them would load every working module (scipy, pandas, starfile: over a second) for ``--help``."""
+    source = Path(importlib.util.find_spec(f"cryovae_nb.commands.{name}").origin).read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["HELP"]
+                and isinstance(node.value, ast.Constant)):
+            return node.value.value
+    raise AssertionError(f"cryovae_nb.commands.{name} has no HELP = '...' line")
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -38,18 +41,12 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="cryovae",
         description="Continuous conformational landscapes from cryo-EM particle images.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<11} {c[3]}" for n, c in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {n:<11} {_help_line(n)}" for n in COMMANDS)
         + "\n\n'cryovae COMMAND --help' shows a command's options.",
     )
     p.add_argument("command", choices=sorted(COMMANDS), metavar="command")
-    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--version", action="version", version=f"cryovae_nb {__version__}")
     return p
-
-
-def _version() -> str:
-    from cryovae_nb import __version__
-
-    return f"cryovae_nb {__version__}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,42 +75,45 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = _top_parser()
     if not argv or argv[0].startswith("-"):
-        top.parse_args(argv or ["--help"])
+        _top_parser().parse_args(argv or ["--help"])
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        top.parse_args([name])  # argparse prints the valid choices and exits 2
-    module_name, add_name, run_name, help_text = COMMANDS[name]
+        _top_parser().parse_args([name])  # argparse prints the valid choices and exits 2
     # TensorFlow's C++ INFO lines (oneDNN, CPU features) would stand before a one-line error;
     # warnings and errors still show, and a user's own setting wins
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    module = importlib.import_module(module_name)
-    parser = _Parser(prog=f"cryovae {name}", description=help_text)
-    getattr(module, add_name)(parser)
+    return run_command(name, rest)
+
+
+def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
+    """Parse ``argv`` for command ``name`` and run it under the one error policy; the exit status."""
+    prog = prog or f"cryovae {name}"
+    command = _command(name)
+    parser = _Parser(prog=prog, description=command.HELP)
+    command.add_arguments(parser)
     try:
-        args = parser.parse_args(rest)
+        args = parser.parse_args(argv)
     except SystemExit as e:
         # --help (0) or a bad argument (2, its one line already printed): main() returns its
         # status for every user error, so a caller in Python gets a number, not an exception
         return int(e.code or 0)
     try:
-        rc = getattr(module, run_name)(args)
+        rc = command.run(args)
     except CryoVAEError as e:
         # A user error: say what is wrong and where, without a traceback.
-        print(f"cryovae {name}: error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
         # The file system refused a user's path (permission, read-only, a file where a folder
         # should be): the path and the reason are what the user can act on.
-        print(f"cryovae {name}: error: {_one_line(_oserror_line(e))}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(_oserror_line(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cryovae {name}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,6 @@ Exports: `write_volumes` (MRC with the voxel size), `Encoding.save` (.npz, no pi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -24,9 +23,9 @@ import numpy as np
 
 from cryovae_nb import geometry
 from cryovae_nb.analysis.series import decode_volumes, interpolation_series, save_series, traversal_series
-from cryovae_nb.argcheck import nonnegative_int, number, output_dir, output_file, positive_int
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.errors import InputError
+from cryovae_nb.io import Poses, read_particles, write_particles_star
 from cryovae_nb.model.batch import Batch
 from cryovae_nb.training.rundir import CheckpointManager, RunFolder, make_checkpoint
 from cryovae_nb.volumes import band_limit
@@ -74,7 +73,7 @@ class TrainedRun:
 
     def __init__(self, run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                  batch_size: int | None = None):
-        from cryovae_nb.model.vae import build_model
+        from cryovae_nb.model.vae import build_model  # heavy: TensorFlow; `cryovae encode --help` stays light
 
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
@@ -114,8 +113,6 @@ class TrainedRun:
     def particles(self):
         """The run's training data (lazily opened from the path in config.json)."""
         if self._particles is None:
-            from cryovae_nb.io import read_particles
-
             self._particles = read_particles(self.config.data, datadir=self.config.datadir)
         return self._particles
 
@@ -125,8 +122,6 @@ class TrainedRun:
 
     def _as_images(self, data):
         """(lazy indexable images, known poses or None) from a path, Particles, stack or array."""
-        from cryovae_nb.io import read_particles
-
         if isinstance(data, (str, os.PathLike)):
             data = read_particles(data)
         poses = getattr(data, "poses", None)
@@ -195,8 +190,6 @@ class TrainedRun:
     def volume_of(self, index: int, data=None) -> np.ndarray:
         """The volume the model reconstructs for particle ``index`` of ``data`` (default: the
         training data): the decoded latent mean of its image."""
-        from cryovae_nb.io import read_particles
-
         src = self.particles if data is None else data
         if isinstance(src, (str, os.PathLike)):
             src = read_particles(src)
@@ -258,97 +251,9 @@ def write_star(path: str | os.PathLike, particles, encoding: Encoding, *,
     Image names found beside the original STAR file are rewritten relative to the new one; names
     resolved through a data directory (a RELION project root) are kept as RELION reads them.
     """
-    from cryovae_nb.io import Poses, write_particles_star
-
     path = Path(path)
     if len(particles) != len(encoding):
         raise InputError(f"{len(particles)} particles but {len(encoding)} encoded poses", path)
     poses = Poses(rotations=encoding.rotations, euler=encoding.euler, shifts=encoding.shifts)
     px = pixel_size if particles.pixel_size is None else None
     write_particles_star(path, particles, poses=poses, pixel_size=px)
-
-
-# --------------------------------------------------------------------------------------------
-# command line: `cryovae encode`, `cryovae generate`
-
-
-def add_encode_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("run_dir", help="training run directory")
-    parser.add_argument("stack", help="particles to encode (.star or .mrcs), preprocessed as for training")
-    parser.add_argument("-o", "--output", required=True, help="output .npz (latents and poses)")
-    parser.add_argument("--star", help="also write a STAR file of the particles with the learned poses")
-    parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
-    parser.add_argument("--batch-size", type=positive_int)
-    return parser
-
-
-def run_encode(args: argparse.Namespace) -> int:
-    from cryovae_nb.io import read_particles
-
-    # outputs are checked before the model loads, so a typo costs no time
-    output_file(args.output, "-o/--output")
-    if args.star is not None:
-        output_file(args.star, "--star")
-    run = load_run(args.run_dir, batch_size=args.batch_size)
-    particles = read_particles(args.stack, datadir=args.datadir)
-    enc = run.encode(particles)
-    enc.save(args.output)
-    if args.star:
-        write_star(args.star, particles, enc, pixel_size=run.pixel_size)
-    print(f"encoded {len(enc)} particles -> {args.output}" + (f", {args.star}" if args.star else ""))
-    return 0
-
-
-def add_generate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("run_dir", help="training run directory")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--z-file", help=".npy (k, d) latents, or .npz with 'z' or 'z_mean' (from `encode`)")
-    what.add_argument("--interpolate", nargs=2, type=nonnegative_int, metavar=("I", "J"),
-                      help="between the latents of particles I and J of the training data")
-    what.add_argument("--traverse", type=nonnegative_int, metavar="DIM", help="along one latent dimension")
-    what.add_argument("--prior", type=positive_int, metavar="K", help="K volumes from prior samples")
-    parser.add_argument("--steps", type=number(int, ge=2), default=10, help="volumes along --interpolate / --traverse")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --prior")
-    parser.add_argument("-o", "--outdir", required=True, help="folder for the MRC volumes and z.npy")
-    return parser
-
-
-def _read_latents(path: str) -> np.ndarray:
-    try:
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as f:
-                key = "z" if "z" in f else "z_mean"
-                return f[key]
-        return np.load(path, allow_pickle=False)
-    except KeyError:
-        raise InputError("no array 'z' or 'z_mean' in the file", path) from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read latents ({e})", path) from None
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    output_dir(args.outdir, "-o/--outdir")
-    run = load_run(args.run_dir)
-    if args.z_file:
-        z = np.atleast_2d(_read_latents(args.z_file)).astype(np.float32)
-        vols, prefix = run.decode(z), "volume"
-    elif args.interpolate:
-        i, j = args.interpolate
-        images, _ = run._as_images(run.particles)
-        for k in (i, j):
-            if not 0 <= k < len(images):
-                raise InputError(f"particle {k} out of range 0..{len(images) - 1}", run.config.data)
-        zz = run.encode(run.particles.subset([i, j]), progress=False).z_mean
-        z, vols = run.interpolate(zz[0], zz[1], args.steps)
-        prefix = f"interp_{i}_{j}"
-    elif args.traverse is not None:
-        z, vols = run.traverse(args.traverse, args.steps)
-        prefix = f"traverse_dim{args.traverse}"
-    else:
-        z, vols = run.sample_prior(args.prior, seed=args.seed)
-        prefix = "prior"
-    paths = write_volumes(args.outdir, vols, run.pixel_size, prefix=prefix)
-    with atomic_path(Path(args.outdir) / f"{prefix}_z.npy") as tmp:
-        np.save(tmp, np.asarray(z, np.float32))
-    print(f"wrote {len(paths)} volumes to {args.outdir} ({prefix}_000.mrc ...)")
-    return 0

@@ -18,7 +18,6 @@ pose shifts through both, so the poses written with the output stay right to a f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -28,11 +27,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from cryovae_nb.argcheck import (nonnegative_float, nonnegative_int, number, output_file, positive_float,
-                                 positive_int)
-from cryovae_nb.config import check_fields
-from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.atomic import atomic_path
+from cryovae_nb.config import check_fields, save_config
+from cryovae_nb.ctf import compute_ctf, phase_flip
+from cryovae_nb.errors import ConfigError, InputError, OutputError
 from cryovae_nb.faults import fault_after, fault_point
+from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outputset, read_particles,
+                           write_particles_star)
 from cryovae_nb.volumes import as_images, diameter_mask, fourier_crop, radius_grid
 
 NORMALISE_METHODS = ("tanh", "zscore", "minmax", "none")
@@ -251,8 +252,6 @@ def _ctf_arrays(ctf, source) -> dict[str, np.ndarray]:
 def _transform(x: np.ndarray, cfg: PreprocessConfig, plan: _Plan, ctf: dict | None) -> np.ndarray:
     """All per-image steps on a small batch (the same result whatever the batching)."""
     if cfg.phase_flip:
-        from cryovae_nb.ctf import compute_ctf, phase_flip
-
         x = phase_flip(x, compute_ctf(plan.box_in, plan.pixel_in, **ctf, half=True))
     if cfg.invert:
         x = invert_contrast(x)
@@ -312,10 +311,6 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
     ``OutputError`` and removes the temporaries; temporaries a killed run left are removed at
     the next start. Memory stays at about two chunks of input images whatever the stack size.
     """
-    from cryovae_nb.atomic import atomic_path
-    from cryovae_nb.config import save_config
-    from cryovae_nb.io import Particles, Poses, make_image_names, outputset, read_particles, write_particles_star
-
     cfg = PreprocessConfig() if cfg is None else cfg
     cfg.validate()
     particles = input if isinstance(input, Particles) else read_particles(input, datadir=datadir)
@@ -382,8 +377,6 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
             fault_point("temporaries-written")
         fault_point("published")
     except OSError as e:
-        from cryovae_nb.errors import OutputError
-
         # name the output the user asked for, not our temporary name for it
         where = f"{getattr(e, 'path', None)} {getattr(e, 'filename', None)} {e}"
         key = next((k for k, t in tmp.items() if t.name in where), "stack")
@@ -394,8 +387,6 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
 def _write_images(particles, path: Path, cfg: PreprocessConfig, plan: _Plan, ctf, source, progress: bool):
     """Stream the images through the steps of ``cfg`` into a new stack at ``path``."""
     from tqdm.auto import tqdm
-
-    from cryovae_nb.io import StackWriter
 
     n = len(particles)
     with StackWriter(path, n, plan.box_out, plan.pixel_out) as writer, \
@@ -438,48 +429,3 @@ def preprocess_images(images, cfg: PreprocessConfig | None = None, *, pixel_size
                    None if arrays is None else {k: v[b:b + _BATCH] for k, v in arrays.items()})
         for b in range(0, len(x), _BATCH)])
     return out[0] if single else out
-
-
-# ----------------------------------------------------------------------------- command line
-
-def add_preprocess_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``cryovae preprocess`` (the parser comes from cli.py)."""
-    d = PreprocessConfig()
-    p = parser
-    p.add_argument("input", help="RELION .star file or a bare .mrcs/.mrc stack")
-    p.add_argument("-o", "--output", required=True,
-                   help="output prefix or .mrcs path; writes PREFIX.mrcs, .star, _split.npz, _preprocess.json")
-    p.add_argument("--datadir", help="folder to look up the STAR file's image stacks in")
-    p.add_argument("--coarsen", type=positive_int, default=d.coarsen,
-                   help="average c x c pixel blocks (default 1: off)")
-    p.add_argument("--box", type=positive_int, default=None, help="Fourier-crop to this box (after coarsening)")
-    p.add_argument("--invert", action="store_true", help="invert the contrast")
-    p.add_argument("--phase-flip", action="store_true", help="CTF phase flip (needs CTF columns)")
-    p.add_argument("--normalise", choices=NORMALISE_METHODS, default=d.normalise)
-    p.add_argument("--spread", type=positive_float, default=d.spread, help="tanh-estimator spread (default 0.3)")
-    p.add_argument("--background-radius", type=nonnegative_float, default=None,
-                   help="normalise with statistics from outside this radius (px of the output box)")
-    p.add_argument("--mask", type=number(float, ge=0, le=1), default=d.mask_diameter,
-                   help="circular mask diameter as a fraction of the box (default 0.95; 0: no mask)")
-    p.add_argument("--mask-soft-edge", type=nonnegative_float, default=d.mask_soft_edge,
-                   help="raised-cosine mask edge width in px (default 0: hard edge)")
-    p.add_argument("--test-fraction", type=number(float, ge=0, lt=1), default=d.test_fraction)
-    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of the train/test split")
-    p.add_argument("--chunk-size", type=positive_int, default=d.chunk_size, help="images read at a time")
-    p.add_argument("--pixel-size", type=positive_float, default=None, help="input Å/px, if the input lacks it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def run_preprocess(args: argparse.Namespace) -> int:
-    output_file(args.output, "-o/--output")
-    cfg = PreprocessConfig(coarsen=args.coarsen, box=args.box, invert=args.invert,
-                           phase_flip=args.phase_flip, normalise=args.normalise, spread=args.spread,
-                           background_radius=args.background_radius, mask_diameter=args.mask or None,
-                           mask_soft_edge=args.mask_soft_edge, test_fraction=args.test_fraction,
-                           seed=args.seed, chunk_size=args.chunk_size, pixel_size=args.pixel_size)
-    out = preprocess_stack(args.input, args.output, cfg, datadir=args.datadir, progress=not args.no_progress)
-    paths = output_paths(args.output)
-    print(f"wrote {len(out)} images of {out.box} px at {out.pixel_size:g} Å/px: "
-          f"{paths['stack']}, {paths['star']}, {paths['split']}")
-    return 0

@@ -13,12 +13,12 @@ import pytest
 from scipy import ndimage
 
 from cryovae_nb.analysis.align import align, consistent_hand, correlation
-from cryovae_nb.analysis.cli import add_fsc_parser, run_fsc
 from cryovae_nb.analysis.fsc import FSCResult, fsc
 from cryovae_nb.analysis.latent import embed, kmeans, latent_statistics
 from cryovae_nb.analysis.screen import screen_particles
 from cryovae_nb.analysis.series import (cluster_volumes, decode_volumes, interpolation_series, save_series,
                                         traversal_series)
+from cryovae_nb.commands import fsc as fsc_command
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import random_rotations, rotation_angle_deg
 from cryovae_nb.volumes import mirror_through_plane, rotate_volume, soft_sphere_mask
@@ -186,16 +186,16 @@ def test_fsc_cli_on_mrc_files(tmp_path, capsys):
     noise = 0.01 * rng.standard_normal(v.shape).astype(np.float32)
     write_volume(tmp_path / "b.mrc", v + noise, 2.5)
     p = argparse.ArgumentParser()
-    add_fsc_parser(p)
+    fsc_command.add_arguments(p)
     args = p.parse_args([str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--mask", "sphere",
                          "--out", str(tmp_path / "fsc.json")])
-    assert run_fsc(args) == 0
+    assert fsc_command.run(args) == 0
     out = json.loads((tmp_path / "fsc.json").read_text())
     assert out["pixel_size"] == 2.5 and out["nyquist"] == 5.0
     assert "FSC 0.143" in capsys.readouterr().out
     write_volume(tmp_path / "c.mrc", v[:16, :16, :16], 2.5)
     with pytest.raises(InputError, match=r"c\.mrc: shape \(16, 16, 16\) differs"):
-        run_fsc(p.parse_args([str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc")]))
+        fsc_command.run(p.parse_args([str(tmp_path / "a.mrc"), str(tmp_path / "c.mrc")]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def test_module_is_headless():
 
     code = ("import sys, cryovae_nb.analysis, cryovae_nb.analysis.fsc, cryovae_nb.analysis.align, "
             "cryovae_nb.analysis.latent, cryovae_nb.analysis.series, cryovae_nb.analysis.screen, "
-            "cryovae_nb.analysis.cli, cryovae_nb.volumes; "
+            "cryovae_nb.commands.fsc, cryovae_nb.volumes; "
             "print(sorted(m for m in ('tensorflow', 'IPython', 'ipywidgets', 'umap', 'keras') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,

@@ -11,8 +11,9 @@ import starfile
 
 from cryovae_nb import geometry
 from cryovae_nb.errors import InputError
-from cryovae_nb.inference import (Encoding, add_encode_parser, add_generate_parser, load_run, run_encode,
-                                  run_generate, write_star, write_volumes)
+from cryovae_nb.commands import encode as encode_command
+from cryovae_nb.commands import generate as generate_command
+from cryovae_nb.inference import Encoding, load_run, write_star, write_volumes
 from cryovae_nb.model.batch import Batch
 
 PIXEL = 2.5  # Å; not 1, so that a lost or mis-scaled voxel size shows
@@ -179,13 +180,15 @@ def test_exports_read_back_with_mrcfile_and_starfile(run, trained, tmp_path):
         np.testing.assert_array_equal(m.data, vols[1])
 
 
-def _args(add, argv):
-    return add(argparse.ArgumentParser()).parse_args(argv)
+def _args(command, argv):
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def test_cli_encode_and_generate(run, trained, tmp_path):
     out = tmp_path / "enc.npz"
-    assert run_encode(_args(add_encode_parser, [str(trained["learned"]), str(trained["star"]), "-o", str(out),
+    assert encode_command.run(_args(encode_command, [str(trained["learned"]), str(trained["star"]), "-o", str(out),
                                                 "--star", str(tmp_path / "e.star")])) == 0
     enc = Encoding.load(out)
     assert enc.z_mean.shape == (200, 3)
@@ -195,11 +198,11 @@ def test_cli_encode_and_generate(run, trained, tmp_path):
 
     gen = tmp_path / "gen"
     base = [str(trained["learned"]), "-o", str(gen)]
-    assert run_generate(_args(add_generate_parser, base + ["--prior", "3", "--seed", "4"])) == 0
-    assert run_generate(_args(add_generate_parser, base + ["--interpolate", "0", "5", "--steps", "3"])) == 0
-    assert run_generate(_args(add_generate_parser, base + ["--traverse", "2", "--steps", "4"])) == 0
+    assert generate_command.run(_args(generate_command, base + ["--prior", "3", "--seed", "4"])) == 0
+    assert generate_command.run(_args(generate_command, base + ["--interpolate", "0", "5", "--steps", "3"])) == 0
+    assert generate_command.run(_args(generate_command, base + ["--traverse", "2", "--steps", "4"])) == 0
     np.save(tmp_path / "z.npy", enc.z_mean[:2])
-    assert run_generate(_args(add_generate_parser, base + ["--z-file", str(tmp_path / "z.npy")])) == 0
+    assert generate_command.run(_args(generate_command, base + ["--z-file", str(tmp_path / "z.npy")])) == 0
     names = sorted(p.name for p in gen.glob("*.mrc"))
     assert len([n for n in names if n.startswith("prior_")]) == 3
     assert len([n for n in names if n.startswith("interp_0_5_")]) == 3
@@ -210,4 +213,4 @@ def test_cli_encode_and_generate(run, trained, tmp_path):
     zi = np.load(gen / "interp_0_5_z.npy", allow_pickle=False)
     np.testing.assert_allclose(zi[[0, -1]], enc.z_mean[[0, 5]], rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="out of range"):
-        run_generate(_args(add_generate_parser, base + ["--interpolate", "0", "999"]))
+        generate_command.run(_args(generate_command, base + ["--interpolate", "0", "999"]))

@@ -13,9 +13,10 @@ import starfile
 from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.io import ParticleStack, read_particles, write_stack
-from cryovae_nb.preprocess import (PreprocessConfig, add_preprocess_parser, apply_mask, coarsen,
-                                   downsample_shifts, invert_contrast, normalise, output_paths,
-                                   preprocess_images, preprocess_stack, run_preprocess, train_test_split)
+from cryovae_nb.commands import preprocess as preprocess_command
+from cryovae_nb.preprocess import (PreprocessConfig, apply_mask, coarsen, downsample_shifts, invert_contrast,
+                                   normalise, output_paths, preprocess_images, preprocess_stack,
+                                   train_test_split)
 from cryovae_nb.volumes import diameter_mask, fourier_crop
 from cryovae_nb.training.data import read_split
 
@@ -355,10 +356,11 @@ def test_failure_midway_leaves_no_output(stack, tmp_path, monkeypatch):
 
 def test_cli(stack, tmp_path, capsys):
     path, x = stack
-    parser = add_preprocess_parser(argparse.ArgumentParser())
+    parser = argparse.ArgumentParser()
+    preprocess_command.add_arguments(parser)
     args = parser.parse_args([str(path), "-o", str(tmp_path / "cli"), "--coarsen", "2", "--box", "8",
                               "--normalise", "zscore", "--mask", "0", "--no-progress", "--seed", "4"])
-    assert run_preprocess(args) == 0
+    assert preprocess_command.run(args) == 0
     assert "wrote 23 images of 8 px" in capsys.readouterr().out
     got = read_particles(tmp_path / "cli.star")
     np.testing.assert_allclose(got.images[:], normalise(fourier_crop(coarsen(x, 2), 8), "zscore"), atol=1e-5)

@@ -15,8 +15,9 @@ from cryovae_nb.config import load_config
 from cryovae_nb.ctf import apply_ctf, compute_ctf
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.projection import project_reference, support_radius
-from cryovae_nb.synthetic import (SimulationConfig, add_simulate_parser, hinge_volume, load_truth,
-                                  lshape_volume, run_simulate, simulate, two_state_volume, volume_from_mrc)
+from cryovae_nb.commands import simulate as simulate_command
+from cryovae_nb.synthetic import (SimulationConfig, hinge_volume, load_truth, lshape_volume, simulate,
+                                  two_state_volume, volume_from_mrc)
 from cryovae_nb.volumes import fourier_resample
 
 
@@ -409,11 +410,11 @@ def test_bad_configs_are_refused(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    add_simulate_parser(parser)
+    simulate_command.add_arguments(parser)
     args = parser.parse_args(["--phantom", "two_state", "--box", "16", "-n", "30", "--snr", "0.1",
                               "-o", str(tmp_path / "cli"), "--shift-std", "1", "--grid-step", "45",
                               "--seed", "5", "--no-progress"])
-    assert run_simulate(args) == 0
+    assert simulate_command.run(args) == 0
     assert "particles" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert cfg["pose_sampling"] == "grid" and cfg["grid_step_deg"] == 45 and cfg["phantom"] == "two_state"

@@ -470,15 +470,18 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
 
 
 def test_cli_trains_and_resumes(tiny_data, tmp_path):
-    from cryovae_nb.training.cli import main
+    from cryovae_nb.cli import run_command
+
+    def main(argv):  # the per-rank entry `python -m cryovae_nb.training` runs exactly this
+        return run_command(argv[0], argv[1:], prog="python -m cryovae_nb.training")
 
     cfg = tiny_config(tiny_data, tmp_path / "ignored", max_steps=10)
     save_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "cli_run"
-    assert main(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--no-progress"]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000010"
-    assert main(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--max-steps", "20",
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--max-steps", "20",
                  "--no-progress"]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000020"
-    assert main(["--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
                  "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2

@@ -11,7 +11,7 @@ file imports nothing, so importing one subject never pulls in another's dependen
   module imports the model.
 * ``screen`` -- ``screen_particles``: flag empty or broken particles (thesis §3.4.4); the kept ones
   are written with ``cryovae_nb.io.write_particles_subset``.
-* ``cli`` -- ``cryovae fsc``.
+* ``cryovae fsc`` is cryovae_nb.commands.fsc.
 
 Headless (numpy / scipy / scikit-learn / umap-learn). Volumes follow cryovae_nb/geometry.py:
 arrays ``V[z, y, x]``, coordinates ``r = (x, y, z)`` centred on voxel ``n // 2``.

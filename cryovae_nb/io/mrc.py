@@ -23,7 +23,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
 from cryovae_nb.atomic import atomic_path
-from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.errors import ConfigError, InputError, OutputError
 from cryovae_nb.faults import fault_point
 
 HEADER_BYTES = 1024
@@ -464,6 +464,4 @@ class StackWriter:
 
 
 def _output_error(e: OSError, path) -> "OutputError":
-    from cryovae_nb.errors import OutputError
-
     return OutputError.from_oserror(e, path)

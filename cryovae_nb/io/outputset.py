@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cryovae_nb.errors import InputError
+from cryovae_nb.io.mrc import open_stack
 
 BLOCK = "cryovae_output"
 SAMPLE_IMAGES = 8
@@ -38,8 +39,6 @@ def sample_sha256(stack) -> str:
 def stack_record(run_id: str, stack_file: str | os.PathLike, stack_name: str) -> dict:
     """The block for the STAR file: ``stack_file`` is the written stack (maybe still under its
     temporary name), ``stack_name`` its final name as the STAR file's image names give it."""
-    from cryovae_nb.io.mrc import open_stack
-
     stack = open_stack(stack_file)
     return {"cryovaeRunId": run_id, "cryovaeStack": stack_name,
             "cryovaeStackBytes": int(os.path.getsize(stack_file)), "cryovaeImages": len(stack),
@@ -72,8 +71,6 @@ def check_stack(record: dict, stack, star_path) -> str:
     if abs(px - float(h.voxel_size or 0.0)) > 1e-5 * max(px, 1e-12):
         diffs.append(f"pixel size {px:g} Å recorded, {h.voxel_size} found")
     if not diffs:
-        from cryovae_nb.io.mrc import open_stack
-
         if sample_sha256(open_stack(path)) != str(get("cryovaeSampleSha256")):
             diffs.append("the sampled images differ")
     if diffs:

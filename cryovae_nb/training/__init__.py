@@ -6,7 +6,8 @@
     steps.py     the compiled train / eval steps
     trainer.py   Trainer, Hooks, Callback, train()
     horovod.py   data-parallel training: Horovod behind the Trainer's Hooks
-    cli.py       ``cryovae train`` / ``python -m cryovae_nb.training``
+    __main__.py  ``python -m cryovae_nb.training`` (one rank): the ``cryovae train`` command
+                 (cryovae_nb.commands.train)
 
 Nothing is imported here, so ``cryovae_nb.training.config`` stays light; import from the modules.
 """

@@ -7,7 +7,7 @@
   simulated motion, per-particle reconstructions and errors.
 * ``plots`` -- the matplotlib figures of the notebooks and the demo.
 * ``notebooks`` -- executing a notebook headless with injected parameters.
-* ``demo`` -- ``cryovae demo`` (``make demo``; also ``python -m cryovae_nb.tutorial.demo``).
+* ``demo`` -- what ``cryovae demo`` runs (``make demo``; the command is cryovae_nb.commands.demo).
 
 This file imports nothing: a notebook imports the module it needs.
 """

@@ -6,9 +6,7 @@ matplotlib (Agg) draws the PNGs.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from cryovae_nb.atomic import write_json_atomic
-from cryovae_nb.errors import ConfigError
 from cryovae_nb.inference import load_run, write_volumes
 from cryovae_nb.io import read_particles, write_volume
 from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
@@ -62,50 +59,9 @@ class DemoSettings:
                               decoder_units=64))
 
 
-def add_demo_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and seconds of training (a smoke test, not a result)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="training wall-clock budget in seconds (default 240)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="train this many steps instead of for a wall-clock budget "
-                             "(default with --quick: 150, and 10 more in 02_train)")
-    parser.add_argument("--n-particles", type=int, default=None, help="simulated particles (default 5000)")
-    parser.add_argument("--pose-mode", choices=("known", "learned"), default="known",
-                        help="known: poses from the STAR file (a good map in minutes); "
-                             "learned: ab initio, poses from the encoder and a global pose search "
-                             "(about 4x slower per step; give it 10 minutes or more)")
-    parser.add_argument("--phantom", choices=("hinge", "two_state", "lshape"), default=TUTORIAL_PHANTOM,
-                        help="hinge: the L's short bar lifted 0-60 degrees, a continuous motion for the "
-                             "latent to recover; two_state: its two ends; lshape: rigid (default: %(default)s)")
-    parser.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
-    return parser
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up chatter
-    s = DemoSettings.quick() if args.quick else DemoSettings()
-    if args.budget is not None:
-        s.budget_s, s.steps, s.notebook_steps = float(args.budget), None, None
-    if getattr(args, "steps", None) is not None:
-        if args.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-        s.steps = int(args.steps)
-        s.notebook_steps = s.notebook_steps or max(1, s.steps // 10)
-    if args.n_particles is not None:
-        s.n_particles = int(args.n_particles)
-    s.pose_mode = args.pose_mode
-    s.phantom = getattr(args, "phantom", s.phantom)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    summary = demo(out, s, notebooks=not args.no_notebooks)
-    print(format_summary(summary))
-    return 0
-
-
 def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     """The main job of ``cryovae demo``; returns the summary written to ``out/summary.json``."""
+    # heavy: TensorFlow; `cryovae demo --help` and the tutorial helpers stay light
     from cryovae_nb.training.trainer import Trainer, save_sample_png
 
     t0 = time.monotonic()
@@ -284,12 +240,3 @@ def format_summary(summary: dict) -> str:
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = add_demo_parser(argparse.ArgumentParser(prog="python -m cryovae_nb.tutorial.demo"))
-    return run_demo(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,6 +28,7 @@ import numpy as np
 
 from cryovae_nb.config import load_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
 from cryovae_nb.synthetic import SimulatedDataset, SimulationConfig, load_truth, simulate
 from cryovae_nb.training.config import TrainConfig
@@ -170,8 +171,6 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
     of ``TUTORIAL_TRAIN``; any ``ModelConfig`` or ``TrainConfig`` field can be overridden by name
     (each name goes where it belongs, in the two dicts too; a name both configs have, such as
     ``learning_rate``, goes to the ``TrainConfig``)."""
-    from cryovae_nb.model import ModelConfig
-
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_kw, train_kw = {}, {}
@@ -205,7 +204,7 @@ def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike
     run_dir = Path(workdir) / run_name
     if has_checkpoint(run_dir):
         return run_dir
-    from cryovae_nb.training.trainer import Trainer
+    from cryovae_nb.training.trainer import Trainer  # heavy: TensorFlow, only when a run must be trained
 
     data = ensure_tutorial_data(workdir, star_file, datadir=datadir, progress=progress, **(data_kwargs or {}))
     cfg = tutorial_train_config(data, run_dir, max_steps=max_steps, max_time_s=budget_s, **train_overrides)

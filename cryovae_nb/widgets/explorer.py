@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError
 from cryovae_nb.io import write_particles_subset
+from cryovae_nb.widgets.volume import VolumeViewer
 
 # above this many points, WebGL scatter (plotly's SVG scatter crawls past ~10^4 points)
 WEBGL_FROM = 20_000
@@ -77,8 +78,6 @@ class LatentExplorer(W.VBox):
 
         self.viewer = viewer
         if self.viewer is None and decode is not None:
-            from cryovae_nb.widgets.volume import VolumeViewer
-
             self.viewer = VolumeViewer({"decoded": self._decode(self.latents.mean(axis=0))}, voxel_size)
         right = [self.viewer] if self.viewer is not None else []
         super().__init__([W.HBox([self.method, self.color]), self.figure,

@@ -1,19 +1,16 @@
-"""``cryovae launch`` (its arguments and what it runs) and ``python -m cryovae_nb.launch``, which is
-also how the background supervisor is started (``_supervise RUN_DIR -- CMD...``)."""
+"""``cryovae launch``: Horovod training locally, with mpirun, or as a Slurm job (``cryovae_nb.launch``)."""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_int
-from cryovae_nb.launch.backends import BACKENDS
-from cryovae_nb.launch.slurm import SlurmOptions
-from cryovae_nb.launch.start import launch
-from cryovae_nb.launch.supervise import _supervise
+from cryovae_nb.launch import BACKENDS, SlurmOptions, launch
+
+HELP = "launch Horovod training locally, with mpirun or on Slurm"
 
 
-def add_launch_parser(p: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
     p.add_argument("config", help="training config (JSON/YAML)")
     p.add_argument("--run-dir", required=True, help="output folder (checkpoints, metrics, job.json)")
     p.add_argument("--backend", choices=BACKENDS, default="local")
@@ -34,7 +31,7 @@ def add_launch_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="block until the job ends")
 
 
-def run_launch(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     output_dir(args.run_dir, "--run-dir")
     slurm = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                          cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
@@ -50,15 +47,3 @@ def run_launch(args: argparse.Namespace) -> int:
         out.wait()
         print(f"finished: {out.status()}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_supervise"]:
-        if len(argv) < 4 or argv[2] != "--":
-            print("usage: python -m cryovae_nb.launch _supervise RUN_DIR -- CMD...", file=sys.stderr)
-            return 2
-        return _supervise(Path(argv[1]), argv[3:])
-    from cryovae_nb.cli import main as cli_main
-
-    return cli_main(["launch", *argv])

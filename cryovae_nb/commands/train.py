@@ -1,21 +1,17 @@
-"""``cryovae train`` and ``python -m cryovae_nb.training``: the parser and the runner.
-
-The parser is light (``cryovae train --help`` loads no TensorFlow); the runner imports the trainer.
-"""
+"""``cryovae train`` (also what each rank of ``python -m cryovae_nb.training`` runs): train the VAE
+on a preprocessed stack, resuming the run folder's checkpoint."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_float, positive_int
 from cryovae_nb.config import from_dict, load_config, to_dict
-from cryovae_nb.errors import CryoVAEError
 from cryovae_nb.training.config import TrainConfig
 
-PROG = "python -m cryovae_nb.training"
+HELP = "train the VAE on a preprocessed stack (resumable)"
 
 
-def add_train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TrainConfig as .json or .yaml (options below override it)")
     parser.add_argument("--data", help="preprocessed particles (.star or .mrcs)")
     parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
@@ -32,10 +28,9 @@ def add_train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     # data-parallel training (cryovae_nb.training.horovod); implied when started by horovodrun/mpirun
     parser.add_argument("--horovod", action="store_true", help="one Horovod rank (one process without Horovod)")
     parser.add_argument("--scale-lr", action="store_true", help="with --horovod: learning rate x number of ranks")
-    return parser
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     data = to_dict(load_config(TrainConfig, args.config)) if args.config else {}
     for name in ("data", "datadir", "run_dir", "max_steps", "max_time_s", "batch_size",
                  "learning_rate", "pose_mode", "seed"):
@@ -44,7 +39,7 @@ def run_train(args: argparse.Namespace) -> int:
             data[name] = value
     cfg = from_dict(TrainConfig, data)
     output_dir(cfg.run_dir, "--run-dir")
-    # TensorFlow and the model load here, once the arguments are known to be good
+    # heavy: TensorFlow and the model load here, once the arguments are known to be good
     from cryovae_nb.training import horovod
     from cryovae_nb.training.trainer import Trainer
 
@@ -57,19 +52,3 @@ def run_train(args: argparse.Namespace) -> int:
     result = trainer.train()
     print(f"stopped at step {result.step} ({result.reason}); checkpoint: {result.checkpoint}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The per-rank entry ``python -m cryovae_nb.training`` (what `cryovae_nb.launch` starts)."""
-    parser = add_train_parser(argparse.ArgumentParser(prog=PROG, description="train the VAE (resumable)"))
-    args = parser.parse_args(argv)
-    try:
-        return run_train(args)
-    except CryoVAEError as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a rank's run folder refused (permissions, read-only): one line, as the CLI
-        from cryovae_nb.cli import _oserror_line
-
-        print(f"train: error: {_oserror_line(e)}", file=sys.stderr)
-        return 2

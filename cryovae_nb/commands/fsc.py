@@ -1,26 +1,30 @@
 """``cryovae fsc``: the FSC of two MRC maps, optionally after aligning the first onto the second."""
 from __future__ import annotations
 
+import argparse
+
 from cryovae_nb.analysis.align import align
 from cryovae_nb.analysis.fsc import fsc
 from cryovae_nb.argcheck import output_file, positive_float
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import read_volume
 
-
-def add_fsc_parser(p) -> None:
-    p.add_argument("vol1", help="first volume (.mrc)")
-    p.add_argument("vol2", help="second volume / reference (.mrc)")
-    p.add_argument("--pixel-size", type=positive_float, default=None,
-                   help="Å per voxel (default: from vol1's header, else 1)")
-    p.add_argument("--mask", default=None,
-                   help="'sphere' for a soft spherical mask, or an MRC mask file")
-    p.add_argument("--align", action="store_true",
-                   help="align vol1 onto vol2 (rotation, shift, hand) before the FSC")
-    p.add_argument("--out", default=None, help="write the curve to .json or .csv")
+HELP = "FSC between two volumes, resolution at 0.5 / 0.143"
 
 
-def run_fsc(args) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vol1", help="first volume (.mrc)")
+    parser.add_argument("vol2", help="second volume / reference (.mrc)")
+    parser.add_argument("--pixel-size", type=positive_float, default=None,
+                        help="Å per voxel (default: from vol1's header, else 1)")
+    parser.add_argument("--mask", default=None,
+                        help="'sphere' for a soft spherical mask, or an MRC mask file")
+    parser.add_argument("--align", action="store_true",
+                        help="align vol1 onto vol2 (rotation, shift, hand) before the FSC")
+    parser.add_argument("--out", default=None, help="write the curve to .json or .csv")
+
+
+def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         output_file(args.out, "--out")
     v1, px1 = read_volume(args.vol1)
@@ -48,6 +52,3 @@ def run_fsc(args) -> int:
     if args.out:
         r.save(args.out)
     return 0
-
-
-__all__ = ["add_fsc_parser", "run_fsc"]
