@@ -248,7 +248,7 @@ def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_pa
     assert ck == ["step_00000045", "step_00000060"]  # keep_checkpoints=2
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000060"
     assert got["checkpoints"][-1].endswith("step_00000060") and len(got["checkpoints"]) == 4
-    assert load_config(TrainConfig, run / "config.yaml").model.box == 16
+    assert load_config(TrainConfig, run / "config.yaml").model.architecture.box == 16
     split = np.load(run / "split.npz", allow_pickle=False)
     assert len(split["test"]) == 60 and len(split["train"]) == 540
     assert got["samples"] == [((4, 16, 16), (4, 16, 16), 30), ((4, 16, 16), (4, 16, 16), 60)]
@@ -280,7 +280,7 @@ def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_
     assert len(caught) == 1 and issubclass(caught[0].category, T.LatentCollapseWarning)
     msg = str(caught[0].message)
     for part in ("no information about the particles", "0 of 4 dimensions active", "KL 0.0021 nats/image",
-                 "homogeneous", "posterior collapsed", "known poses", "latent_inference", "kl_warmup_steps"):
+                 "homogeneous", "posterior collapsed", "known poses", "latent.inference", "kl_warmup_steps"):
         assert part in msg, msg
     # without a warm-up the floor is COLLAPSE_MIN_STEP
     plain = T.Trainer(tiny_config(tiny_data, tmp_path / "b"), progress=False)

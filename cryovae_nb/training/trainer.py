@@ -155,9 +155,9 @@ class Trainer:
         self.particles = read_particles(cfg.data, datadir=cfg.datadir)
         n, box = len(self.particles), int(self.particles.box)
         if box != cfg.model.architecture.box:
-            if cfg.model.architecture.box != ModelConfig().box:
-                raise ConfigError(f"model.box is {cfg.model.architecture.box} but the images in {cfg.data} are "
-                                  f"{box} px; set model.box to {box}")
+            if cfg.model.architecture.box != ModelConfig().architecture.box:
+                raise ConfigError(f"model.architecture.box is {cfg.model.architecture.box} but the images in "
+                                  f"{cfg.data} are {box} px; set model.architecture.box to {box}")
             cfg = dataclasses.replace(cfg, model=cfg.model.with_options(box=box))
         if cfg.model.pose.mode == "known" and self.particles.poses is None:
             raise InputError("pose_mode 'known' needs poses (rlnAngleRot/Tilt/Psi) in the STAR file", cfg.data)
@@ -373,9 +373,9 @@ class Trainer:
                 f"step {step}: the latent carries no information about the particles (0 of {n} "
                 f"dimensions active on the held-out images, KL {kl_text} nats/image): either the "
                 "particles are homogeneous, or the posterior collapsed. If you expect heterogeneity: "
-                "with known poses keep model.latent_inference 'auto' (latents read from the decoder "
+                "with known poses keep model.latent.inference 'auto' (latents read from the decoder "
                 "at each pose); the encoder's latent (learned poses, or 'encoder') measured collapsed "
-                "at SNR 0.1, and kl_warmup_steps / free_bits did not help (README).",
+                "at SNR 0.1, and model.loss.kl_warmup_steps / free_bits did not help (README).",
                 LatentCollapseWarning, stacklevel=2)
         return {**losses, "latent_collapsed": True}
 
