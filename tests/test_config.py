@@ -91,7 +91,8 @@ def test_configs_built_in_python_are_type_checked_too():
     TrainConfig(data=Path("p.star"), run_dir=Path("run"), batch_size=np.int64(8)).validate()
     PreprocessConfig(box=np.int32(12), spread=np.float32(0.3)).validate()
     for build, match in [(lambda: TrainConfig(batch_size="abc"), r"TrainConfig\.batch_size must be an integer"),
-                         (lambda: ModelConfig().with_options(beta=float("nan")), r"LossConfig\.beta must be a finite number"),
+                         (lambda: ModelConfig().with_options(beta=float("nan")),
+                          r"LossConfig\.beta must be a finite number"),
                          (lambda: PreprocessConfig(pixel_size=float("inf")), r"pixel_size must be a finite"),
                          (lambda: SlurmOptions(nodes=True), r"SlurmOptions\.nodes must be an integer")]:
         with pytest.raises(ConfigError, match=match):

@@ -221,7 +221,8 @@ def test_hidden_pose_input_makes_the_pose_independent_of_the_latent_noise(pose_i
 def _search_models(n):
     base = dict(box=n, latent_dim=2, encoder_layers=1, encoder_units=8, decoder_layers=1,
                 decoder_units=8, pose_search_deg=15.0, pose_refine_band=0.35)
-    return build_model(ModelConfig().with_options(**base)), build_model(ModelConfig().with_options(**base, search_reference="mean"))
+    own = ModelConfig().with_options(**base)
+    return build_model(own), build_model(own.with_options(search_reference="mean"))
 
 
 def test_own_and_mean_reference_agree_when_the_batch_has_one_volume():

@@ -147,7 +147,8 @@ def test_losses_with_search_add_the_pose_term_and_encode_reports_the_searched_po
     cfg = small(box=n, pose_distill=7.0)
     model = build_model(cfg)
     out = model.compute_losses(Batch(images), training=False)
-    expected = (out["recon"] + cfg.loss.beta * out["kl"] + cfg.loss.averaging_factor * cfg.loss.beta * out["averaging"]
+    loss = cfg.loss
+    expected = (out["recon"] + loss.beta * out["kl"] + loss.averaging_factor * loss.beta * out["averaging"]
                 + 7.0 * out["pose"])
     np.testing.assert_allclose(float(out["total"]), float(expected), rtol=1e-6)
     enc = model.encode(Batch(images))

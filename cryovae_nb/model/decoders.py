@@ -30,8 +30,8 @@ class Decoder(keras.layers.Layer):
     """Base of the decoders: ``decoder(z, training)`` -> ``(B, n, n, n)`` volumes (unmasked).
 
     ``seeds`` is the model's stream of initializer seeds (the decoder takes the next ones, so a
-    model's weights depend only on its seed, ``build_model(config, seed)``); ``zero_response``: start with an output
-    that does not depend on z (see the module docstring).
+    model's weights depend only on its seed, ``build_model(config, seed)``); ``zero_response``:
+    start with an output that does not depend on z (see the module docstring).
 
     Subclasses create every weight in ``__init__`` (the input size is ``config.architecture.latent_dim``): built
     outside the model's call, the variable paths are the layers' own names (``dec0/kernel``), the
@@ -55,7 +55,8 @@ class DenseDecoder(Decoder):
             init = initializer or keras.initializers.GlorotUniform(seed=next(seeds))
             return keras.layers.Dense(units, activation=activation, name=name, kernel_initializer=init)
 
-        self.hidden_layers = [dense(config.architecture.decoder_units, act, f"dec{i}") for i in range(config.architecture.decoder_layers)]
+        arch = config.architecture
+        self.hidden_layers = [dense(arch.decoder_units, act, f"dec{i}") for i in range(arch.decoder_layers)]
         if zero_response and self.hidden_layers:
             # NOTE: replacing an item of a list Keras already tracks escapes its tracking: this dec0
             # is in no weights list, so it is neither trained nor checkpointed (it keeps its zero

@@ -61,7 +61,8 @@ class CryoVAE(keras.Model):
             return keras.layers.Dense(units, activation=activation, name=name,
                                       kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)))
 
-        self.encoder_layers = [dense(cfg.architecture.encoder_units, act, f"enc{i}") for i in range(cfg.architecture.encoder_layers)]
+        arch = cfg.architecture
+        self.encoder_layers = [dense(arch.encoder_units, act, f"enc{i}") for i in range(arch.encoder_layers)]
         self.z_mean_layer = dense(cfg.architecture.latent_dim, name="z_mean")
         self.z_logvar_layer = dense(cfg.architecture.latent_dim, name="z_logvar")
         self.quaternion_layer = dense(4, "tanh", "pose_quaternion")
@@ -74,13 +75,13 @@ class CryoVAE(keras.Model):
         # volumes.
         self.decoder = make_decoder(cfg, seeds, zero_response=self.linearized)
         self.projector = make_projector(cfg)
-        self._mask = None if cfg.architecture.volume_mask is None else tf.constant(diameter_mask(cfg.architecture.box, cfg.architecture.volume_mask, ndim=3))
+        self._mask = None if arch.volume_mask is None else tf.constant(diameter_mask(arch.box, arch.volume_mask, ndim=3))
         # Why an offset: the tanh-normalised target is sigmoid(a * (P - mean) / sigma), so its logit
         # is a * P minus a per-image constant over the disc. No volume inside the mask projects to a
         # constant in every direction except an edge-singular shell, which the decoder would then
         # have to build (and re-tune per particle from the noise mean). The head takes that constant.
         # The disc the mask projects to (preprocessing masks images with the same 0.95 default).
-        self._disc = tf.constant(diameter_mask(cfg.architecture.box, cfg.architecture.volume_mask or 1.0, ndim=3)[cfg.architecture.box // 2])
+        self._disc = tf.constant(diameter_mask(arch.box, arch.volume_mask or 1.0, ndim=3)[arch.box // 2])
         self.offset_layer = None
         if cfg.loss.image_offset:
             self.offset_layer = keras.layers.Dense(1, name="image_offset", kernel_initializer="zeros")
@@ -395,7 +396,7 @@ class CryoVAE(keras.Model):
         logits = forward_images(volumes, rotations, shifts, projector=self.projector, offset=offset,
                                 disc=self._disc)
         pixel_mask = self._pixel_mask
-        n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.architecture.box * cfg.architecture.box)
+        n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.architecture.box ** 2)
         predicted = self.image_prediction(logits)
         sq = tf.square(images - tf.stop_gradient(predicted))
         residual = tf.reduce_sum(sq if pixel_mask is None else sq * pixel_mask) / (
@@ -416,7 +417,8 @@ class CryoVAE(keras.Model):
         kl_dims = tf.reduce_mean(losses.kl_per_dimension(z_mean, z_logvar), axis=0)
         out = {"recon": tf.reduce_mean(recon), "kl": tf.reduce_sum(kl_dims),
                "averaging": losses.averaging_loss(volumes, cfg.loss.averaging_mirror), "pose": pose_term}
-        kl_charged = tf.reduce_sum(tf.maximum(kl_dims, cfg.loss.free_bits)) if cfg.loss.free_bits > 0 else out["kl"]
+        free_bits = cfg.loss.free_bits
+        kl_charged = tf.reduce_sum(tf.maximum(kl_dims, free_bits)) if free_bits > 0 else out["kl"]
         b = cfg.loss.beta * tf.cast(kl_scale, tf.float32)
         out["total"] = (out["recon"] + b * (kl_charged + cfg.loss.averaging_factor * out["averaging"])
                         + cfg.pose.distill * pose_term)

@@ -60,9 +60,8 @@ class TrainConfig:
         the model, and the model held a copy of batch_size and seed: the top level's non-null
         value wins, as the trainer did then; learning_rate stays here, pose_mode goes to the model.
         """
-        if not isinstance(data, dict) or not ({"pose_mode"} & set(data) or data.get("learning_rate", 0) is None
-                                              or _flat_model(data.get("model"))):
-            return data
+        if not isinstance(data, dict):
+            return data  # from_dict reports it
         data = dict(data)
         model = data.get("model")
         model = dict(model) if isinstance(model, dict) else model
@@ -73,9 +72,11 @@ class TrainConfig:
         if data.get("learning_rate", 0) is None:
             del data["learning_rate"]  # null: the default rate
         pose_mode = data.pop("pose_mode", None)
-        if pose_mode is not None:
+        if isinstance(model, ModelConfig) and pose_mode is not None:
+            model = model.with_options(pose_mode=pose_mode)
+        elif pose_mode is not None:
             model = dict(model or {})
-            model["pose"] = {**model.get("pose", {}), "mode": pose_mode}
+            model["pose"] = {**(model.get("pose") or {}), "mode": pose_mode}
         if model is not None:
             data["model"] = model
         return data

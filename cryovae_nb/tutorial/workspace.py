@@ -188,7 +188,8 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
     train_kw.update(max_steps=int(max_steps), max_time_s=max_time_s, seed=int(seed),
                     log_every=int(log_every), sample_every=int(sample_every),
                     checkpoint_every=int(checkpoint_every))
-    return TrainConfig(data=str(data), run_dir=str(run_dir), model=ModelConfig().with_options(**model_kw), **train_kw)
+    model = ModelConfig().with_options(**model_kw)
+    return TrainConfig(data=str(data), run_dir=str(run_dir), model=model, **train_kw)
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
