@@ -479,5 +479,10 @@ def test_cli_trains_and_resumes(tiny_data, tmp_path):
     assert main(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--max-steps", "20",
                  "--no-progress"]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000020"
+    # --pose-mode and --learning-rate write into their one home: the model's pose, the trainer's rate
+    assert main(["--config", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "k"), "--max-steps", "2",
+                 "--pose-mode", "known", "--learning-rate", "5e-4", "--no-progress"]) == 0
+    saved = load_config(TrainConfig, tmp_path / "k" / "config.json")
+    assert saved.model.pose.mode == "known" and saved.learning_rate == 5e-4
     assert main(["--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
                  "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2
