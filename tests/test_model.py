@@ -2,7 +2,6 @@
 losses (recomputed by hand in numpy), seeded noise, compiled steps, known poses, weights I/O."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
