@@ -126,8 +126,8 @@ def oracle_ab_initio(args, phantom: str, truth: dict, m: int = 400, step_deg: fl
     ramp = np.exp(2j * np.pi * (np.asarray(truth["shifts"][:m])[:, 0, None, None] * k[None, None, :]
                                 + np.asarray(truth["shifts"][:m])[:, 1, None, None] * k[None, :, None]))
     x = np.fft.ifft2(np.fft.fft2(x) * ramp).real.reshape(m, -1)
-    model = build_model(ModelConfig(box=n, pose_mode="learned", encoder_layers=0, decoder_layers=0,
-                                    fourier_kernel_width=6, fourier_pad=2.0, volume_mask=None))
+    model = build_model(ModelConfig().with_options(box=n, pose_mode="learned", encoder_layers=0, decoder_layers=0,
+                                                   fourier_kernel_width=6, fourier_pad=2.0, volume_mask=None))
     grid = quaternion_to_matrix(tf.constant(search_grid(step_deg)))
     levels = np.asarray(truth["volume_t"])
     var = float(truth["noise_std"]) ** 2
@@ -181,15 +181,15 @@ def evaluate(trainer, phantom: str, truth: dict, labels, truths, pixel_size: flo
     from cryovae_nb.heterogeneity import motion_recovery, state_volumes, two_state_accuracy
     from cryovae_nb.volumes import band_limit
 
-    known = trainer.config.model.pose_mode == "known"
+    known = trainer.config.model.pose.mode == "known"
     z = latent_means(trainer.model, trainer.particles.images, trainer.particles.poses if known else None)
     model = trainer.model
 
     def decode(zz):
         v = np.asarray(model.decode(np.asarray(zz, np.float32)))
-        return band_limit(v) if model.config.projector == "fourier" else v
+        return band_limit(v) if model.config.architecture.projector == "fourier" else v
 
-    learned = trainer.config.model.pose_mode == "learned"
+    learned = trainer.config.model.pose.mode == "learned"
     vols = state_volumes(decode, z, labels, truths, pixel_size, align_to=len(truths) // 2 if learned else None)
     row = {**motion_recovery(z, truth["t"]),
            "active_dims": int(np.sum(np.var(z, axis=0) > 0.01)),
@@ -225,7 +225,7 @@ def projection_agreement(model, images, truth: dict, m: int = 500) -> float:
     from cryovae_nb.model.batch import Batch
     from cryovae_nb.synthetic import hinge_volume
 
-    n, m = model.config.box, min(m, len(images))
+    n, m = model.config.architecture.box, min(m, len(images))
     enc = model.encode(Batch(np.asarray(images[:m], np.float32)))
     mine = model.project(model.decode(enc["z_mean"]),
                          quaternion_to_matrix(np.asarray(enc["quaternion"])).astype(np.float32),
@@ -269,13 +269,13 @@ def run_variant(args, phantom: str, mode: str, name: str, overrides: dict) -> li
     labels, truths = state_labels(phantom, truth, args.box)
     overrides = dict(overrides)
     preset = overrides.pop("preset", "default")
-    # TrainConfig fields (other than those the model config holds too: learning rate, batch, seed)
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "learning_rate", "seed"}
+    # TrainConfig fields (learning rate, batch, ...); the rest are the model's
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "seed"}
     train_over = {k: overrides.pop(k) for k in list(overrides) if k in train_keys}
-    model = ModelConfig.preset(preset, **overrides)
+    model = ModelConfig.preset(preset, pose_mode=mode, **overrides)
     run_dir = Path(args.workdir) / f"run_{phantom}_{mode}_{name}_{int(time.time())}"
-    cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, pose_mode=mode,
-                      learning_rate=model.learning_rate, seed=args.seed, max_steps=10**9,
+    cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model,
+                      seed=args.seed, max_steps=10**9,
                       sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1, **train_over)
     trainer = Trainer(cfg, progress=False)
     pixel = trainer.pixel_size

@@ -77,7 +77,7 @@ def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
     # the Trainer's own batch: known poses when the run uses them (linearized latents are read there)
     batch = trainer.batches(np.asarray(indices))
     volumes = np.asarray(trainer.model.decode(trainer.model.encode(batch)["z_mean"]))
-    if trainer.config.model.projector == "fourier":
+    if trainer.config.model.architecture.projector == "fourier":
         volumes = band_limit(volumes)  # drop what the projector never saw (see volumes.band_limit)
     r05, r0143, corr, mirrored = [], [], [], 0
     for vol in volumes:
@@ -148,9 +148,9 @@ def main(argv=None) -> int:
     if args.pose_search_deg == 0:
         chosen["pose_search_deg"] = None
     model = ModelConfig.preset(args.preset, box=args.box, latent_dim=args.latent_dim, projector=args.projector,
-                               **chosen)
+                               pose_mode=args.mode, **chosen)
     cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, batch_size=args.batch_size,
-                      learning_rate=model.learning_rate, pose_mode=args.mode, max_steps=10**9,
+                      max_steps=10**9,
                       log_every=100, sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1,
                       test_fraction=0.02, n_test_eval=240, seed=args.seed, jit=not args.no_jit)
     trainer = Trainer(cfg, progress=False)

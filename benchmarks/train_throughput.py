@@ -113,8 +113,8 @@ def main(argv=None) -> None:
         extra = {"fourier_kernel_width": int(width)} if width else {}
         if not plus:  # the thesis' step; "+search" keeps the config's default search
             extra["pose_search_deg"] = None
-        cfg = ModelConfig(box=n, latent_dim=args.latent, batch_size=b, projector=kind,
-                          fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
+        cfg = ModelConfig().with_options(box=n, latent_dim=args.latent, projector=kind,
+                                         fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
         model = build_model(cfg)
         step = make_train_step(model, jit=jit)
         t = time.perf_counter()
@@ -144,8 +144,8 @@ def main(argv=None) -> None:
     print(f"peak RSS (whole run): {peak_rss_mib():.0f} MiB")
 
     # inference: encode images, decode volumes (batch b, compiled)
-    model = build_model(ModelConfig(box=n, latent_dim=args.latent, pose_search_deg=None))
-    searching = build_model(ModelConfig(box=n, latent_dim=args.latent))
+    model = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent, pose_search_deg=None))
+    searching = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent))
     enc = tf.function(lambda x: model.encode(Batch(x))["z_mean"], jit_compile=jit)
     enc_search = tf.function(lambda x: searching.encode(Batch(x))["quaternion"], jit_compile=jit)
     dec = tf.function(lambda z: model.decode(z), jit_compile=jit)

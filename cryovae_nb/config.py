@@ -119,10 +119,15 @@ def check_fields(cfg) -> None:
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys with a clear message.
 
-    Keys in ``cls.RENAMED_OPTIONS`` (a class attribute ``{old name: new name}``, if any) are read
-    under their new names."""
+    ``cls.migrate(data)`` (a static method, if any) first rewrites a dict of an older layout; keys
+    in ``cls.RENAMED_OPTIONS`` (a class attribute ``{old name: new name}``, if any) are read under
+    their new names."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    # a file written by an older version still loads: the class rewrites its old layout
+    migrate = getattr(cls, "migrate", None)
+    if callable(migrate):
+        data = migrate(data)
     # a field renamed since a file was written still loads: the class maps old keys to new ones
     for old, new in getattr(cls, "RENAMED_OPTIONS", {}).items():
         if old in data:

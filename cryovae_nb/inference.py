@@ -81,7 +81,7 @@ class TrainedRun:
             raise InputError("not a training run directory (no config.json)", self.run_dir)
         self.config = self.folder.config()
         manager = self.folder.checkpoints
-        self.model = build_model(self.config.model)
+        self.model = build_model(self.config.model, seed=self.config.seed)
         if checkpoint is not None:
             self.checkpoint = Path(checkpoint)
             state = CheckpointManager.restore(make_checkpoint(self.model), self.checkpoint)
@@ -97,15 +97,15 @@ class TrainedRun:
                               f"using {self.checkpoint.name}, the newest intact one", stacklevel=3)
         self.step = int(state["step"])
         self.pixel_size = float(state.get("pixel_size") or 1.0)
-        self.box = int(self.config.model.box)
-        self.latent_dim = int(self.config.model.latent_dim)
+        self.box = int(self.config.model.architecture.box)
+        self.latent_dim = int(self.config.model.architecture.latent_dim)
         self.batch_size = int(batch_size or self.config.batch_size)
         self._particles = None
         self._observed: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return (f"TrainedRun({str(self.run_dir)!r}, step={self.step}, box={self.box}, "
-                f"latent_dim={self.latent_dim}, pose_mode={self.config.model.pose_mode!r})")
+                f"latent_dim={self.latent_dim}, pose_mode={self.config.model.pose.mode!r})")
 
     # ---- data -----------------------------------------------------------------------------
 
@@ -140,14 +140,14 @@ class TrainedRun:
 
         In known-pose runs the pose head was never trained: the poses reported are the known ones
         from the STAR file (when ``data`` carries them), otherwise the head's output. Learned-pose
-        runs with a pose search (``ModelConfig.pose_search_deg``) report the searched pose, as in
+        runs with a pose search (``ModelConfig.pose.search_deg``) report the searched pose, as in
         training; the search's reference is the mean volume of each batch.
         """
         from tqdm.auto import tqdm
 
         images, known = self._as_images(data)
         n = len(images)
-        use_known = self.config.model.pose_mode == "known" and known is not None
+        use_known = self.config.model.pose.mode == "known" and known is not None
         out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
         for start in tqdm(range(0, n, self.batch_size), desc="encode", unit="batch", disable=not progress):
             sl = slice(start, start + self.batch_size)
@@ -161,7 +161,7 @@ class TrainedRun:
             for k in out:
                 out[k].append(np.asarray(enc[k]))
         cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
-        if self.config.model.pose_mode == "known" and known is not None:
+        if self.config.model.pose.mode == "known" and known is not None:
             rotations, shifts = known.rotations, known.shifts
         else:
             rotations, shifts = geometry.quaternion_to_matrix(cat["quaternion"]), cat["shift"]
@@ -183,7 +183,7 @@ class TrainedRun:
         if len(z) == 0:
             return np.zeros((0,) + (self.box,) * 3, np.float32)
         vols = decode_volumes(self.model.decode, z, self.batch_size)
-        if self.config.model.projector == "fourier":
+        if self.config.model.architecture.projector == "fourier":
             vols = band_limit(vols)
         return vols[0] if single else vols
 

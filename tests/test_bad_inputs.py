@@ -84,11 +84,11 @@ CASES = [
          "{TMP}/bad.yaml: TrainConfig.batch_size must be an integer (int), got 'abc' (str)", files=YAML_TYPE,
          sub=True),
     Case("train", ("--config", "{TMP}/bad.json", "--run-dir", "{TMP}/run"),
-         "{TMP}/bad.json: TrainConfig.learning_rate must be float or null, got 'fast' (str)",
+         "{TMP}/bad.json: TrainConfig.learning_rate must be a number (float), got 'fast' (str)",
          files={"bad.json": '{"learning_rate": "fast"}'}),
     Case("train", ("--config", "{TMP}/bad.yaml", "--run-dir", "{TMP}/run"),
-         "{TMP}/bad.yaml: ModelConfig.latent_dim must be an integer (int), got 2.5 (float)",
-         files={"bad.yaml": "model:\n  latent_dim: 2.5\n"}),
+         "{TMP}/bad.yaml: ArchitectureConfig.latent_dim must be an integer (int), got 2.5 (float)",
+         files={"bad.yaml": "model:\n  architecture:\n    latent_dim: 2.5\n"}),
     Case("train", ("--config", "{TMP}/bad.yaml", "--run-dir", "{TMP}/run"),
          "{TMP}/bad.yaml: TrainConfig.jit must be true or false, got 'yes please' (str)",
          files={"bad.yaml": "jit: yes please\n"}),
@@ -261,8 +261,8 @@ def bad_input_world(tmp_path_factory):
     rng = np.random.default_rng(0)
     write_volume(data / "vol16.mrc", rng.standard_normal((16, 16, 16)), 2.0)
     write_volume(data / "vol8.mrc", rng.standard_normal((8, 8, 8)), 2.0)
-    model = ModelConfig(box=16, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
-                        decoder_units=16)
+    model = ModelConfig().with_options(box=16, latent_dim=2, encoder_layers=1, encoder_units=16,
+                                       decoder_layers=1, decoder_units=16)
     cfg = TrainConfig(data=str(data / "p.star"), run_dir=str(root / "run"), model=model, batch_size=16,
                       learning_rate=1e-3, max_steps=2, log_every=2, sample_every=100, checkpoint_every=2,
                       n_test_eval=8, n_samples=2, n_sample_volumes=0)

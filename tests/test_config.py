@@ -69,10 +69,10 @@ def test_train_config_types_optional_and_tuples():
     from cryovae_nb.training.config import TrainConfig
 
     assert from_dict(TrainConfig, {"learning_rate": None, "max_time_s": 5}).max_time_s == 5.0
-    with pytest.raises(ConfigError, match=r"TrainConfig\.learning_rate must be float or null"):
-        from_dict(TrainConfig, {"learning_rate": "fast"})
-    with pytest.raises(ConfigError, match=r"ModelConfig\.latent_dim must be an integer"):
-        from_dict(TrainConfig, {"model": {"latent_dim": "8"}})
+    with pytest.raises(ConfigError, match=r"TrainConfig\.max_time_s must be float or null"):
+        from_dict(TrainConfig, {"max_time_s": "fast"})
+    with pytest.raises(ConfigError, match=r"ArchitectureConfig\.latent_dim must be an integer"):
+        from_dict(TrainConfig, {"model": {"architecture": {"latent_dim": "8"}}})
     with pytest.raises(ConfigError, match=r"SimulationConfig\.defocus_range\[1\] must be a number"):
         from_dict(SimulationConfig, {"defocus_range": [1000, "x"]})
     with pytest.raises(ConfigError, match=r"defocus_range must be a list of 2 values"):
@@ -91,7 +91,8 @@ def test_configs_built_in_python_are_type_checked_too():
     TrainConfig(data=Path("p.star"), run_dir=Path("run"), batch_size=np.int64(8)).validate()
     PreprocessConfig(box=np.int32(12), spread=np.float32(0.3)).validate()
     for build, match in [(lambda: TrainConfig(batch_size="abc"), r"TrainConfig\.batch_size must be an integer"),
-                         (lambda: ModelConfig(beta=float("nan")), r"ModelConfig\.beta must be a finite number"),
+                         (lambda: ModelConfig().with_options(beta=float("nan")),
+                          r"LossConfig\.beta must be a finite number"),
                          (lambda: PreprocessConfig(pixel_size=float("inf")), r"pixel_size must be a finite"),
                          (lambda: SlurmOptions(nodes=True), r"SlurmOptions\.nodes must be an integer")]:
         with pytest.raises(ConfigError, match=match):

@@ -229,16 +229,16 @@ def test_tutorial_train_config_routes_overrides(tmp_path):
     data = workspace.tutorial_paths(tmp_path)
     cfg = workspace.tutorial_train_config(data, tmp_path / "run", latent_dim=3, batch_size=16,
                                           learning_rate=2e-4, pose_mode="learned", max_time_s=5)
-    assert cfg.model.latent_dim == 3 and cfg.batch_size == 16 and cfg.learning_rate == 2e-4
-    assert cfg.pose_mode == "learned" and cfg.max_time_s == 5 and cfg.data == str(data.particles)
-    assert cfg.model.decoder_layers == workspace.TUTORIAL_MODEL["decoder_layers"]
+    assert cfg.model.architecture.latent_dim == 3 and cfg.batch_size == 16 and cfg.learning_rate == 2e-4
+    assert cfg.model.pose.mode == "learned" and cfg.max_time_s == 5 and cfg.data == str(data.particles)
+    assert cfg.model.architecture.decoder_layers == workspace.TUTORIAL_MODEL["decoder_layers"]
     # a TrainConfig or ModelConfig field may sit in either tutorial dict: each goes where it belongs
     mp = pytest.MonkeyPatch()
     mp.setitem(workspace.TUTORIAL_MODEL, "beta", 2.0)
     mp.setitem(workspace.TUTORIAL_MODEL, "n_test_eval", 7)
     try:
         cfg = workspace.tutorial_train_config(data, tmp_path / "run", log_every=3)
-        assert cfg.model.beta == 2.0 and cfg.n_test_eval == 7 and cfg.log_every == 3
+        assert cfg.model.loss.beta == 2.0 and cfg.n_test_eval == 7 and cfg.log_every == 3
     finally:
         mp.undo()
     with pytest.raises(ConfigError, match="latnet_dim"):

@@ -55,8 +55,9 @@ def tiny_config(data: Path, run_dir: Path, **overrides) -> dict:
     cfg = {"data": str(data), "run_dir": str(run_dir), "batch_size": B, "max_steps": 6,
            "log_every": 1, "sample_every": 1000, "checkpoint_every": 3, "n_test_eval": 4,
            "n_samples": 0, "test_fraction": 0.1, "prefetch": 1, "jit": False, "seed": SEED,
-           "model": {"box": 16, "latent_dim": 3, "encoder_layers": 1, "encoder_units": 32,
-                     "decoder_layers": 1, "decoder_units": 32, "learning_rate": 1e-3}}
+           "learning_rate": 1e-3,
+           "model": {"architecture": {"box": 16, "latent_dim": 3, "encoder_layers": 1, "encoder_units": 32,
+                                      "decoder_layers": 1, "decoder_units": 32}}}
     cfg.update(overrides)
     return cfg
 

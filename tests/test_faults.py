@@ -120,8 +120,8 @@ def train_config(data, run_dir, **kw):
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.training.config import TrainConfig
 
-    model = ModelConfig(box=12, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
-                        decoder_units=16)
+    model = ModelConfig().with_options(box=12, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
+                                       decoder_units=16)
     base = dict(data=str(data), run_dir=str(run_dir), model=model, batch_size=2, learning_rate=1e-3,
                 max_steps=6, log_every=1, sample_every=1000, checkpoint_every=2, keep_checkpoints=5,
                 n_test_eval=1, n_samples=0, seed=4, test_fraction=0.0)

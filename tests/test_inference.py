@@ -34,11 +34,11 @@ def trained(tmp_path_factory):
     preprocess_stack(ds.star, root / "pre" / "p", PreprocessConfig(), progress=False)
     runs = {}
     for mode in ("learned", "known"):
-        model = ModelConfig(box=16, latent_dim=3, encoder_layers=1, encoder_units=32, decoder_layers=1,
-                            decoder_units=32)
+        model = ModelConfig().with_options(box=16, latent_dim=3, encoder_layers=1, encoder_units=32,
+                                           decoder_layers=1, decoder_units=32, pose_mode=mode)
         cfg = TrainConfig(data=str(root / "pre" / "p.star"), run_dir=str(root / mode), model=model,
                           batch_size=25, learning_rate=1e-3, max_steps=6, log_every=6, sample_every=100,
-                          checkpoint_every=6, n_test_eval=20, pose_mode=mode)
+                          checkpoint_every=6, n_test_eval=20)
         Trainer(cfg, progress=False).train()
         runs[mode] = root / mode
     return {"root": root, "star": root / "pre" / "p.star", "stack": root / "pre" / "p.mrcs", **runs}

@@ -18,7 +18,7 @@ from cryovae_nb import geometry  # noqa: E402
 from cryovae_nb.errors import ConfigError  # noqa: E402
 from cryovae_nb.model import ModelConfig, build_model, losses  # noqa: E402
 from cryovae_nb.model.batch import Batch  # noqa: E402
-from cryovae_nb.training.steps import make_train_step  # noqa: E402
+from cryovae_nb.training.steps import make_optimizer, make_train_step  # noqa: E402
 from cryovae_nb.volumes import diameter_mask  # noqa: E402
 from cryovae_nb.model.vae import latent_noise  # noqa: E402
 from cryovae_nb.synthetic import hinge_volume  # noqa: E402
@@ -26,9 +26,9 @@ from cryovae_nb.synthetic import hinge_volume  # noqa: E402
 
 def tiny(**kw):
     base = dict(box=8, latent_dim=3, encoder_layers=1, encoder_units=16, decoder_layers=1,
-                decoder_units=16, batch_size=4, projector="real", pose_search_deg=None)
+                decoder_units=16, projector="real", pose_search_deg=None)
     base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig().with_options(**base)
 
 
 def images_for(n=8, b=4, seed=0):
@@ -130,9 +130,9 @@ def test_free_bits_charge_the_allowance_below_it_and_no_gradient(free_bits):
 @pytest.mark.parametrize("reducer", [False, True])
 def test_kl_warmup_ramps_the_kl_weight_in_a_compiled_step(reducer):
     beta, factor, warmup = 0.5, 10.0, 4
-    model = build_model(tiny(beta=beta, averaging_factor=factor, kl_warmup_steps=warmup,
-                             learning_rate=1e-4))
-    step = make_train_step(model, jit=True, grad_reducer=(lambda g: g) if reducer else None)
+    model = build_model(tiny(beta=beta, averaging_factor=factor, kl_warmup_steps=warmup))
+    step = make_train_step(model, make_optimizer(model, 1e-4), jit=True,
+                           grad_reducer=(lambda g: g) if reducer else None)
     images = images_for(seed=4)
     weights = []
     for i in range(warmup + 2):
@@ -145,8 +145,8 @@ def test_kl_warmup_ramps_the_kl_weight_in_a_compiled_step(reducer):
     if reducer:
         return
     # without warm-up: the full weight from the first step
-    model = build_model(tiny(beta=beta, averaging_factor=factor, learning_rate=1e-4))
-    out = make_train_step(model, jit=False)(Batch(images), seed=[5, 0])
+    model = build_model(tiny(beta=beta, averaging_factor=factor))
+    out = make_train_step(model, make_optimizer(model, 1e-4), jit=False)(Batch(images), seed=[5, 0])
     assert (float(out["total"]) - float(out["recon"])) / (
         beta * (float(out["kl"]) + factor * float(out["averaging"]))) == pytest.approx(1.0, rel=1e-3)
 
@@ -157,10 +157,11 @@ def test_noise_variance_is_the_bias_corrected_ema_of_the_residuals_and_is_checkp
     from cryovae_nb.training.rundir import make_checkpoint
 
     d, steps = 0.9, 5
-    cfg = tiny(noise_ema=d, learning_rate=1e-2)
+    cfg = tiny(noise_ema=d)
     model = build_model(cfg)
     images = images_for(seed=6)
-    step = make_train_step(model, jit=True, grad_reducer=(lambda g: g) if reducer else None)
+    step = make_train_step(model, make_optimizer(model, 1e-2), jit=True,
+                           grad_reducer=(lambda g: g) if reducer else None)
     residuals, used = [], []
     for i in range(steps):
         # the residual this step will see: same weights, same noise (the seed's, drawn outside XLA)
@@ -183,7 +184,7 @@ def test_noise_variance_is_the_bias_corrected_ema_of_the_residuals_and_is_checkp
         > 0.1 * ema(residuals)  # the bias correction matters at this step count
 
     path = make_checkpoint(model).write(str(tmp_path / "ckpt"))
-    fresh = build_model(tiny(noise_ema=d, learning_rate=1e-2, seed=3))
+    fresh = build_model(tiny(noise_ema=d), seed=3)
     assert float(fresh.residual_count) == 0.0
     make_checkpoint(fresh).read(path).assert_existing_objects_matched()
     assert float(fresh.residual_count) == steps
@@ -219,14 +220,15 @@ def test_hidden_pose_input_makes_the_pose_independent_of_the_latent_noise(pose_i
 # -- the pose search's reference volume ------------------------------------------------------------
 def _search_models(n):
     base = dict(box=n, latent_dim=2, encoder_layers=1, encoder_units=8, decoder_layers=1,
-                decoder_units=8, batch_size=8, pose_search_deg=15.0, pose_refine_band=0.35)
-    return build_model(ModelConfig(**base)), build_model(ModelConfig(**base, search_reference="mean"))
+                decoder_units=8, pose_search_deg=15.0, pose_refine_band=0.35)
+    own = ModelConfig().with_options(**base)
+    return build_model(own), build_model(own.with_options(search_reference="mean"))
 
 
 def test_own_and_mean_reference_agree_when_the_batch_has_one_volume():
     n, m = 16, 8
     own, mean = _search_models(n)
-    assert own.config.search_reference == "own"
+    assert own.config.pose.search_reference == "own"
     rng = np.random.default_rng(9)
     R = geometry.random_rotations(m, rng).astype(np.float32)
     shifts = rng.integers(-1, 2, (m, 2)).astype(np.float32)
@@ -364,7 +366,7 @@ def test_linearized_latents_train_and_need_the_poses():
     with pytest.raises(InputError, match="poses"):
         model.encode(Batch(images))
     with pytest.raises(ConfigError, match="known"):
-        ModelConfig(latent_inference="linearized", pose_mode="learned").validate()
+        ModelConfig().with_options(latent_inference="linearized", pose_mode="learned").validate()
 
 
 def test_principal_volume_estimate_finds_the_direction_the_particles_vary_along():

@@ -2,7 +2,6 @@
 losses (recomputed by hand in numpy), seeded noise, compiled steps, known poses, weights I/O."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
@@ -28,7 +27,7 @@ from cryovae_nb.model import (  # noqa: E402
     quaternion_to_matrix,
     rfft3d,
 )
-from cryovae_nb.training.steps import make_eval_step, make_train_step  # noqa: E402
+from cryovae_nb.training.steps import make_eval_step, make_optimizer, make_train_step  # noqa: E402
 from cryovae_nb.model import config as model_config  # noqa: E402
 from cryovae_nb.model.vae import latent_noise  # noqa: E402
 from cryovae_nb.volumes import diameter_mask  # noqa: E402
@@ -78,22 +77,27 @@ def rel(a, b):
 
 def tiny_config(**kw):
     base = dict(box=8, latent_dim=3, encoder_layers=2, encoder_units=16, decoder_layers=2,
-                decoder_units=16, volume_mask=0.95, batch_size=4, pose_search_deg=None)  # the head's pose
+                decoder_units=16, volume_mask=0.95, pose_search_deg=None)  # the head's pose
     base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig().with_options(**base)
 
 
 # -- config --------------------------------------------------------------------------------------
 def test_config_defaults_are_the_thesis_values_and_round_trip(tmp_path):
+    from cryovae_nb.training.config import TrainConfig
+
     cfg = ModelConfig()
-    assert (cfg.box, cfg.latent_dim, cfg.encoder_layers, cfg.encoder_units) == (40, 8, 10, 512)
-    assert (cfg.decoder_layers, cfg.decoder_units, cfg.volume_mask) == (20, 200, 0.95)
-    assert (cfg.beta, cfg.averaging_factor, cfg.learning_rate, cfg.batch_size) == (1.0, 1e4, 1e-5, 120)
-    assert cfg.projector == "fourier" and cfg.pose_mode == "learned" and cfg.max_shift_px == 4.0
-    assert cfg.fourier_kernel_width == 3 and cfg.fourier_pad == 1.0
-    assert cfg.pose_search_deg == 15.0  # not the thesis': its fix for ab initio (test_pose_search.py)
+    arch, train = cfg.architecture, TrainConfig()
+    assert (arch.box, arch.latent_dim, arch.encoder_layers, arch.encoder_units) == (40, 8, 10, 512)
+    assert (arch.decoder_layers, arch.decoder_units, arch.volume_mask) == (20, 200, 0.95)
+    assert (cfg.loss.beta, cfg.loss.averaging_factor) == (1.0, 1e4)
+    assert (train.learning_rate, train.batch_size) == (1e-5, 120)  # the trainer's
+    assert arch.projector == "fourier" and cfg.pose.mode == "learned" and arch.max_shift_px == 4.0
+    assert arch.fourier_kernel_width == 3 and arch.fourier_pad == 1.0
+    assert cfg.pose.search_deg == 15.0  # not the thesis': its fix for ab initio (test_pose_search.py)
     assert model_config.KERNEL_WIDTHS == projectors.KERNEL_WIDTHS
-    custom = ModelConfig(box=33, volume_mask=None, projector="real", pose_mode="known", max_shift=2.5)
+    custom = ModelConfig().with_options(box=33, volume_mask=None, projector="real", pose_mode="known",
+                                        max_shift=2.5)
     for suffix in (".json", ".yaml"):
         save_config(custom, tmp_path / f"m{suffix}")
         assert load_config(ModelConfig, tmp_path / f"m{suffix}") == custom
@@ -104,10 +108,12 @@ def test_config_defaults_are_the_thesis_values_and_round_trip(tmp_path):
                                  dict(pose_mode="given"), dict(volume_mask=1.5), dict(fourier_pad=0.5),
                                  dict(fourier_kernel_width=7), dict(fourier_kernel_width=1),
                                  dict(fourier_kernel_width=5, box=4),
-                                 dict(learning_rate=0), dict(output_activation="relu"),
+                                 dict(output_activation="relu"),
                                  dict(encoder_layers=-1), dict(max_shift=-1.0)])
 def test_config_rejects_bad_values(bad):
-    with pytest.raises(ConfigError, match=next(iter(bad))):
+    # given by their flat names (a file of before the sections); the message names the section's field
+    section, name = model_config.OPTION_NAMES[next(iter(bad))]
+    with pytest.raises(ConfigError, match=rf"{model_config.SECTIONS[section].__name__}\.{name}"):
         from_dict(ModelConfig, bad)
 
 
@@ -262,7 +268,7 @@ def test_projector_registry_and_the_forward_model():
     with pytest.raises(NotImplementedError, match="CTF"):
         forward_images(V, R[:, 0], s, projector=fourier, optics={"defocus": 1.0})
     with pytest.raises(ConfigError, match="projector"):
-        make_projector(dataclasses.replace(tiny_config(box=n), projector="cubic"))
+        make_projector(tiny_config(box=n).with_options(projector="cubic"))
 
 
 def test_decoder_registry_builds_the_configured_decoder():
@@ -275,8 +281,8 @@ def test_decoder_registry_builds_the_configured_decoder():
     paths = {v.path for v in model.trainable_variables}
     assert {v.path for v in model.decoder.trainable_variables} <= paths
     assert {"dec0/kernel", "dec1/kernel", "voxels/kernel"} <= paths
-    z = np.random.default_rng(0).standard_normal((3, model.config.latent_dim)).astype(np.float32)
-    mask = diameter_mask(model.config.box, model.config.volume_mask, ndim=3)
+    z = np.random.default_rng(0).standard_normal((3, model.config.architecture.latent_dim)).astype(np.float32)
+    mask = diameter_mask(model.config.architecture.box, model.config.architecture.volume_mask, ndim=3)
     np.testing.assert_allclose(model.decode(z).numpy(), model.decoder(z).numpy() * mask, atol=1e-6)
 
 
@@ -351,33 +357,33 @@ def test_mirror_is_a_point_reflection_about_the_centre_voxel(n):
 def numpy_losses(model, images, seed, rotations=None, shifts=None):
     """The whole objective recomputed in numpy from the model's weights (box 8 only)."""
     cfg = model.config
-    lrelu = lambda x: np.where(x > 0, x, cfg.leaky_slope * x)  # noqa: E731
+    lrelu = lambda x: np.where(x > 0, x, cfg.architecture.leaky_slope * x)  # noqa: E731
     dense = lambda layer, x: x @ layer.kernel.numpy() + layer.bias.numpy()  # noqa: E731
-    B, n = images.shape[0], cfg.box
+    B, n = images.shape[0], cfg.architecture.box
     h = images.reshape(B, -1).astype(np.float64)
     for layer in model.encoder_layers:
         h = lrelu(dense(layer, h))
     mu, logvar = dense(model.z_mean_layer, h), dense(model.z_logvar_layer, h)
-    eps = latent_noise((B, cfg.latent_dim), seed).numpy()  # the noise is an input
+    eps = latent_noise((B, cfg.architecture.latent_dim), seed).numpy()  # the noise is an input
     z = mu + np.exp(0.5 * logvar) * eps
     if rotations is None:
-        head_in = h if cfg.pose_input == "hidden" else z  # the last hidden layer, or the seed's z
+        head_in = h if cfg.pose.input == "hidden" else z  # the last hidden layer, or the seed's z
         q = np.tanh(dense(model.quaternion_layer, head_in))
         rotations = np_quat_to_matrix(q)  # normalises
-        shifts = cfg.max_shift_px * np.tanh(dense(model.shift_layer, head_in))
+        shifts = cfg.architecture.max_shift_px * np.tanh(dense(model.shift_layer, head_in))
     d = z
     for layer in model.decoder.hidden_layers:
         d = lrelu(dense(layer, d))
     vols = lrelu(dense(model.decoder.voxel_layer, d)).reshape(B, n, n, n)
     c = np.arange(n) - n // 2
     zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
-    vols = vols * ((xx**2 + yy**2 + zz**2) <= (cfg.volume_mask * n / 2) ** 2)
+    vols = vols * ((xx**2 + yy**2 + zz**2) <= (cfg.architecture.volume_mask * n / 2) ** 2)
     logits = np.stack([scipy_projection(vols[i], rotations[i], shifts[i]) for i in range(B)])
     # every pixel scored (loss_in_mask=False); a fresh model: the noise variance is this batch's
     # mean squared residual of the sigmoid-linked prediction
     sq = (images - 1 / (1 + np.exp(-logits))) ** 2
     noise_var = sq.mean()
-    if cfg.likelihood == "bernoulli":
+    if cfg.loss.likelihood == "bernoulli":
         ce = np.maximum(logits, 0) - logits * images + np.log1p(np.exp(-np.abs(logits)))
         recon = ce.sum(axis=(1, 2)).mean()
     else:
@@ -387,7 +393,7 @@ def numpy_losses(model, images, seed, rotations=None, shifts=None):
     idx = (2 * (n // 2) - np.arange(n)) % n
     S = np.concatenate([vols, vols[:, idx][:, :, idx][:, :, :, idx]])  # volumes and mirror images
     averaging = ((S - S.mean(0)) ** 2).mean()
-    total = recon + cfg.beta * kl + cfg.averaging_factor * cfg.beta * averaging
+    total = recon + cfg.loss.beta * kl + cfg.loss.averaging_factor * cfg.loss.beta * averaging
     return dict(recon=recon, kl=kl, averaging=averaging, total=total, residual=noise_var, noise_var=noise_var)
 
 
@@ -438,7 +444,7 @@ def test_seeded_noise_is_reproducible_and_none_means_no_noise(likelihood):
         want = 0.5 * sq.sum(axis=(1, 2)) / var + 0.5 * sq[0].size * np.log(2 * np.pi * var)
     np.testing.assert_allclose(det.numpy(), want, rtol=1e-5)
     assert np.allclose(np.linalg.norm(enc["quaternion"].numpy(), axis=1), 1, atol=1e-5)
-    assert np.abs(enc["shift"].numpy()).max() <= model.config.max_shift_px
+    assert np.abs(enc["shift"].numpy()).max() <= model.config.architecture.max_shift_px
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -461,12 +467,12 @@ def _batch(rng, n=8, b=8):
 def test_train_step_learns_and_jit_matches_eager(likelihood):
     rng = np.random.default_rng(11)
     images, _ = _batch(rng)
-    cfg = tiny_config(learning_rate=3e-3, averaging_factor=1.0, likelihood=likelihood)
+    cfg = tiny_config(averaging_factor=1.0, likelihood=likelihood)
     results, residual = {}, {}
     for jit, steps in ((False, 40), (True, 5)):
         model = build_model(cfg)  # same seed -> same initial weights
         before = float(model.compute_losses(Batch(images))["residual"])
-        step = make_train_step(model, jit=jit)
+        step = make_train_step(model, make_optimizer(model, 3e-3), jit=jit)
         results[jit] = [float(step(Batch(images), seed=[0, i])["recon"]) for i in range(steps)]
         residual[jit] = (before, float(model.compute_losses(Batch(images))["residual"]))
     if likelihood == "bernoulli":
@@ -486,7 +492,7 @@ def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
     rng = np.random.default_rng(12)
     images, R = _batch(rng)
     # the encoder's heads (linearized latents would take no gradient through z_mean/z_logvar)
-    model = build_model(tiny_config(pose_mode="known", latent_inference="encoder", learning_rate=1e-3))
+    model = build_model(tiny_config(pose_mode="known", latent_inference="encoder"))
     head = [w.numpy().copy() for w in model.quaternion_layer.weights + model.shift_layer.weights]
     enc0 = model.encoder_layers[0].kernel.numpy().copy()
     calls = []
@@ -495,7 +501,7 @@ def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
         calls.append(len(grads))
         return [tf.zeros_like(g) for g in grads]
 
-    step = make_train_step(model, jit=False, grad_reducer=zero_reducer)
+    step = make_train_step(model, make_optimizer(model, 1e-3), jit=False, grad_reducer=zero_reducer)
     step(Batch(images, R), seed=[0, 0])
     n_vars = len(model.trainable_variables)
     # everything but the pose head's kernels and biases, plus the batch's squared residual (reduced
@@ -516,12 +522,12 @@ def test_known_poses_leave_the_pose_head_alone_and_reducer_is_applied():
 def test_eval_step_and_weights_round_trip(tmp_path):
     rng = np.random.default_rng(13)
     images, _ = _batch(rng)
-    model = build_model(tiny_config(seed=1))
+    model = build_model(tiny_config(), seed=1)
     make_train_step(model, jit=False)(Batch(images), seed=[0, 0])  # move away from the initial weights
     ev = make_eval_step(model, jit=False)(Batch(images))
     path = tmp_path / "w.weights.h5"
     model.save_weights(path)
-    other = build_model(tiny_config(seed=2))
+    other = build_model(tiny_config(), seed=2)
     assert float(make_eval_step(other, jit=False)(Batch(images))["total"]) != pytest.approx(float(ev["total"]))
     other.load_weights(path)
     ev2 = make_eval_step(other, jit=False)(Batch(images))

@@ -57,6 +57,13 @@ MAIN_LOSSES = {
 }
 
 
+def config_and_seed(name) -> tuple[ModelConfig, int]:
+    """make_fixture.py's ModelConfig(**CONFIGS[name]): the seed is build_model's argument now."""
+    options = dict(CONFIGS[name])
+    seed = options.pop("seed")
+    return ModelConfig().with_options(**options), seed
+
+
 def fixed_batch(n, b=4):
     rng = np.random.default_rng(11)
     return (rng.random((b, n, n)).astype(np.float32), geometry.random_rotations(b, rng).astype(np.float32),
@@ -64,22 +71,22 @@ def fixed_batch(n, b=4):
 
 
 def loss_batch(cfg) -> Batch:
-    images, rot, sh = fixed_batch(cfg.box)
-    return Batch(images, rot, sh) if cfg.pose_mode == "known" else Batch(images)
+    images, rot, sh = fixed_batch(cfg.architecture.box)
+    return Batch(images, rot, sh) if cfg.pose.mode == "known" else Batch(images)
 
 
 @pytest.mark.parametrize("name", sorted(MAIN_LOSSES))
 def test_losses_are_those_of_the_code_before_the_refactor(name):
-    cfg = ModelConfig(**CONFIGS[name])
-    out = build_model(cfg).compute_losses(loss_batch(cfg), training=True, seed=tf.constant([1, 2]))
+    cfg, seed = config_and_seed(name)
+    out = build_model(cfg, seed=seed).compute_losses(loss_batch(cfg), training=True, seed=tf.constant([1, 2]))
     for key, want in MAIN_LOSSES[name].items():
         np.testing.assert_allclose(float(out[key]), want, rtol=1e-5, atol=1e-12, err_msg=key)
 
 
 @pytest.mark.parametrize("name", ["known", "learned"])
 def test_checkpoints_of_the_code_before_the_refactor_restore_to_the_same_outputs(name):
-    cfg = ModelConfig(**CONFIGS[name])
-    model = build_model(cfg)
+    cfg, seed = config_and_seed(name)
+    model = build_model(cfg, seed=seed)
     # the variable paths (the checkpoint's keys) are those the old code wrote
     assert sorted(v.path for v in model.weights) == json.loads((FIXTURES / name / "variables.json").read_text())
     status = make_checkpoint(model).read(str(FIXTURES / name / "ckpt"))
@@ -98,23 +105,24 @@ def test_config_names_are_the_registries_keys():
     # config.py lists the names without importing TensorFlow; the registries hold the classes
     assert model_config.PROJECTORS == tuple(PROJECTORS)
     assert model_config.DECODERS == tuple(DECODERS)
-    assert ModelConfig().decoder == "dense"
+    assert ModelConfig().architecture.decoder == "dense"
 
 
 def test_an_unknown_decoder_is_a_config_error():
     from cryovae_nb.errors import ConfigError
 
     with pytest.raises(ConfigError, match="decoder"):
-        ModelConfig(decoder="conv").validate()
+        ModelConfig().with_options(decoder="conv").validate()
 
 
 def test_a_config_file_without_the_decoder_field_still_loads(tmp_path):
     from cryovae_nb.config import load_config, save_config, to_dict
 
-    old = {k: v for k, v in to_dict(ModelConfig(box=16)).items() if k != "decoder"}
+    old = to_dict(ModelConfig().with_options(box=16))
+    del old["architecture"]["decoder"]
     path = tmp_path / "model.json"
     path.write_text(json.dumps(old))
     cfg = load_config(ModelConfig, path)
-    assert cfg.decoder == "dense" and cfg.box == 16
+    assert cfg.architecture.decoder == "dense" and cfg.architecture.box == 16
     save_config(cfg, tmp_path / "again.json")
     assert load_config(ModelConfig, tmp_path / "again.json") == cfg

@@ -18,20 +18,20 @@ LOG2 = math.log(2.0)
 
 def tiny(**kw):
     base = {"box": 8, "latent_dim": 3, "encoder_layers": 1, "encoder_units": 8, "decoder_layers": 1,
-                "decoder_units": 8, "batch_size": 2, "projector": "real", "pose_search_deg": None}
+                "decoder_units": 8, "projector": "real", "pose_search_deg": None}
     base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig().with_options(**base)
 
 
 def test_presets_and_round_trip(tmp_path):
     from cryovae_nb.config import load_config, save_config
 
     seed = ModelConfig.preset("seed", box=16)
-    assert (seed.averaging_mirror, seed.image_offset, seed.loss_in_mask, seed.symmetrized_loss,
-            seed.learning_rate, seed.box) == (True, False, False, False, 1e-5, 16)
-    assert (seed.likelihood, seed.link, seed.pose_input) == ("bernoulli", "sigmoid", "latent")
+    assert (seed.loss.averaging_mirror, seed.loss.image_offset, seed.loss.loss_in_mask, seed.loss.symmetrized_loss,
+            seed.architecture.box) == (True, False, False, False, 16)
+    assert (seed.loss.likelihood, seed.loss.link, seed.pose.input) == ("bernoulli", "sigmoid", "latent")
     default = ModelConfig()
-    assert (default.likelihood, default.link, default.pose_input, default.search_reference) == (
+    assert (default.loss.likelihood, default.loss.link, default.pose.input, default.pose.search_reference) == (
         "gaussian", "sigmoid", "hidden", "own")
     assert ModelConfig.preset() == ModelConfig()
     save_config(seed, tmp_path / "m.yaml")

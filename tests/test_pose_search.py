@@ -22,15 +22,15 @@ from cryovae_nb.synthetic import lshape_volume  # noqa: E402
 
 def small(**kw):
     base = dict(box=24, latent_dim=2, encoder_layers=1, encoder_units=16, decoder_layers=1,
-                decoder_units=16, batch_size=8, pose_search_deg=15.0)
+                decoder_units=16, pose_search_deg=15.0)
     base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig().with_options(**base)
 
 
 def head_pose(model, images):
     """The pose head's own guess (before the search), on what it reads: the encoder's last hidden
     layer (pose_input="hidden") or z_mean (the seed's)."""
-    if model.config.pose_input == "hidden":
+    if model.config.pose.input == "hidden":
         return model.pose(model._hidden(images, False))
     return model.pose(model.encode(Batch(images))["z_mean"])
 
@@ -147,7 +147,8 @@ def test_losses_with_search_add_the_pose_term_and_encode_reports_the_searched_po
     cfg = small(box=n, pose_distill=7.0)
     model = build_model(cfg)
     out = model.compute_losses(Batch(images), training=False)
-    expected = (out["recon"] + cfg.beta * out["kl"] + cfg.averaging_factor * cfg.beta * out["averaging"]
+    loss = cfg.loss
+    expected = (out["recon"] + loss.beta * out["kl"] + loss.averaging_factor * loss.beta * out["averaging"]
                 + 7.0 * out["pose"])
     np.testing.assert_allclose(float(out["total"]), float(expected), rtol=1e-6)
     enc = model.encode(Batch(images))
@@ -168,4 +169,4 @@ def test_search_options_are_validated(bad):
 
 
 def test_seed_preset_has_no_search():
-    assert ModelConfig.preset("seed").pose_search_deg is None
+    assert ModelConfig.preset("seed").pose.search_deg is None

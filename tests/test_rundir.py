@@ -46,8 +46,8 @@ def two_datasets(tmp_path_factory):
 def config(data, run_dir, **kw) -> TrainConfig:
     from cryovae_nb.model import ModelConfig
 
-    model = ModelConfig(box=16, latent_dim=2, encoder_layers=1, encoder_units=32, decoder_layers=1,
-                        decoder_units=32)
+    model = ModelConfig().with_options(box=16, latent_dim=2, encoder_layers=1, encoder_units=32, decoder_layers=1,
+                                       decoder_units=32)
     base = dict(data=str(data), run_dir=str(run_dir), model=model, batch_size=32, learning_rate=1e-3,
                 max_steps=4, log_every=2, sample_every=1000, checkpoint_every=2, n_test_eval=20,
                 n_samples=0, seed=3)
@@ -195,15 +195,9 @@ def test_resume_error_names_the_cli_flag(two_datasets, tmp_path):
     run = tmp_path / "run"
     cfg = config(data, run)
     trainer(cfg).train()
-    save_config(config(data, run, model=dataclass_replace(cfg.model, latent_dim=3)), tmp_path / "c.json")
+    save_config(config(data, run, model=cfg.model.with_options(latent_dim=3)), tmp_path / "c.json")
     line = one_line_error(cryovae_train("--config", tmp_path / "c.json"))
     assert "different model config" in line and "--restart" in line and "resume=False" not in line
-
-
-def dataclass_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 # -- corrupt checkpoints -------------------------------------------------------------------------------

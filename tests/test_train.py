@@ -150,14 +150,12 @@ def test_metric_values_are_cleaned_for_json_lists_included(tmp_path):
 
 def test_train_config_round_trips_and_validates(tmp_path):
     cfg = TrainConfig(data="x.star", run_dir=str(tmp_path / "r"), max_steps=7, learning_rate=3e-4)
-    cfg.model.latent_dim = 4
+    cfg.model.architecture.latent_dim = 4
     for name in ("c.json", "c.yaml"):
         save_config(cfg, tmp_path / name)
         back = load_config(TrainConfig, tmp_path / name)
-        assert to_dict(back) == to_dict(cfg) and back.model.latent_dim == 4
-    res = cfg.resolved()
-    assert res.model.learning_rate == 3e-4 and res.model.batch_size == cfg.batch_size
-    for bad in ({"batch_size": 0}, {"test_fraction": 1.0}, {"pose_mode": "guess"},
+        assert to_dict(back) == to_dict(cfg) and back.model.architecture.latent_dim == 4
+    for bad in ({"batch_size": 0}, {"test_fraction": 1.0}, {"model": {"pose": {"mode": "guess"}}},
                 {"learning_rate": -1.0}, {"max_time_s": 0}):
         with pytest.raises(ConfigError):
             from_dict(TrainConfig, {"data": "x", **bad})
@@ -184,8 +182,8 @@ def tiny_data(tmp_path_factory):
 def tiny_config(data, run_dir, **overrides) -> TrainConfig:
     from cryovae_nb.model import ModelConfig
 
-    model = ModelConfig(box=16, latent_dim=4, encoder_layers=2, encoder_units=64, decoder_layers=2,
-                        decoder_units=64)
+    model = ModelConfig().with_options(box=16, latent_dim=4, encoder_layers=2, encoder_units=64, decoder_layers=2,
+                                       decoder_units=64)
     kw = dict(data=str(data), run_dir=str(run_dir), model=model, batch_size=32, learning_rate=1e-3,
               max_steps=30, log_every=10, sample_every=1000, checkpoint_every=10, n_test_eval=60,
               n_samples=4, seed=5)
@@ -231,7 +229,7 @@ def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_pa
         assert abs(r["total"] - (r["recon"] + r["kl"] + 1e4 * r["averaging"] + 100 * r["pose"])) < 1e-3 * abs(r["total"])
     assert all(r["images_per_s"] > 0 for r in train)
     # held-out records say how much of the latent is used; train records keep the scalars
-    latent = cfg.model.latent_dim
+    latent = cfg.model.architecture.latent_dim
     for r in test:
         assert len(r["kl_per_dim"]) == latent and all(v >= 0 for v in r["kl_per_dim"]), r
         assert sum(r["kl_per_dim"]) == pytest.approx(r["kl"], rel=1e-3, abs=1e-3)
@@ -250,7 +248,7 @@ def test_short_run_lowers_held_out_loss_and_writes_the_run_dir(tiny_data, tmp_pa
     assert ck == ["step_00000045", "step_00000060"]  # keep_checkpoints=2
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000060"
     assert got["checkpoints"][-1].endswith("step_00000060") and len(got["checkpoints"]) == 4
-    assert load_config(TrainConfig, run / "config.yaml").model.box == 16
+    assert load_config(TrainConfig, run / "config.yaml").model.architecture.box == 16
     split = np.load(run / "split.npz", allow_pickle=False)
     assert len(split["test"]) == 60 and len(split["train"]) == 540
     assert got["samples"] == [((4, 16, 16), (4, 16, 16), 30), ((4, 16, 16), (4, 16, 16), 60)]
@@ -266,7 +264,7 @@ def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_
     from cryovae_nb.training import trainer as T
 
     # the verdict on crafted evaluations: it depends on the step and the count, nothing else
-    model = dataclasses.replace(tiny_config(tiny_data, tmp_path).model, kl_warmup_steps=800)
+    model = tiny_config(tiny_data, tmp_path).model.with_options(kl_warmup_steps=800)
     trainer = T.Trainer(tiny_config(tiny_data, tmp_path / "a", model=model), progress=False)
     dead = {"recon": 10.0, "kl": 0.0021, "kl_per_dim": [0.001, 0.0, 0.0011, 0.0], "active_dims": 0}
     with warnings.catch_warnings(record=True) as caught:
@@ -282,7 +280,7 @@ def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_
     assert len(caught) == 1 and issubclass(caught[0].category, T.LatentCollapseWarning)
     msg = str(caught[0].message)
     for part in ("no information about the particles", "0 of 4 dimensions active", "KL 0.0021 nats/image",
-                 "homogeneous", "posterior collapsed", "known poses", "latent_inference", "kl_warmup_steps"):
+                 "homogeneous", "posterior collapsed", "known poses", "latent.inference", "kl_warmup_steps"):
         assert part in msg, msg
     # without a warm-up the floor is COLLAPSE_MIN_STEP
     plain = T.Trainer(tiny_config(tiny_data, tmp_path / "b"), progress=False)
@@ -295,7 +293,7 @@ def test_latent_collapse_is_flagged_after_warmup_and_warned_once(tiny_data, tmp_
     # a real (tiny) run: no dimension counts as active, and the floor is lowered to reach it
     monkeypatch.setattr(T, "ACTIVE_VARIANCE", math.inf)
     monkeypatch.setattr(T, "COLLAPSE_MIN_STEP", 0)
-    model = dataclasses.replace(model, kl_warmup_steps=15)
+    model = model.with_options(kl_warmup_steps=15)
     run = T.Trainer(tiny_config(tiny_data, tmp_path / "c", model=model, max_steps=30, checkpoint_every=30),
                     progress=False)
     with warnings.catch_warnings(record=True) as caught:
@@ -442,13 +440,14 @@ def test_stop_requests_time_budget_and_stop_file(tiny_data, tmp_path):
 def test_known_pose_mode_needs_poses_and_trains(tiny_data, tmp_path):
     from cryovae_nb.training.trainer import Trainer
 
-    cfg = tiny_config(tiny_data, tmp_path / "k", pose_mode="known", max_steps=20)
+    cfg = tiny_config(tiny_data, tmp_path / "k", max_steps=20)
+    cfg.model.pose.mode = "known"
     r = Trainer(cfg, progress=False).train()
     assert r.step == 20
-    assert load_config(TrainConfig, tmp_path / "k" / "config.json").model.pose_mode == "known"
+    assert load_config(TrainConfig, tmp_path / "k" / "config.json").model.pose.mode == "known"
     stack = Path(str(tiny_data).replace(".star", ".mrcs"))
     with pytest.raises(InputError, match="known"):
-        Trainer(tiny_config(stack, tmp_path / "k2", pose_mode="known"), progress=False)
+        Trainer(tiny_config(stack, tmp_path / "k2", model=cfg.model), progress=False)
 
 
 def test_resume_refuses_a_different_model(tiny_data, tmp_path):
@@ -456,7 +455,7 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
 
     Trainer(tiny_config(tiny_data, tmp_path / "r", max_steps=10), progress=False).train()
     cfg = tiny_config(tiny_data, tmp_path / "r", max_steps=20)
-    cfg.model.latent_dim = 6
+    cfg.model.architecture.latent_dim = 6
     with pytest.raises(ConfigError, match="different model"):
         Trainer(cfg, progress=False)
     # starting over on purpose moves the old run's checkpoints and log aside, into previous-1
@@ -483,5 +482,10 @@ def test_cli_trains_and_resumes(tiny_data, tmp_path):
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(run), "--max-steps", "20",
                  "--no-progress"]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000020"
+    # --pose-mode and --learning-rate write into their one home: the model's pose, the trainer's rate
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "k"), "--max-steps", "2",
+                 "--pose-mode", "known", "--learning-rate", "5e-4", "--no-progress"]) == 0
+    saved = load_config(TrainConfig, tmp_path / "k" / "config.json")
+    assert saved.model.pose.mode == "known" and saved.learning_rate == 5e-4
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
                  "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2

@@ -33,10 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     data = to_dict(load_config(TrainConfig, args.config)) if args.config else {}
     for name in ("data", "datadir", "run_dir", "max_steps", "max_time_s", "batch_size",
-                 "learning_rate", "pose_mode", "seed"):
+                 "learning_rate", "seed"):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
+    if getattr(args, "pose_mode", None) is not None:  # the model's option (its architecture)
+        model = data.setdefault("model", {})
+        model.setdefault("pose", {})["mode"] = args.pose_mode
     cfg = from_dict(TrainConfig, data)
     output_dir(cfg.run_dir, "--run-dir")
     # heavy: TensorFlow and the model load here, once the arguments are known to be good

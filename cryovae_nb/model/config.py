@@ -1,7 +1,13 @@
-"""ModelConfig: every architectural and loss hyper-parameter of the VAE (thesis §3.3)."""
+"""ModelConfig: every architectural and loss hyper-parameter of the VAE (thesis §3.3), in sections.
+
+``ModelConfig(architecture=..., loss=..., pose=..., latent=...)``; each section checks its own
+fields, ModelConfig the rules that span sections. The optimiser's learning rate, the batch size and
+the seed are the trainer's (``TrainConfig``); ``build_model(config, seed=...)`` takes the seed.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError
@@ -20,12 +26,25 @@ LATENT_INFERENCES = ("auto", "linearized", "encoder")
 OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
 
 
-@dataclass
-class ModelConfig:
-    """Hyper-parameters of the cryo-EM VAE; defaults are the thesis' (§3.3.1-3.3.3).
+def _positive_int(where: str, v, minimum: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{where} must be {what}, got {v!r}")
 
-    Round-trips through ``cryovae_nb.config`` (JSON/YAML); ``validate()`` rejects bad values.
-    """
+
+def _band(where: str, v) -> None:
+    if not 0 < v <= 0.5:
+        raise ConfigError(f"{where} is a frequency in cycles/px in (0, 0.5], got {v!r}")
+
+
+def _one_of(where: str, v, allowed) -> None:
+    if v not in allowed:
+        raise ConfigError(f"{where} must be one of {allowed}, got {v!r}")
+
+
+@dataclass
+class ArchitectureConfig:
+    """The networks and the forward model: what the weights are and how a volume becomes an image."""
 
     box: int = 40                    # image side n; the decoder emits n^3 voxels
     latent_dim: int = 8              # the thesis used 21 (preset "seed")
@@ -42,7 +61,47 @@ class ModelConfig:
     fourier_pad: float = 1.0         # zero-padding factor of the 3D FFT (>= 1; ~pad^3 the FFT cost)
     fourier_kernel_width: int = 3    # Fourier interpolation: 3..6 Kaiser-Bessel taps/axis, 2 trilinear
     gridding_correction: bool = True  # pre-divide by the interpolation kernel's apodisation
-    pose_mode: str = "learned"       # "learned" (pose head) or "known" (poses from a STAR file)
+
+    @property
+    def max_shift_px(self) -> float:
+        return 0.1 * self.box if self.max_shift is None else float(self.max_shift)
+
+    @property
+    def padded_box(self) -> int:
+        """Side of the zero-padded grid used by the Fourier projector."""
+        return max(self.box, int(round(self.fourier_pad * self.box)))
+
+    def validate(self) -> None:
+        check_fields(self)
+        w = "ArchitectureConfig"
+        for name in ("box", "latent_dim", "encoder_units", "decoder_units"):
+            _positive_int(f"{w}.{name}", getattr(self, name))
+        for name in ("encoder_layers", "decoder_layers"):
+            _positive_int(f"{w}.{name}", getattr(self, name), minimum=0)
+        if self.box < 4:
+            raise ConfigError(f"{w}.box must be at least 4 pixels, got {self.box}")
+        _one_of(f"{w}.projector", self.projector, PROJECTORS)
+        _one_of(f"{w}.decoder", self.decoder, DECODERS)
+        _one_of(f"{w}.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        if self.volume_mask is not None and not 0 < self.volume_mask <= 1:
+            raise ConfigError(f"{w}.volume_mask is a diameter fraction in (0, 1] "
+                              f"(or None for no mask), got {self.volume_mask!r}")
+        if self.max_shift is not None and not self.max_shift >= 0:
+            raise ConfigError(f"{w}.max_shift must be >= 0 px (or None), got {self.max_shift!r}")
+        _one_of(f"{w}.fourier_kernel_width", self.fourier_kernel_width, KERNEL_WIDTHS)
+        if self.fourier_kernel_width > self.box:
+            raise ConfigError(f"{w}.fourier_kernel_width ({self.fourier_kernel_width}) must not "
+                              f"exceed the box ({self.box})")
+        if not self.fourier_pad >= 1:
+            raise ConfigError(f"{w}.fourier_pad must be >= 1, got {self.fourier_pad!r}")
+        if not self.leaky_slope >= 0:
+            raise ConfigError(f"{w}.leaky_slope must be >= 0, got {self.leaky_slope!r}")
+
+
+@dataclass
+class LossConfig:
+    """What a step minimises: the likelihood, the KL and averaging terms and their weights."""
+
     likelihood: str = "gaussian"     # "gaussian": white noise, its variance estimated from the
                                      # residuals as training goes (ELBO in nats); "bernoulli": the
                                      # seed's sigmoid cross-entropy
@@ -58,31 +117,112 @@ class ModelConfig:
     loss_in_mask: bool = True        # score only pixels inside the mask disc (False: all, the seed's)
     symmetrized_loss: bool = False   # learned poses: min of the loss over the projection and its
                                      # 180-degree in-plane rotation (cryoAI); False: the seed's
-    pose_search_deg: float | None = 15.0  # learned poses: each step also searches an SO(3) grid
-                                     # this fine (degrees) against the batch's mean volume and trains
-                                     # on the better of that and the head's pose; None: the seed's
+
+    def validate(self) -> None:
+        check_fields(self)
+        w = "LossConfig"
+        _one_of(f"{w}.likelihood", self.likelihood, LIKELIHOODS)
+        _one_of(f"{w}.link", self.link, LINKS)
+        if self.likelihood == "bernoulli" and self.link != "sigmoid":
+            raise ConfigError(f"{w}: the bernoulli likelihood needs link='sigmoid' (its logits)")
+        if not 0 <= self.noise_ema < 1:
+            raise ConfigError(f"{w}.noise_ema must lie in [0, 1), got {self.noise_ema!r}")
+        _positive_int(f"{w}.kl_warmup_steps", self.kl_warmup_steps, minimum=0)
+        if not self.free_bits >= 0:
+            raise ConfigError(f"{w}.free_bits must be >= 0 nats, got {self.free_bits!r}")
+        for name in ("beta", "averaging_factor"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{w}.{name} must be >= 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class PoseConfig:
+    """Where each image's pose comes from: a STAR file, or the pose head helped by a grid search."""
+
+    mode: str = "learned"            # "learned" (pose head) or "known" (poses from a STAR file)
+    search_deg: float | None = 15.0  # learned poses: each step also searches an SO(3) grid this
+                                     # fine (degrees) against the batch's mean volume and trains on
+                                     # the better of that and the head's pose; None: the seed's
                                      # (pose head alone)
-    pose_search_band: float = 0.15   # the search compares images low-passed to this (cycles/px)
-    pose_refine_band: float = 0.25   # ... and refines the grid pose locally against this band
-    pose_distill: float = 100.0      # weight pulling the pose head towards a searched pose that won
-    pose_input: str = "hidden"       # the pose head reads the encoder's last hidden layer, so the
+    search_band: float = 0.15        # the search compares images low-passed to this (cycles/px)
+    refine_band: float = 0.25        # ... and refines the grid pose locally against this band
+    distill: float = 100.0           # weight pulling the pose head towards a searched pose that won
+    input: str = "hidden"            # the pose head reads the encoder's last hidden layer, so the
                                      # latent need not carry the pose; "latent": the seed's (z)
-    latent_inference: str = "auto"   # "linearized" (known poses): each latent solved from the
+    search_reference: str = "own"    # local pose refinement against each image's own decoded volume;
+                                     # "mean": the batch's mean volume (the global stage always is)
+
+    def validate(self) -> None:
+        check_fields(self)
+        w = "PoseConfig"
+        _one_of(f"{w}.mode", self.mode, POSE_MODES)
+        _one_of(f"{w}.input", self.input, POSE_INPUTS)
+        _one_of(f"{w}.search_reference", self.search_reference, SEARCH_REFERENCES)
+        if self.search_deg is not None and not 1 <= self.search_deg <= 90:
+            raise ConfigError(f"{w}.search_deg is a grid step in degrees in [1, 90] "
+                              f"(or None: no search), got {self.search_deg!r}")
+        _band(f"{w}.search_band", self.search_band)
+        _band(f"{w}.refine_band", self.refine_band)
+        if not self.distill >= 0:
+            raise ConfigError(f"{w}.distill must be >= 0, got {self.distill!r}")
+
+
+@dataclass
+class LatentConfig:
+    """How each image's latent is inferred."""
+
+    inference: str = "auto"          # "linearized" (known poses): each latent solved from the
                                      # decoder linearised at z = 0 at the known pose, the decoder
                                      # adding principal volumes estimated from the data (vae.py);
                                      # "encoder": the encoder's heads (the seed's); "auto":
                                      # linearized with known poses, the encoder with learned ones
-    latent_band: float = 0.25        # linearized latents compare images up to this (cycles/px)
+    band: float = 0.25               # linearized latents compare images up to this (cycles/px)
     covariance_ema: float = 0.95     # linearized: running-mean decay of the principal-volume estimate
-    search_reference: str = "own"    # local pose refinement against each image's own decoded volume;
-                                     # "mean": the batch's mean volume (the global stage always is)
-    learning_rate: float = 1e-5
-    batch_size: int = 120
-    seed: int = 0                    # weight initialisation
+
+    def validate(self) -> None:
+        check_fields(self)
+        w = "LatentConfig"
+        _one_of(f"{w}.inference", self.inference, LATENT_INFERENCES)
+        _band(f"{w}.band", self.band)
+        if not 0 <= self.covariance_ema < 1:
+            raise ConfigError(f"{w}.covariance_ema must lie in [0, 1), got {self.covariance_ema!r}")
+
+
+SECTIONS = {"architecture": ArchitectureConfig, "loss": LossConfig, "pose": PoseConfig,
+            "latent": LatentConfig}
+
+# the flat option names (those of config files written before the sections, of presets and of
+# ModelConfig.with_options) -> (section, field)
+OPTION_NAMES = {
+    **{f.name: ("architecture", f.name) for f in dataclasses.fields(ArchitectureConfig)},
+    **{f.name: ("loss", f.name) for f in dataclasses.fields(LossConfig)},
+    "pose_mode": ("pose", "mode"), "pose_search_deg": ("pose", "search_deg"),
+    "pose_search_band": ("pose", "search_band"), "pose_refine_band": ("pose", "refine_band"),
+    "pose_distill": ("pose", "distill"), "pose_input": ("pose", "input"),
+    "search_reference": ("pose", "search_reference"),
+    "latent_inference": ("latent", "inference"), "latent_band": ("latent", "band"),
+    "covariance_ema": ("latent", "covariance_ema"),
+}
+# in flat model dicts written before the sections; the trainer's now (TrainConfig)
+TRAINER_OPTIONS = ("learning_rate", "batch_size", "seed")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of the cryo-EM VAE; defaults are the thesis' (§3.3.1-3.3.3).
+
+    Round-trips through ``cryovae_nb.config`` (JSON/YAML); ``validate()`` rejects bad values.
+    Files written before the sections (one flat dict) still load (``migrate``).
+    """
+
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     @classmethod
-    def preset(cls, name: str = "default", **overrides) -> ModelConfig:
-        """A named configuration, with ``overrides`` on top.
+    def preset(cls, name: str = "default", **options) -> ModelConfig:
+        """A named configuration, with ``options`` (flat names, see ``with_options``) on top.
 
         ``"default"``: this class' defaults. ``"seed"``: the loss as the seed (thesis §3.3.2) wrote
         it -- every pixel scored, no image offset, mirrored volumes in the averaging loss, no
@@ -90,102 +230,57 @@ class ModelConfig:
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown ModelConfig preset {name!r}; choose one of {tuple(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls().with_options(**{**PRESETS[name], **options})
 
-    @property
-    def max_shift_px(self) -> float:
-        return 0.1 * self.box if self.max_shift is None else float(self.max_shift)
+    def with_options(self, **options) -> ModelConfig:
+        """A copy with options given by their flat names (``box=16, pose_mode="known"``: see
+        ``OPTION_NAMES``) set in their sections; presets and notebooks spell options this way."""
+        unknown = sorted(set(options) - set(OPTION_NAMES))
+        if unknown:
+            raise ConfigError(f"ModelConfig: unknown option(s) {unknown}; known: {sorted(OPTION_NAMES)}")
+        changes: dict[str, dict] = {}
+        for name, value in options.items():
+            section, key = OPTION_NAMES[name]
+            changes.setdefault(section, {})[key] = value
+        return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **kw)
+                                            for s, kw in changes.items()})
 
-    @property
-    def padded_box(self) -> int:
-        """Side of the zero-padded grid used by the Fourier projector."""
-        return max(self.box, int(round(self.fourier_pad * self.box)))
+    @staticmethod
+    def migrate(data: dict) -> dict:
+        """A model dict of a file written before the sections (flat option names, and the trainer's
+        learning_rate / batch_size / seed, which TrainConfig holds now and are dropped here) in
+        the sectioned form; a sectioned dict is returned as it is."""
+        if not isinstance(data, dict) or not set(data) & (set(OPTION_NAMES) | set(TRAINER_OPTIONS)):
+            return data
+        out: dict[str, dict] = {}
+        rest = {}
+        for name, value in data.items():
+            if name in OPTION_NAMES:
+                section, key = OPTION_NAMES[name]
+                out.setdefault(section, {})[key] = value
+            elif name not in TRAINER_OPTIONS:
+                rest[name] = value  # sections, or unknown keys from_dict reports
+        for section, kw in out.items():
+            if section in rest:
+                raise ConfigError(f"ModelConfig: both the section {section!r} and flat options of it given")
+            rest[section] = kw
+        return rest
 
     def validate(self) -> None:
         check_fields(self)
-
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {v!r}")
-
-        for name in ("box", "latent_dim", "encoder_units", "decoder_units", "batch_size"):
-            positive_int(name)
-        for name in ("encoder_layers", "decoder_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"ModelConfig.{name} must be an integer >= 0, got {v!r}")
-        if self.box < 4:
-            raise ConfigError(f"ModelConfig.box must be at least 4 pixels, got {self.box}")
-        if self.projector not in PROJECTORS:
-            raise ConfigError(f"ModelConfig.projector must be one of {PROJECTORS}, got {self.projector!r}")
-        if self.decoder not in DECODERS:
-            raise ConfigError(f"ModelConfig.decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.pose_mode not in POSE_MODES:
-            raise ConfigError(f"ModelConfig.pose_mode must be one of {POSE_MODES}, got {self.pose_mode!r}")
-        for name, allowed in (("likelihood", LIKELIHOODS), ("link", LINKS), ("pose_input", POSE_INPUTS),
-                              ("search_reference", SEARCH_REFERENCES),
-                              ("latent_inference", LATENT_INFERENCES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.latent_inference == "linearized" and self.pose_mode != "known":
-            raise ConfigError("ModelConfig.latent_inference='linearized' needs pose_mode='known' "
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        if self.latent.inference == "linearized" and self.pose.mode != "known":
+            raise ConfigError("ModelConfig.latent.inference='linearized' needs pose.mode='known' "
                               "(use 'auto' or 'encoder' for learned poses)")
-        if self.likelihood == "bernoulli" and self.link != "sigmoid":
-            raise ConfigError("ModelConfig: the bernoulli likelihood needs link='sigmoid' (its logits)")
-        if not 0 <= self.covariance_ema < 1:
-            raise ConfigError(f"ModelConfig.covariance_ema must lie in [0, 1), got {self.covariance_ema!r}")
-        if not 0 <= self.noise_ema < 1:
-            raise ConfigError(f"ModelConfig.noise_ema must lie in [0, 1), got {self.noise_ema!r}")
-        if isinstance(self.kl_warmup_steps, bool) or not isinstance(self.kl_warmup_steps, int) \
-                or self.kl_warmup_steps < 0:
-            raise ConfigError(f"ModelConfig.kl_warmup_steps must be an integer >= 0, got {self.kl_warmup_steps!r}")
-        if not self.free_bits >= 0:
-            raise ConfigError(f"ModelConfig.free_bits must be >= 0 nats, got {self.free_bits!r}")
-        if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ConfigError(f"ModelConfig.output_activation must be one of {OUTPUT_ACTIVATIONS}, "
-                              f"got {self.output_activation!r}")
-        if self.volume_mask is not None and not 0 < self.volume_mask <= 1:
-            raise ConfigError(f"ModelConfig.volume_mask is a diameter fraction in (0, 1] "
-                              f"(or None for no mask), got {self.volume_mask!r}")
-        if self.max_shift is not None and not self.max_shift >= 0:
-            raise ConfigError(f"ModelConfig.max_shift must be >= 0 px (or None), got {self.max_shift!r}")
-        if self.fourier_kernel_width not in KERNEL_WIDTHS:
-            raise ConfigError(f"ModelConfig.fourier_kernel_width must be one of {KERNEL_WIDTHS}, "
-                              f"got {self.fourier_kernel_width!r}")
-        if self.fourier_kernel_width > self.box:
-            raise ConfigError(f"ModelConfig.fourier_kernel_width ({self.fourier_kernel_width}) must not "
-                              f"exceed the box ({self.box})")
-        if self.pose_search_deg is not None and self.symmetrized_loss:
-            raise ConfigError("ModelConfig: symmetrized_loss and pose_search_deg do not combine (the "
-                              "search already tries every in-plane angle)")
-        if self.pose_search_deg is not None and not 1 <= self.pose_search_deg <= 90:
-            raise ConfigError(f"ModelConfig.pose_search_deg is a grid step in degrees in [1, 90] "
-                              f"(or None: no search), got {self.pose_search_deg!r}")
-        if not 0 < self.pose_search_band <= 0.5:
-            raise ConfigError(f"ModelConfig.pose_search_band is a frequency in cycles/px in (0, 0.5], "
-                              f"got {self.pose_search_band!r}")
-        if not 0 < self.latent_band <= 0.5:
-            raise ConfigError(f"ModelConfig.latent_band is a frequency in cycles/px in (0, 0.5], "
-                              f"got {self.latent_band!r}")
-        if not 0 < self.pose_refine_band <= 0.5:
-            raise ConfigError(f"ModelConfig.pose_refine_band is a frequency in cycles/px in (0, 0.5], "
-                              f"got {self.pose_refine_band!r}")
-        if not self.pose_distill >= 0:
-            raise ConfigError(f"ModelConfig.pose_distill must be >= 0, got {self.pose_distill!r}")
-        if not self.fourier_pad >= 1:
-            raise ConfigError(f"ModelConfig.fourier_pad must be >= 1, got {self.fourier_pad!r}")
-        for name in ("leaky_slope", "beta", "averaging_factor"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"ModelConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.pose.search_deg is not None and self.loss.symmetrized_loss:
+            raise ConfigError("ModelConfig: loss.symmetrized_loss and pose.search_deg do not combine "
+                              "(the search already tries every in-plane angle)")
 
 
 PRESETS = {
     "default": {},
     "seed": {"averaging_mirror": True, "image_offset": False, "loss_in_mask": False,
              "symmetrized_loss": False, "pose_search_deg": None, "likelihood": "bernoulli",
-             "pose_input": "latent", "latent_inference": "encoder", "latent_dim": 21,
-             "learning_rate": 1e-5},
+             "pose_input": "latent", "latent_inference": "encoder", "latent_dim": 21},
 }

@@ -30,17 +30,17 @@ class Decoder(keras.layers.Layer):
     """Base of the decoders: ``decoder(z, training)`` -> ``(B, n, n, n)`` volumes (unmasked).
 
     ``seeds`` is the model's stream of initializer seeds (the decoder takes the next ones, so a
-    model's weights depend only on ``ModelConfig.seed``); ``zero_response``: start with an output
-    that does not depend on z (see the module docstring).
+    model's weights depend only on its seed, ``build_model(config, seed)``); ``zero_response``:
+    start with an output that does not depend on z (see the module docstring).
 
-    Subclasses create every weight in ``__init__`` (the input size is ``config.latent_dim``): built
+    Subclasses create every weight in ``__init__`` (the input size is ``config.architecture.latent_dim``): built
     outside the model's call, the variable paths are the layers' own names (``dec0/kernel``), the
     keys of the checkpoints (``train.make_checkpoint``).
     """
 
     def __init__(self, config, seeds: Iterator[int], zero_response: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.box = config.box
+        self.box = config.architecture.box
 
 
 class DenseDecoder(Decoder):
@@ -49,22 +49,23 @@ class DenseDecoder(Decoder):
 
     def __init__(self, config, seeds: Iterator[int], zero_response: bool = False, **kwargs):
         super().__init__(config, seeds, zero_response, **kwargs)
-        act = partial(keras.activations.leaky_relu, negative_slope=config.leaky_slope)
+        act = partial(keras.activations.leaky_relu, negative_slope=config.architecture.leaky_slope)
 
         def dense(units, activation=None, name=None, initializer=None):
             init = initializer or keras.initializers.GlorotUniform(seed=next(seeds))
             return keras.layers.Dense(units, activation=activation, name=name, kernel_initializer=init)
 
-        self.hidden_layers = [dense(config.decoder_units, act, f"dec{i}") for i in range(config.decoder_layers)]
+        arch = config.architecture
+        self.hidden_layers = [dense(arch.decoder_units, act, f"dec{i}") for i in range(arch.decoder_layers)]
         if zero_response and self.hidden_layers:
             # NOTE: replacing an item of a list Keras already tracks escapes its tracking: this dec0
             # is in no weights list, so it is neither trained nor checkpointed (it keeps its zero
             # kernel and bias, and every later layer sees zeros). That is how the seed's code
             # behaved; it is kept so that numbers and checkpoints do not change.
-            self.hidden_layers[0] = dense(config.decoder_units, act, "dec0", initializer="zeros")
-        out_act = act if config.output_activation == "leaky_relu" else None
-        self.voxel_layer = dense(config.box ** 3, out_act, "voxels")
-        width = config.latent_dim
+            self.hidden_layers[0] = dense(config.architecture.decoder_units, act, "dec0", initializer="zeros")
+        out_act = act if config.architecture.output_activation == "leaky_relu" else None
+        self.voxel_layer = dense(config.architecture.box ** 3, out_act, "voxels")
+        width = config.architecture.latent_dim
         for layer in [*self.hidden_layers, self.voxel_layer]:
             layer.build((None, width))
             width = layer.units
@@ -83,7 +84,7 @@ DECODERS = {"dense": DenseDecoder}
 
 
 def make_decoder(config, seeds: Iterator[int], zero_response: bool = False) -> Decoder:
-    """The decoder ``config.decoder`` names (see :class:`Decoder` for the arguments)."""
-    if config.decoder not in DECODERS:
-        raise ConfigError(f"unknown decoder {config.decoder!r}; use one of {tuple(DECODERS)}")
-    return DECODERS[config.decoder](config, seeds, zero_response, name="decoder")
+    """The decoder ``config.architecture.decoder`` names (see :class:`Decoder` for the arguments)."""
+    if config.architecture.decoder not in DECODERS:
+        raise ConfigError(f"unknown decoder {config.architecture.decoder!r}; use one of {tuple(DECODERS)}")
+    return DECODERS[config.architecture.decoder](config, seeds, zero_response, name="decoder")

@@ -96,11 +96,11 @@ class SearchGrids:
 
     @classmethod
     def for_config(cls, config) -> SearchGrids:
-        """The grids of ``config.pose_search_deg`` and ``pose_search_band`` (a ModelConfig)."""
-        step = config.pose_search_deg
+        """The grids of ``config.pose.search_deg`` and ``pose_search_band`` (a ModelConfig)."""
+        step = config.pose.search_deg
         return cls(tf.constant(search_grid(step)), tf.constant(local_perturbations(step)),
                    tf.constant(local_perturbations(step / 2)),
-                   band_dof(config.box, config.pose_search_band * config.box))
+                   band_dof(config.architecture.box, config.pose.search_band * config.architecture.box))
 
 
 def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, projector: Projector, disc,
@@ -116,10 +116,10 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
     ``(B, 4)`` quaternions, ``(B, 2)`` shifts (px) and a ``(B,)`` bool: the head's own
     rotation won. No gradient flows through the search."""
     cfg = config
-    n = cfg.box
+    n = cfg.architecture.box
     images, volumes, quaternion, shift = (tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
                                           for x in (images, volumes, quaternion, shift))
-    if cfg.search_reference == "own" and volumes.shape[0] is not None and images.shape[0] is not None \
+    if cfg.pose.search_reference == "own" and volumes.shape[0] is not None and images.shape[0] is not None \
             and volumes.shape[0] != images.shape[0]:
         raise InputError(f"search_pose: {images.shape[0]} images but {volumes.shape[0]} volumes "
                          "(search_reference='own' compares each image with its own volume)")
@@ -138,7 +138,7 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
         return normalise(forward_images(volumes, rot, projector=projector, band=band), disc)
 
     # global: every grid rotation at the low band, the images moved back by the head's shift
-    band = cfg.pose_search_band * n
+    band = cfg.pose.search_band * n
     imgs = normalise(lowpass(images, band, -shift), disc)                          # (B, n^2)
     corr = tf.matmul(imgs, project_ref(grids.grid, band), transpose_b=True)        # (B, R)
     if pose_noise is not None:
@@ -155,9 +155,9 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
 
     # local: +-step/2, then +-step/4, at the refinement band, with shifts by cross-correlation
     # (one FFT product per candidate); the head's rotation competes in the first round
-    band = cfg.pose_refine_band * n
+    band = cfg.pose.refine_band * n
     img_spec = tf.signal.rfft2d(tf.reshape(normalise(lowpass(images, band), disc), [-1, n, n]))
-    window = tf.constant(shift_window(n, cfg.max_shift_px))                        # (n, n) 0/1
+    window = tf.constant(shift_window(n, cfg.architecture.max_shift_px))                        # (n, n) 0/1
     head_won = tf.zeros(tf.shape(q)[:1], tf.bool)
     shifts = tf.zeros(tf.shape(q)[:1] + [2])
     for level, local in enumerate((grids.local, grids.local_fine)):
@@ -165,7 +165,7 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
         if level == 0:
             cand = tf.concat([quaternion[:, None], cand], axis=1)                  # head first
         k = cand.shape[1]
-        if cfg.search_reference == "own":
+        if cfg.pose.search_reference == "own":
             proj = tf.reshape(project_own(cand, band), [-1, k, n, n])
         else:
             proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])

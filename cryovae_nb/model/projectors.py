@@ -338,8 +338,8 @@ class FourierProjector:
     """:func:`project_fourier` with the configured padding, kernel and gridding correction."""
 
     def __init__(self, config):
-        self.pad, self.width = config.fourier_pad, config.fourier_kernel_width
-        self.correction = config.gridding_correction
+        self.pad, self.width = config.architecture.fourier_pad, config.architecture.fourier_kernel_width
+        self.correction = config.architecture.gridding_correction
 
     def __call__(self, volumes, rotations, shifts=None, *, band: float | None = None) -> tf.Tensor:
         return project_fourier(volumes, rotations, shifts, pad=self.pad, correction=self.correction,
@@ -354,7 +354,7 @@ class RealProjector:
     """:func:`project_real` (the slow reference); a band low-passes its images by :func:`lowpass`."""
 
     def __init__(self, config):
-        self.box = config.box
+        self.box = config.architecture.box
 
     def __call__(self, volumes, rotations, shifts=None, *, band: float | None = None) -> tf.Tensor:
         if band is not None:
@@ -379,7 +379,7 @@ PROJECTORS = {"fourier": FourierProjector, "real": RealProjector}
 
 
 def make_projector(config) -> Projector:
-    """The projector ``config.projector`` names, set up from ``config`` (a :class:`ModelConfig`)."""
-    if config.projector not in PROJECTORS:
-        raise ConfigError(f"unknown projector {config.projector!r}; use one of {tuple(PROJECTORS)}")
-    return PROJECTORS[config.projector](config)
+    """The projector ``config.architecture.projector`` names, set up from ``config`` (a :class:`ModelConfig`)."""
+    if config.architecture.projector not in PROJECTORS:
+        raise ConfigError(f"unknown projector {config.architecture.projector!r}; use one of {tuple(PROJECTORS)}")
+    return PROJECTORS[config.architecture.projector](config)

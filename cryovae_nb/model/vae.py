@@ -49,23 +49,25 @@ class CryoVAE(keras.Model):
     ``save_weights("x.weights.h5")`` / ``load_weights`` -- no pickle.
     """
 
-    def __init__(self, config: ModelConfig, **kwargs):
+    def __init__(self, config: ModelConfig, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         config.validate()
         self.config = cfg = config
-        act = partial(keras.activations.leaky_relu, negative_slope=cfg.leaky_slope)
-        seeds = iter(range(cfg.seed * 1000, cfg.seed * 1000 + 1000))
+        self.seed = int(seed)  # the initial weights'; the trainer's (TrainConfig.seed)
+        act = partial(keras.activations.leaky_relu, negative_slope=cfg.architecture.leaky_slope)
+        seeds = iter(range(self.seed * 1000, self.seed * 1000 + 1000))
 
         def dense(units, activation=None, name=None):
             return keras.layers.Dense(units, activation=activation, name=name,
                                       kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)))
 
-        self.encoder_layers = [dense(cfg.encoder_units, act, f"enc{i}") for i in range(cfg.encoder_layers)]
-        self.z_mean_layer = dense(cfg.latent_dim, name="z_mean")
-        self.z_logvar_layer = dense(cfg.latent_dim, name="z_logvar")
+        arch = cfg.architecture
+        self.encoder_layers = [dense(arch.encoder_units, act, f"enc{i}") for i in range(arch.encoder_layers)]
+        self.z_mean_layer = dense(cfg.architecture.latent_dim, name="z_mean")
+        self.z_logvar_layer = dense(cfg.architecture.latent_dim, name="z_logvar")
         self.quaternion_layer = dense(4, "tanh", "pose_quaternion")
         self.shift_layer = dense(2, "tanh", "pose_shift")
-        if cfg.pose_search_deg is not None:  # start centred: the global search moves images by it
+        if cfg.pose.search_deg is not None:  # start centred: the global search moves images by it
             self.shift_layer = keras.layers.Dense(2, "tanh", name="pose_shift", kernel_initializer="zeros")
         # With linearised latents the network's response to z starts at zero: a random one would
         # hand every latent dimension a random direction, and the linearised posterior would fit
@@ -73,23 +75,23 @@ class CryoVAE(keras.Model):
         # volumes.
         self.decoder = make_decoder(cfg, seeds, zero_response=self.linearized)
         self.projector = make_projector(cfg)
-        self._mask = None if cfg.volume_mask is None else tf.constant(diameter_mask(cfg.box, cfg.volume_mask, ndim=3))
+        self._mask = None if arch.volume_mask is None else tf.constant(diameter_mask(arch.box, arch.volume_mask, ndim=3))
         # Why an offset: the tanh-normalised target is sigmoid(a * (P - mean) / sigma), so its logit
         # is a * P minus a per-image constant over the disc. No volume inside the mask projects to a
         # constant in every direction except an edge-singular shell, which the decoder would then
         # have to build (and re-tune per particle from the noise mean). The head takes that constant.
         # The disc the mask projects to (preprocessing masks images with the same 0.95 default).
-        self._disc = tf.constant(diameter_mask(cfg.box, cfg.volume_mask or 1.0, ndim=3)[cfg.box // 2])
+        self._disc = tf.constant(diameter_mask(arch.box, arch.volume_mask or 1.0, ndim=3)[arch.box // 2])
         self.offset_layer = None
-        if cfg.image_offset:
+        if cfg.loss.image_offset:
             self.offset_layer = keras.layers.Dense(1, name="image_offset", kernel_initializer="zeros")
         # Why score inside the disc only: outside it the images were masked to 0 (no data), and the
         # Fourier projector's output is not confined to the disc, so the seed's all-pixel loss is
         # lowered by pushing logits there to -inf with ringing in the volume, not by fitting data.
-        self._pixel_mask = self._disc if cfg.loss_in_mask else None
+        self._pixel_mask = self._disc if cfg.loss.loss_in_mask else None
         # Learned poses with a search: see model/pose_search.py for why
         self._search_grids = None
-        if cfg.pose_search_deg is not None:
+        if cfg.pose.search_deg is not None:
             self._search_grids = pose_search.SearchGrids.for_config(cfg)
         # The Gaussian likelihood's noise variance: a bias-corrected running mean of the per-pixel
         # squared residual (its maximum-likelihood value), updated by the train step. Weights, so
@@ -104,8 +106,8 @@ class CryoVAE(keras.Model):
             # decoder adds sum_k z_k sqrt(variance_k) basis_k to its volume. Why: a deep decoder
             # learns a z-dependent direction by gradient far too slowly at low SNR (the collapse);
             # the covariance of the residuals finds it in a few passes, as in RECOVAR.
-            d, n = cfg.latent_dim, cfg.box
-            rng = np.random.default_rng(cfg.seed + 7919)
+            d, n = cfg.architecture.latent_dim, cfg.architecture.box
+            rng = np.random.default_rng(self.seed + 7919)
             mask = 1.0 if self._mask is None else self._mask.numpy().reshape(-1, 1)
             start = np.linalg.qr(rng.standard_normal((n ** 3, d)) * mask)[0].T.reshape(d, n, n, n)
             self.pc_basis = keras.Variable(start.astype(np.float32), trainable=False, name="pc_basis")
@@ -126,10 +128,10 @@ class CryoVAE(keras.Model):
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
         z_mean, z_logvar = self._posterior(h, batch, offset)
         out = {"z_mean": z_mean, "z_logvar": z_logvar}
-        out.update(self.pose(h if self.config.pose_input == "hidden" else z_mean))
+        out.update(self.pose(h if self.config.pose.input == "hidden" else z_mean))
         if offset is not None:
             out["offset"] = offset
-        if self.config.pose_search_deg is not None and self.config.pose_mode == "learned":
+        if self.config.pose.search_deg is not None and self.config.pose.mode == "learned":
             # the pose is the searched one, as in training
             out["quaternion"], out["shift"], _ = self.search_pose(images, self.decode(z_mean, training),
                                                                   out["quaternion"], out["shift"])
@@ -148,20 +150,20 @@ class CryoVAE(keras.Model):
 
     def image_prediction(self, logits) -> tf.Tensor:
         """The model's image (in the data's units) from projections plus offset: the link."""
-        return apply_link(logits, self.config.link)
+        return apply_link(logits, self.config.loss.link)
 
     def noise_variance(self, fallback=None) -> tf.Tensor:
         """The Gaussian likelihood's per-pixel noise variance: the running mean of the squared
         residual; ``fallback`` (e.g. this batch's) before the first training step."""
         count = self.residual_count
-        est = self.residual_ema / tf.maximum(1.0 - tf.pow(self.config.noise_ema, count), 1e-12)
+        est = self.residual_ema / tf.maximum(1.0 - tf.pow(self.config.loss.noise_ema, count), 1e-12)
         if fallback is not None:
             est = tf.where(count > 0, est, tf.cast(fallback, tf.float32))
         return tf.maximum(est, 1e-8)  # blank (all-masked) data must not divide by zero
 
     def update_noise_variance(self, batch_residual) -> None:
         """One step of the running residual variance (call once per training step)."""
-        d = self.config.noise_ema
+        d = self.config.loss.noise_ema
         self.residual_ema.assign(d * self.residual_ema + (1.0 - d) * tf.cast(batch_residual, tf.float32))
         self.residual_count.assign_add(1.0)
 
@@ -177,7 +179,7 @@ class CryoVAE(keras.Model):
         tanh -> normalised quaternion; tanh x max_shift -> shift (px)."""
         q = self.quaternion_layer(z)
         q = q / tf.maximum(tf.norm(q, axis=-1, keepdims=True), 1e-6)
-        return {"quaternion": q, "shift": self.config.max_shift_px * self.shift_layer(z)}
+        return {"quaternion": q, "shift": self.config.architecture.max_shift_px * self.shift_layer(z)}
 
     def decode(self, z, training: bool = False) -> tf.Tensor:
         """``(B, latent)`` -> masked volumes ``(B, n, n, n)`` indexed ``[z, y, x]``: the decoder's
@@ -217,7 +219,7 @@ class CryoVAE(keras.Model):
         towards the directions in which the particles vary.
         """
         cfg = self.config
-        n, d = cfg.box, cfg.latent_dim
+        n, d = cfg.architecture.box, cfg.architecture.latent_dim
         images, rotations, shifts, b = _known_pose_batch(batch)
         probes = tf.concat([tf.zeros([1, d]), tf.eye(d)], 0)                       # (d + 1, d)
         vols = tf.stop_gradient(self.decode(probes))
@@ -225,7 +227,7 @@ class CryoVAE(keras.Model):
         # frequencies (the projector's cheap features, not the loss) makes the d + 1
         # projections per image cheap
         rot_k, shift_k = tf.repeat(rotations[None], d + 1, 0), tf.repeat(shifts[None], d + 1, 0)
-        proj = self.projector.project_features(vols, rot_k, shift_k, band=cfg.latent_band * n)
+        proj = self.projector.project_features(vols, rot_k, shift_k, band=cfg.latent.band * n)
         if offset is not None and self.offset_layer is not None:
             proj = add_offset(proj, tf.stop_gradient(offset), self._disc)
         pred = self.image_prediction(proj)                                         # (d + 1, B, n, n)
@@ -253,9 +255,9 @@ class CryoVAE(keras.Model):
         blurred by ``mean_i Q_i^T Q_i`` (~1/|k|), their projections, where latents are read, less so.
         No gradient to the model."""
         cfg = self.config
-        n, d = cfg.box, cfg.latent_dim
+        n, d = cfg.architecture.box, cfg.architecture.latent_dim
         images, rotations, shifts, b = _known_pose_batch(batch)
-        band, mask = cfg.latent_band * n, (self._pixel_mask if self._pixel_mask is not None else 1.0)
+        band, mask = cfg.latent.band * n, (self._pixel_mask if self._pixel_mask is not None else 1.0)
         v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
         # Why project_fourier whatever ModelConfig.projector: differentiable in the volume and
         # cheap (trilinear taps, the band only); the seed's code did so with the real projector too
@@ -263,7 +265,7 @@ class CryoVAE(keras.Model):
         if offset is not None and self.offset_layer is not None:
             l0 = add_offset(l0, tf.stop_gradient(offset), self._disc)
         y0 = self.image_prediction(l0)
-        slope = y0 * (1.0 - y0) if cfg.link == "sigmoid" else tf.ones_like(y0)
+        slope = y0 * (1.0 - y0) if cfg.loss.link == "sigmoid" else tf.ones_like(y0)
         r = (images - y0) * mask
         var = tf.cast(self.noise_variance() if noise_var is None else noise_var, tf.float32)
         basis = tf.convert_to_tensor(self.pc_basis)
@@ -290,8 +292,8 @@ class CryoVAE(keras.Model):
         """Subspace iteration: the running mean of ``H U`` orthonormalised (signs kept) becomes
         the basis; the variances follow as a running mean (both bias-corrected)."""
         cfg = self.config
-        beta = cfg.covariance_ema
-        n, d = cfg.box, cfg.latent_dim
+        beta = cfg.latent.covariance_ema
+        n, d = cfg.architecture.box, cfg.architecture.latent_dim
         self.pc_accum.assign(beta * self.pc_accum + (1.0 - beta) * hu)
         self.pc_count.assign_add(1.0)
         corr = 1.0 - tf.pow(beta, self.pc_count)
@@ -306,8 +308,8 @@ class CryoVAE(keras.Model):
     @property
     def linearized(self) -> bool:
         """Whether latents come from :meth:`linearized_posterior` (else the encoder's heads)."""
-        mode = self.config.latent_inference
-        return mode == "linearized" or (mode == "auto" and self.config.pose_mode == "known")
+        mode = self.config.latent.inference
+        return mode == "linearized" or (mode == "auto" and self.config.pose.mode == "known")
 
     def _posterior(self, h, batch: Batch, offset, noise_var=None):
         if not self.linearized:
@@ -319,7 +321,7 @@ class CryoVAE(keras.Model):
 
     def _hidden(self, images, training):
         images = tf.convert_to_tensor(images, tf.float32)
-        n = self.config.box
+        n = self.config.architecture.box
         if images.shape.rank != 3 or tuple(images.shape[1:]) != (n, n):
             raise InputError(f"the model expects images of shape (batch, {n}, {n}), got {tuple(images.shape)}")
         h = tf.reshape(images, [-1, n * n])
@@ -367,19 +369,19 @@ class CryoVAE(keras.Model):
         z = z_mean
         if noise is None and seed is not None:
             noise = latent_noise(tf.shape(z_mean), seed)
-        if pose_noise is None and seed is not None and cfg.pose_search_deg is not None:
+        if pose_noise is None and seed is not None and cfg.pose.search_deg is not None:
             pose_noise = search_noise([tf.shape(images)[0], self.search_grid_size], seed)
         if noise is not None:
             z = z_mean + tf.exp(0.5 * z_logvar) * noise
         learned = rotations is None
         if learned:
-            if cfg.pose_mode == "known":
+            if cfg.pose.mode == "known":
                 raise ConfigError("pose_mode='known' needs rotations (and shifts) for every batch")
-            p = self.pose(h if cfg.pose_input == "hidden" else z)
+            p = self.pose(h if cfg.pose.input == "hidden" else z)
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
         pose_term = tf.constant(0.0)
-        if learned and cfg.pose_search_deg is not None:
+        if learned and cfg.pose.search_deg is not None:
             q, found_shifts, head_won = self.search_pose(images, volumes, p["quaternion"], shifts,
                                                          pose_noise)
             # the head keeps its gradient where its rotation won; elsewhere it is pulled to the
@@ -387,20 +389,20 @@ class CryoVAE(keras.Model):
             # and the shift head to the searched shift (squared, in units of max_shift)
             rotations = tf.where(head_won[:, None, None], rotations, quaternion_to_matrix(q))
             agree = tf.reduce_sum(p["quaternion"] * q, axis=-1)
-            scale = max(cfg.max_shift_px, 1.0)
+            scale = max(cfg.architecture.max_shift_px, 1.0)
             pose_term = (tf.reduce_mean(tf.where(head_won, 0.0, 1.0 - tf.square(agree)))
                          + tf.reduce_mean(tf.reduce_sum(tf.square(shifts - found_shifts), -1)) / scale**2)
             shifts = found_shifts
         logits = forward_images(volumes, rotations, shifts, projector=self.projector, offset=offset,
                                 disc=self._disc)
         pixel_mask = self._pixel_mask
-        n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.box * cfg.box)
+        n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.architecture.box ** 2)
         predicted = self.image_prediction(logits)
         sq = tf.square(images - tf.stop_gradient(predicted))
         residual = tf.reduce_sum(sq if pixel_mask is None else sq * pixel_mask) / (
             n_pix * tf.cast(tf.shape(images)[0], tf.float32))
         noise_var = self.noise_variance(fallback=residual)
-        if cfg.likelihood == "gaussian":
+        if cfg.loss.likelihood == "gaussian":
             def data_term(pred):
                 return losses.gaussian_nll(images, pred, noise_var, pixel_mask)
             pred_or_logits = predicted
@@ -408,17 +410,18 @@ class CryoVAE(keras.Model):
             def data_term(lg):
                 return losses.reconstruction_loss(images, lg, pixel_mask)
             pred_or_logits = logits
-        if learned and cfg.symmetrized_loss:
+        if learned and cfg.loss.symmetrized_loss:
             recon = tf.minimum(data_term(pred_or_logits), data_term(losses.rotate180(pred_or_logits)))
         else:
             recon = data_term(pred_or_logits)
         kl_dims = tf.reduce_mean(losses.kl_per_dimension(z_mean, z_logvar), axis=0)
         out = {"recon": tf.reduce_mean(recon), "kl": tf.reduce_sum(kl_dims),
-               "averaging": losses.averaging_loss(volumes, cfg.averaging_mirror), "pose": pose_term}
-        kl_charged = tf.reduce_sum(tf.maximum(kl_dims, cfg.free_bits)) if cfg.free_bits > 0 else out["kl"]
-        b = cfg.beta * tf.cast(kl_scale, tf.float32)
-        out["total"] = (out["recon"] + b * (kl_charged + cfg.averaging_factor * out["averaging"])
-                        + cfg.pose_distill * pose_term)
+               "averaging": losses.averaging_loss(volumes, cfg.loss.averaging_mirror), "pose": pose_term}
+        free_bits = cfg.loss.free_bits
+        kl_charged = tf.reduce_sum(tf.maximum(kl_dims, free_bits)) if free_bits > 0 else out["kl"]
+        b = cfg.loss.beta * tf.cast(kl_scale, tf.float32)
+        out["total"] = (out["recon"] + b * (kl_charged + cfg.loss.averaging_factor * out["averaging"])
+                        + cfg.pose.distill * pose_term)
         out.update(recon_per_sample=recon, kl_per_dim=kl_dims, residual=residual, noise_var=noise_var)
         if self.linearized and training:
             out["pc_update"], out["pc_variance"] = self.covariance_statistics(batch, offset, noise_var)
@@ -441,15 +444,16 @@ def _known_pose_batch(batch: Batch):
     return images, rotations, shifts, b
 
 
-def build_model(config: ModelConfig | None = None) -> CryoVAE:
-    """Create a :class:`CryoVAE` and its weights (so ``load_weights`` works right away)."""
-    model = CryoVAE(config or ModelConfig())
-    n = model.config.box
-    known = np.eye(3, dtype=np.float32)[None] if model.config.pose_mode == "known" else None
+def build_model(config: ModelConfig | None = None, seed: int = 0) -> CryoVAE:
+    """Create a :class:`CryoVAE` and its weights (so ``load_weights`` works right away); ``seed``
+    draws the initial weights."""
+    model = CryoVAE(config or ModelConfig(), seed=seed)
+    n = model.config.architecture.box
+    known = np.eye(3, dtype=np.float32)[None] if model.config.pose.mode == "known" else None
     images = np.zeros((1, n, n), np.float32)
     model.encode(Batch(images, rotations=known))
     h = model._hidden(images, False)
     model.z_mean_layer(h), model.z_logvar_layer(h)  # built even when latents are not read from them
-    model.decode(np.zeros((1, model.config.latent_dim), np.float32))
+    model.decode(np.zeros((1, model.config.architecture.latent_dim), np.float32))
     model.built = True
     return model

@@ -5,12 +5,11 @@ configs before any model exists.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError
-from cryovae_nb.model.config import ModelConfig
+from cryovae_nb.model.config import OPTION_NAMES, TRAINER_OPTIONS, ModelConfig
 
 
 @dataclass
@@ -19,9 +18,8 @@ class TrainConfig:
     datadir: str | None = None          # where the STAR file's image paths are relative to
     run_dir: str = "runs/run"
     model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 120
-    learning_rate: float | None = None  # None: model.learning_rate (1e-5, thesis §3.3.3)
-    pose_mode: str | None = None        # None: model.pose_mode; "known" needs poses in the STAR file
+    batch_size: int = 120               # also the averaging loss' set of volumes
+    learning_rate: float = 1e-5         # Adam's (thesis §3.3.3)
     max_steps: int = 100_000
     max_time_s: float | None = None     # wall-clock budget of one train() call
     log_every: int = 50
@@ -33,7 +31,7 @@ class TrainConfig:
     n_test_eval: int = 480              # held-out images scored at every log
     n_samples: int = 10                 # test images shown in the sample grid
     n_sample_volumes: int = 2           # of those, how many volumes are written as MRC
-    seed: int = 0
+    seed: int = 0                       # the split, the epoch order and the model's initial weights
     prefetch: int = 4                   # batches read ahead by the loader thread
     jit: bool = False                   # XLA-compile the train step (faster, slow first step)
     deterministic: bool = True          # tf.config.experimental.enable_op_determinism()
@@ -47,25 +45,43 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.test_fraction < 1:
             raise ConfigError(f"TrainConfig.test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
+        if not self.learning_rate > 0:
             raise ConfigError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
-        if self.pose_mode not in (None, "learned", "known"):
-            raise ConfigError(f"TrainConfig.pose_mode must be 'learned' or 'known', got {self.pose_mode!r}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ConfigError(f"TrainConfig.max_time_s must be > 0, got {self.max_time_s}")
         if self.n_test_eval < 0 or self.n_samples < 0 or self.n_sample_volumes < 0:
             raise ConfigError("TrainConfig.n_test_eval, n_samples and n_sample_volumes must be >= 0")
 
-    def resolved(self) -> "TrainConfig":
-        """The config with learning_rate / pose_mode / batch_size / seed written into the model
-        config, so the saved config has one truth."""
-        model = self.model
-        if self.learning_rate is not None:
-            model = dataclasses.replace(model, learning_rate=float(self.learning_rate))
-        if self.pose_mode is not None:
-            model = dataclasses.replace(model, pose_mode=self.pose_mode)
-        # the trainer's batch size and seed drive the model too (its averaging loss, its init)
-        model = dataclasses.replace(model, batch_size=int(self.batch_size), seed=int(self.seed))
-        return dataclasses.replace(self, model=model, learning_rate=model.learning_rate,
-                                   pose_mode=model.pose_mode)
+    @staticmethod
+    def migrate(data: dict) -> dict:
+        """A dict of a file written before the model config had sections, in today's layout.
 
+        Then learning_rate and pose_mode could be set twice, at the top (null: the model's) and in
+        the model, and the model held a copy of batch_size and seed: the top level's non-null
+        value wins, as the trainer did then; learning_rate stays here, pose_mode goes to the model.
+        """
+        if not isinstance(data, dict):
+            return data  # from_dict reports it
+        data = dict(data)
+        model = data.get("model")
+        model = dict(model) if isinstance(model, dict) else model
+        if _flat_model(model):
+            if data.get("learning_rate") is None and model.get("learning_rate") is not None:
+                data["learning_rate"] = model["learning_rate"]
+            model = ModelConfig.migrate(model)  # drops the model's copies of the trainer's options
+        if data.get("learning_rate", 0) is None:
+            del data["learning_rate"]  # null: the default rate
+        pose_mode = data.pop("pose_mode", None)
+        if isinstance(model, ModelConfig) and pose_mode is not None:
+            model = model.with_options(pose_mode=pose_mode)
+        elif pose_mode is not None:
+            model = dict(model or {})
+            model["pose"] = {**(model.get("pose") or {}), "mode": pose_mode}
+        if model is not None:
+            data["model"] = model
+        return data
+
+
+def _flat_model(model) -> bool:
+    """Whether ``model`` is a model dict of the layout before the sections."""
+    return isinstance(model, dict) and bool(set(model) & (set(OPTION_NAMES) | set(TRAINER_OPTIONS)))

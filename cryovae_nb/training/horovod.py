@@ -215,8 +215,7 @@ def scaled_config(config, size: int, scale_lr: bool):
     """``config`` with its learning rate multiplied by ``size`` when ``scale_lr``."""
     if not scale_lr or size == 1:
         return config
-    base = config.learning_rate if config.learning_rate is not None else config.model.learning_rate
-    return dataclasses.replace(config, learning_rate=float(base) * size)
+    return dataclasses.replace(config, learning_rate=float(config.learning_rate) * size)
 
 
 def make_trainer(config, *, scale_lr: bool = False, use_horovod: bool | None = True,

@@ -11,12 +11,13 @@ import tensorflow as tf
 from cryovae_nb.model.batch import Batch
 from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import CryoVAE, latent_noise, search_noise
+from cryovae_nb.training.config import TrainConfig
 
 
 def kl_scale(model: CryoVAE, optimizer) -> tf.Tensor:
     """The KL warm-up factor of the coming update: ramps from 1/warmup to 1 over
     ``kl_warmup_steps`` (counted by the optimizer, so a resumed run continues the ramp)."""
-    warmup = model.config.kl_warmup_steps
+    warmup = model.config.loss.kl_warmup_steps
     if not warmup:
         return tf.constant(1.0)
     return tf.minimum(1.0, (tf.cast(optimizer.iterations, tf.float32) + 1.0) / float(warmup))
@@ -36,9 +37,10 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
         return False
 
 
-def make_optimizer(model: CryoVAE) -> keras.optimizers.Optimizer:
-    """Adam with the configured learning rate, built on the model's variables."""
-    opt = keras.optimizers.Adam(learning_rate=model.config.learning_rate)
+def make_optimizer(model: CryoVAE, learning_rate: float = TrainConfig.learning_rate) -> keras.optimizers.Optimizer:
+    """Adam at ``learning_rate`` (the trainer's, ``TrainConfig.learning_rate``), built on the model's
+    variables."""
+    opt = keras.optimizers.Adam(learning_rate=learning_rate)
     opt.build(model.trainable_variables)
     return opt
 
@@ -59,8 +61,8 @@ def _inputs(model, batch: Batch, seed):
     batch = batch.replace(images=images, rotations=rotations, shifts=shifts, indices=indices)
     noise = pose_noise = None
     if seed is not None:
-        noise = latent_noise([images.shape[0], model.config.latent_dim], seed)
-        if rotations is None and model.config.pose_search_deg is not None:
+        noise = latent_noise([images.shape[0], model.config.architecture.latent_dim], seed)
+        if rotations is None and model.config.pose.search_deg is not None:
             # uniform draws for sampling the searched pose (model.search_pose), also outside XLA
             pose_noise = search_noise([images.shape[0], model.search_grid_size], seed)
     return batch, noise, pose_noise

@@ -139,7 +139,7 @@ class Trainer:
         if isinstance(config, dict):
             config = from_dict(TrainConfig, config)
         config.validate()
-        cfg = config.resolved()
+        cfg = config
         if not cfg.data:
             raise ConfigError("TrainConfig.data: no particle file given")
         self.hooks = hooks or Hooks()
@@ -154,12 +154,12 @@ class Trainer:
         # data ---------------------------------------------------------------------------
         self.particles = read_particles(cfg.data, datadir=cfg.datadir)
         n, box = len(self.particles), int(self.particles.box)
-        if box != cfg.model.box:
-            if cfg.model.box != ModelConfig().box:
-                raise ConfigError(f"model.box is {cfg.model.box} but the images in {cfg.data} are "
-                                  f"{box} px; set model.box to {box}")
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, box=box))
-        if cfg.model.pose_mode == "known" and self.particles.poses is None:
+        if box != cfg.model.architecture.box:
+            if cfg.model.architecture.box != ModelConfig().architecture.box:
+                raise ConfigError(f"model.architecture.box is {cfg.model.architecture.box} but the images in "
+                                  f"{cfg.data} are {box} px; set model.architecture.box to {box}")
+            cfg = dataclasses.replace(cfg, model=cfg.model.with_options(box=box))
+        if cfg.model.pose.mode == "known" and self.particles.poses is None:
             raise InputError("pose_mode 'known' needs poses (rlnAngleRot/Tilt/Psi) in the STAR file", cfg.data)
         self.config = cfg
         self.pixel_size = float(self.particles.pixel_size) if self.particles.pixel_size else 1.0
@@ -170,7 +170,7 @@ class Trainer:
         else:
             self.train_indices, self.test_indices = make_split(n, cfg.test_fraction, cfg.seed)
         self.order = EpochOrder(self.train_indices, cfg.batch_size, cfg.seed, self.rank, self.size)
-        known = self.particles.poses if cfg.model.pose_mode == "known" else None
+        known = self.particles.poses if cfg.model.pose.mode == "known" else None
         self.batches = BatchReader(self.particles.images, None if known is None else known.rotations,
                                    None if known is None else known.shifts)
 
@@ -178,8 +178,8 @@ class Trainer:
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
-        self.model = build_model(cfg.model)
-        self.optimizer = make_optimizer(self.model)  # Adam at model.learning_rate, built
+        self.model = build_model(cfg.model, seed=cfg.seed)
+        self.optimizer = make_optimizer(self.model, cfg.learning_rate)  # built
         self._train_step = make_train_step(self.model, self.optimizer, jit=cfg.jit,
                                            grad_reducer=self.hooks.grad_reducer)
         self._eval_step = make_eval_step(self.model, jit=cfg.jit)
@@ -285,10 +285,8 @@ class Trainer:
         if not path.exists():
             return
         saved = folder.config()
-        # the architecture must match; rates and the batch may change between sessions
-        free = ("learning_rate", "batch_size", "seed")
-        arch = [{k: v for k, v in to_dict(c.model).items() if k not in free} for c in (saved, self.config)]
-        if arch[0] != arch[1]:
+        # the model must match; rates and the batch (the TrainConfig's) may change between sessions
+        if to_dict(saved.model) != to_dict(self.config.model):
             raise ConfigError(f"{path}: the run was trained with a different model config; {how}")
         for name in ("seed", "batch_size"):
             if getattr(saved, name) != getattr(self.config, name):
@@ -313,7 +311,7 @@ class Trainer:
         epoch, pos = self.order.position(self.step)
         state = {"step": self.step, "epoch": epoch, "position": pos, "seed": self.config.seed,
                  "n_train": len(self.train_indices), "elapsed_s": self.elapsed_s,
-                 "pixel_size": self.pixel_size, "box": int(self.config.model.box)}
+                 "pixel_size": self.pixel_size, "box": int(self.config.model.architecture.box)}
         if self.is_chief:
             path = self.checkpoints.save(self._checkpoint, self.step, state)
             self.last_checkpoint = str(path)
@@ -364,20 +362,20 @@ class Trainer:
         to the returned copy, and the first time it happens in this Trainer, the chief warns.
         """
         step = self.step if step is None else int(step)
-        if losses.get("active_dims") != 0 or step < max(self.config.model.kl_warmup_steps, COLLAPSE_MIN_STEP):
+        if losses.get("active_dims") != 0 or step < max(self.config.model.loss.kl_warmup_steps, COLLAPSE_MIN_STEP):
             return losses
         if not self._collapse_warned and self.is_chief:
             self._collapse_warned = True
-            n = len(losses.get("kl_per_dim") or []) or self.config.model.latent_dim
+            n = len(losses.get("kl_per_dim") or []) or self.config.model.architecture.latent_dim
             kl = losses.get("kl")
             kl_text = "?" if kl is None or not math.isfinite(kl) else f"{kl:.3g}"
             warnings.warn(
                 f"step {step}: the latent carries no information about the particles (0 of {n} "
                 f"dimensions active on the held-out images, KL {kl_text} nats/image): either the "
                 "particles are homogeneous, or the posterior collapsed. If you expect heterogeneity: "
-                "with known poses keep model.latent_inference 'auto' (latents read from the decoder "
+                "with known poses keep model.latent.inference 'auto' (latents read from the decoder "
                 "at each pose); the encoder's latent (learned poses, or 'encoder') measured collapsed "
-                "at SNR 0.1, and kl_warmup_steps / free_bits did not help (README).",
+                "at SNR 0.1, and model.loss.kl_warmup_steps / free_bits did not help (README).",
                 LatentCollapseWarning, stacklevel=2)
         return {**losses, "latent_collapsed": True}
 

@@ -181,7 +181,7 @@ def latent_vs_truth(run, data: TutorialData, *, z=None, indices=None, bins: int 
     labels = np.searchsorted(present, raw)
     state_t = np.array([t[labels == i].mean() for i in range(len(present))])
     truths = np.stack([truth_volume_at(data, c, run.box)[0] for c in state_t])
-    known = run.config.model.pose_mode == "known"
+    known = run.config.model.pose.mode == "known"
     align_to = None if known else len(state_t) // 2
     sv = state_volumes(run.decode, z, labels, truths, run.pixel_size, align_to=align_to)
     angle = max_angle_deg(data)
@@ -316,7 +316,7 @@ def reconstruct_particles(run, particles, indices) -> tuple[np.ndarray, np.ndarr
     proj = run.model.project(volumes, rot, sh)
     # plus the per-image offset the loss adds (ModelConfig.image_offset), as Trainer.reconstruct
     batch = Batch(images, indices=idx)
-    if run.config.model.pose_mode == "known":
+    if run.config.model.pose.mode == "known":
         batch = batch.replace(rotations=rot, shifts=sh)
     proj = np.asarray(run.model.add_offset(proj, run.model.encode(batch).get("offset")))
     return images, 1.0 / (1.0 + np.exp(-proj))
@@ -328,8 +328,8 @@ def reconstruction_errors(run, particles, indices=None, batch_size: int = 256) -
     Known-pose runs use the particles' poses, learned-pose runs the encoder's."""
     model = run.model
     idx = np.arange(len(particles)) if indices is None else np.asarray(indices)
-    poses = particles.poses if run.config.model.pose_mode == "known" else None
-    if run.config.model.pose_mode == "known" and poses is None:
+    poses = particles.poses if run.config.model.pose.mode == "known" else None
+    if run.config.model.pose.mode == "known" and poses is None:
         raise InputError("the run used known poses but the particles have none", run.config.data)
     out = []
     for s in range(0, len(idx), batch_size):

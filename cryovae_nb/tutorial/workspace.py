@@ -28,7 +28,7 @@ import numpy as np
 
 from cryovae_nb.config import load_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.model.config import ModelConfig
+from cryovae_nb.model.config import OPTION_NAMES, ModelConfig
 from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
 from cryovae_nb.synthetic import SimulatedDataset, SimulationConfig, load_truth, simulate
 from cryovae_nb.training.config import TrainConfig
@@ -169,13 +169,13 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
                           **overrides):
     """A ``TrainConfig`` for the tutorial: the small model of ``TUTORIAL_MODEL`` and the settings
     of ``TUTORIAL_TRAIN``; any ``ModelConfig`` or ``TrainConfig`` field can be overridden by name
-    (each name goes where it belongs, in the two dicts too; a name both configs have, such as
-    ``learning_rate``, goes to the ``TrainConfig``)."""
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    (each name goes where it belongs, in the two dicts too; model options by their flat names,
+    ``ModelConfig.with_options``)."""
+    model_fields = set(OPTION_NAMES)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_kw, train_kw = {}, {}
     for k, v in {**TUTORIAL_MODEL, **TUTORIAL_TRAIN, **overrides}.items():
-        if k in train_fields and k != "model":   # batch_size, learning_rate, pose_mode go here
+        if k in train_fields and k != "model":   # batch_size, learning_rate go here
             train_kw[k] = v
         elif k in model_fields:
             model_kw[k] = v
@@ -188,7 +188,8 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
     train_kw.update(max_steps=int(max_steps), max_time_s=max_time_s, seed=int(seed),
                     log_every=int(log_every), sample_every=int(sample_every),
                     checkpoint_every=int(checkpoint_every))
-    return TrainConfig(data=str(data), run_dir=str(run_dir), model=ModelConfig(**model_kw), **train_kw)
+    model = ModelConfig().with_options(**model_kw)
+    return TrainConfig(data=str(data), run_dir=str(run_dir), model=model, **train_kw)
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

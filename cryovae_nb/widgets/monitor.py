@@ -189,8 +189,8 @@ class TrainingMonitor(W.VBox):
                 "<div style='color:#c5221f;font-weight:bold'>&#9888; latent collapsed at step "
                 f"{rec['step']}: 0 of {len(kl)} latent dimensions active on the held-out images{kl_text}. "
                 "The latent carries no information about the particles: either they are homogeneous, "
-                "or the posterior collapsed (try model.kl_warmup_steps, model.free_bits or a lower "
-                "model.averaging_factor).</div>")
+                "or the posterior collapsed (try model.loss.kl_warmup_steps, model.loss.free_bits or a lower "
+                "model.loss.averaging_factor).</div>")
             self.warning.layout.display = None
         else:
             self.warning.value = ""
