@@ -342,9 +342,8 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
     inputs = {Path(p).resolve() for p in particles.images.paths}
     if particles.source:
         inputs.add(Path(particles.source).resolve())
-    clash = [str(star)] if star.resolve() in inputs else []
-    if clash:
-        raise InputError(f"refusing to overwrite input file(s) {clash}; choose another output", source)
+    if star.resolve() in inputs:  # the other outputs get new names, never an input's
+        raise InputError(f"refusing to overwrite input file(s) {[str(star)]}; choose another output", source)
     ctf = None
     if cfg.phase_flip:
         if particles.ctf is None:

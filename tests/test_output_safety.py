@@ -57,8 +57,11 @@ def test_a_star_file_refuses_another_runs_stack_and_split(tmp_path):
     # the STAR file finds its own split; a split copied over it by hand is refused
     assert [list(x) for x in read_split(b / "out.star", 7)] == [list(x) for x in read_split(split_b, 7)]
     shutil.copy(output_paths(a / "out")["split"], split_b)
-    with pytest.raises(InputError, match="another preprocessing run"):
-        read_split(b / "out.star", 7, new.output_id)
+    for output_id in (new.output_id, None):  # None: the STAR file's own run id
+        with pytest.raises(InputError, match="another preprocessing run"):
+            read_split(b / "out.star", 7, output_id)
+    with pytest.raises(InputError, match="names no split file"):
+        read_split(SOURCE, 7)
     # files other software wrote carry no record and are read as before
     assert read_particles(SOURCE).output_id is None
 

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.io.star import read_output_files
+from cryovae_nb.io import outputset
+from cryovae_nb.io.star import read_output_record
 from cryovae_nb.model.batch import Batch
 
 
@@ -33,16 +34,17 @@ def read_split(path: str | os.PathLike, n: int | None = None,
                output_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) 0-based row indices from a split ``.npz``: arrays 'train' and 'test', or a
     boolean 'is_test' per particle (what preprocessing writes). ``path`` may also be the STAR file
-    preprocessing wrote: the split it names is read. ``n``: the data's particle count, checked
-    against the file (None: not checked; an 'is_test' file gives its own count). ``output_id``:
-    the run id of the data's STAR file (``Particles.output_id``); a split written by another
-    preprocessing run is refused."""
+    preprocessing wrote: the split it names is read (and must be that run's). ``n``: the data's
+    particle count, checked against the file (None: not checked; an 'is_test' file gives its own
+    count). ``output_id``: the run id of the data's STAR file (``Particles.output_id``); a split
+    written by another preprocessing run is refused."""
     if os.fspath(path).lower().endswith(".star"):
-        files = read_output_files(path)
-        if files is None:
+        record = read_output_record(path)
+        if record is None:
             raise InputError("this STAR file names no split file (it was not written by cryovae "
                              "preprocess); give the split .npz", path)
-        path = files["split"]
+        output_id = output_id or str(record.get("cryovaeRunId"))
+        path = outputset.members(record, path)["split"]
     try:
         with np.load(path, allow_pickle=False) as f:
             if output_id is not None and "run_id" in f and str(f["run_id"]) != output_id:
