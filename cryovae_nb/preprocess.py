@@ -3,7 +3,8 @@
 Each step is a function on float32 arrays of images ``(k, n, n)`` (a single ``(n, n)`` image works
 too). ``preprocess_stack`` runs them chunk by chunk over a particle stack that is never loaded
 whole, and writes a new ``.mrcs``, a RELION 3.1 ``.star`` carrying pixel size, CTF and poses, and a
-``_split.npz`` holding a seeded train/test split (read back by ``cryovae_nb.training.data.read_split``).
+``_split.npz`` holding a seeded train/test split (read back by ``cryovae_nb.training.data.read_split``);
+the STAR file names the other files, see ``output_paths``.
 
 Order (what a cryo-EM user expects; thesis §3.2):
   phase flip (needs the original box and pixel size) -> invert contrast -> coarsen -> Fourier crop
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -32,8 +34,8 @@ from cryovae_nb.config import check_fields, save_config
 from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.errors import ConfigError, InputError, OutputError
 from cryovae_nb.faults import fault_after, fault_point
-from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outputset, read_particles,
-                           write_particles_star)
+from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outputset, read_output_record,
+                           read_particles, write_particles_star)
 from cryovae_nb.volumes import as_images, diameter_mask, fourier_crop, radius_grid
 
 NORMALISE_METHODS = ("tanh", "zscore", "minmax", "none")
@@ -287,13 +289,25 @@ def _chunks(stack, chunk_size: int):
             yield start, chunk
 
 
-def output_paths(output: str | os.PathLike) -> dict[str, Path]:
-    """``out.mrcs`` / ``out.star`` / ``out`` -> the stack, STAR, split and config paths."""
+def output_star(output: str | os.PathLike) -> Path:
+    """``out.mrcs`` / ``out.star`` / ``out`` -> ``out.star``, the output's one fixed name."""
     output = Path(output)
     stem = output.with_suffix("") if output.suffix.lower() in (".mrcs", ".mrc", ".star") else output
-    return {"stack": stem.with_name(stem.name + ".mrcs"), "star": stem.with_name(stem.name + ".star"),
-            "split": stem.with_name(stem.name + "_split.npz"),
-            "config": stem.with_name(stem.name + "_preprocess.json")}
+    return stem.with_name(stem.name + ".star")
+
+
+def output_paths(output: str | os.PathLike) -> dict[str, Path]:
+    """The files of the set published at ``output`` (``out.mrcs`` / ``out.star`` / ``out``): the
+    STAR file ``out.star`` and the stack, split and config files it names (``out.TAG.mrcs``,
+    ``out.TAG_split.npz``, ``out.TAG_preprocess.json``; TAG: 8 hex digits of the run's id; sets of
+    the previous layout: ``out.mrcs``, ``out_split.npz``, ``out_preprocess.json``)."""
+    from cryovae_nb.io import read_output_files
+
+    star = output_star(output)
+    files = read_output_files(star)
+    if files is None:
+        raise InputError("not an output of cryovae preprocess (no data_cryovae_output block)", star)
+    return {"star": star, **files}
 
 
 def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
@@ -301,28 +315,29 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
     """Stream a particle stack through the steps of ``cfg``; return the output's ``Particles``.
 
     ``input`` is a STAR file, a bare ``.mrcs``/``.mrc`` or a ``Particles``. Writes (never onto an
-    input file) ``<out>.mrcs`` (float32, new pixel size in the header), ``<out>_split.npz``
-    (``is_test`` and the run id), ``<out>_preprocess.json`` (the config) and, published last,
-    ``<out>.star`` (RELION 3.1; every input column carried through, CTF unchanged, poses with
-    shifts moved as the images were, the new pixel size and box, and a ``data_cryovae_output``
-    block recording the run id and the stack, see ``cryovae_nb.io.outputset``). All four are
-    written as temporaries first and renamed into place only when all are complete; readers
-    refuse a STAR file paired with another run's stack or split. A full disk raises
-    ``OutputError`` and removes the temporaries; temporaries a killed run left are removed at
-    the next start. Memory stays at about two chunks of input images whatever the stack size.
+    input file) ``<out>.<TAG>.mrcs`` (float32, new pixel size in the header; TAG: 8 hex digits of
+    the run's id), ``<out>.<TAG>_split.npz`` (``is_test`` and the run id),
+    ``<out>.<TAG>_preprocess.json`` (the config) and, published last, ``<out>.star`` (RELION 3.1;
+    every input column carried through, CTF unchanged, poses with shifts moved as the images
+    were, the new pixel size and box, and a ``data_cryovae_output`` block recording the run id,
+    the split and config files and the stack, see ``cryovae_nb.io.outputset``). All four are
+    written as temporaries first; the other three get new names, so only the STAR file's rename
+    replaces anything, and it switches from the previous complete set to the new one at once.
+    The previous set's files are removed after it; a killed run's files and temporaries at the
+    next start. A full disk raises ``OutputError`` and removes the temporaries. Memory stays at
+    about two chunks of input images whatever the stack size.
     """
     cfg = PreprocessConfig() if cfg is None else cfg
     cfg.validate()
     particles = input if isinstance(input, Particles) else read_particles(input, datadir=datadir)
     source = particles.source or "input"
     plan = _plan(cfg, particles.box, cfg.pixel_size or particles.pixel_size, source)
-    paths = output_paths(output)
+    star = output_star(output)
     inputs = {Path(p).resolve() for p in particles.images.paths}
     if particles.source:
         inputs.add(Path(particles.source).resolve())
-    clash = [str(p) for p in paths.values() if p.resolve() in inputs]
-    if clash:
-        raise InputError(f"refusing to overwrite input file(s) {clash}; choose another output", source)
+    if star.resolve() in inputs:  # the other outputs get new names, never an input's
+        raise InputError(f"refusing to overwrite input file(s) {[str(star)]}; choose another output", source)
     ctf = None
     if cfg.phase_flip:
         if particles.ctf is None:
@@ -335,16 +350,29 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
                              "flipping again would undo it", source)
 
     n = len(particles)
-    for stale in (t for p in paths.values() for t in outputset.temporaries(p)):
-        stale.unlink(missing_ok=True)  # ours, left by a killed run (never mistaken for outputs)
+    try:  # the set published now: its files are kept, and removed once the new set replaced it
+        record = read_output_record(star) if star.is_file() else None
+        published = {} if record is None else outputset.members(record, star)
+    except InputError:
+        record, published = None, {}  # an unreadable STAR file: replaced, nothing it names is touched
+    keep = inputs | {p.resolve() for p in published.values()}
+    for stale in outputset.leftovers(star):
+        if stale.resolve() not in keep:
+            stale.unlink(missing_ok=True)  # ours, left by a killed run (never mistaken for outputs)
+    previous = {} if record is None else {k: p for k, p in outputset.previous_files(record, star).items()
+                                          if p.resolve() not in inputs}
     run_id = outputset.new_run_id()
+    while record is not None and outputset.run_tag(run_id) == outputset.run_tag(record.get("cryovaeRunId", "")):
+        run_id = outputset.new_run_id()  # the new files must not take the published set's names
+    names = outputset.member_names(star.stem, run_id)
+    paths = {"star": star, **{k: star.with_name(name) for k, name in names.items()}}
     tmp: dict[str, Path] = {}
     try:
         with contextlib.ExitStack() as publish:
             # Every file goes to a temporary first; the renames happen as the block exits, in the
-            # reverse order of entry: stack, split, config, and the STAR file last. The STAR file
-            # records the run id and its stack, so a reader of files left by a kill between two
-            # renames gets an error, never an old STAR file silently paired with a new stack.
+            # reverse order of entry: stack, split, config, and the STAR file last. Only the last
+            # replaces a file: the others get the run's own names, which the STAR file records,
+            # so a kill before its rename leaves the previous set whole and named by it.
             for k in ("star", "config", "split", "stack"):
                 if k != "star":
                     publish.enter_context(fault_after(f"published-{k}"))  # between two renames
@@ -364,10 +392,11 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
                 out = Particles(df, particles.images, particles.pixel_size, optics=particles.optics,
                                 particle_columns=cols, source=particles.source, ctf=particles.ctf,
                                 poses=particles.poses, _parse=False)
-            names = make_image_names(paths["stack"], n, relative_to=paths["star"])
-            record = outputset.stack_record(run_id, tmp["stack"], names[0].split("@", 1)[1])
-            write_particles_star(tmp["star"], out, image_names=names, poses=poses, pixel_size=plan.pixel_out,
-                                 box=plan.box_out, extra_blocks={outputset.BLOCK: record})
+            image_names = make_image_names(paths["stack"], n, relative_to=paths["star"])
+            block = {**outputset.stack_record(run_id, tmp["stack"], image_names[0].split("@", 1)[1]),
+                     "cryovaeSplit": names["split"], "cryovaeConfig": names["config"]}
+            write_particles_star(tmp["star"], out, image_names=image_names, poses=poses,
+                                 pixel_size=plan.pixel_out, box=plan.box_out, extra_blocks={outputset.BLOCK: block})
             fault_point("star-written")
             np.savez(tmp["split"], is_test=train_test_split(n, cfg.test_fraction, cfg.seed),
                      seed=np.int64(cfg.seed), test_fraction=np.float64(cfg.test_fraction),
@@ -381,6 +410,14 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
         where = f"{getattr(e, 'path', None)} {getattr(e, 'filename', None)} {e}"
         key = next((k for k, t in tmp.items() if t.name in where), "stack")
         raise OutputError.from_oserror(e, paths[key]) from None
+    # the previous set's files, now named by no STAR file (a kill here leaves them to the next
+    # start's clean-up); the new set is published, so a file we cannot remove is only a warning
+    for key, old in previous.items():
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as e:
+            warnings.warn(f"{old}: cannot remove this file of the previous output ({e.strerror})", stacklevel=2)
+        fault_point(f"removed-previous-{key}")
     return read_particles(paths["star"])
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import starfile
 
 from cryovae_nb.io import read_particles
+from cryovae_nb.preprocess import output_paths
 
 
 def cryovae(*args, cwd=None):
@@ -27,7 +28,7 @@ def test_simulate_then_preprocess_gives_normalised_masked_stack(tmp_path):
     assert pre.returncode == 0, pre.stderr
     assert star_in.read_bytes() == before  # the input is never modified
 
-    with mrcfile.open(tmp_path / "prep" / "particles.mrcs", permissive=False) as m:
+    with mrcfile.open(output_paths(tmp_path / "prep" / "particles")["stack"], permissive=False) as m:
         data = np.asarray(m.data)
         assert data.shape == (300, 20, 20)
         assert np.isclose(float(m.voxel_size.x), 3.0)  # 1.5 Å × coarsening factor 2

@@ -134,7 +134,7 @@ def test_tutorial_paths_layout(tmp_path):
     sim = workspace.tutorial_paths(tmp_path)
     assert sim.simulated and sim.raw == tmp_path / "simulated" / "particles.star"
     assert sim.particles == tmp_path / "preprocessed" / "particles.star"
-    assert sim.split == tmp_path / "preprocessed" / "particles_split.npz"
+    assert sim.split is None  # before preprocessing; then the split the preprocessed STAR file names
     # before simulating, the reference truth is the default hinge's middle conformation
     assert sim.truth_volume == tmp_path / "simulated" / "volumes" / "conformation_015.mrc"
     assert len(sim.truth_volume_files) == 32

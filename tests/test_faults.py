@@ -2,10 +2,10 @@
 writing and publishing their outputs, then run again. Real processes, real files, no mocks.
 
 The process kills itself at a named point (``CRYOVAE_FAULT``, cryovae_nb/faults.py), so each kill
-lands at the same step on any machine under any load. After each kill of preprocessing the
-outputs must be the complete old set, the complete new set, or a set that every reader refuses
-with a clear error (a kill between two renames); never a mixture that reads. The rerun must
-succeed and leave the complete new set and no temporaries. A training run killed at each step of
+lands at the same step on any machine under any load. After each kill of preprocessing ``out.star``
+must name a complete set that reads: the old one when killed before its rename, the new one after;
+never a mixture, never a set refused. The rerun must succeed and leave ``out.star``, the three
+files it names and nothing else of ours. A training run killed at each step of
 saving must, run again, end with the weights and log of an uninterrupted run; a start-over killed
 while moving the old run aside must be finished, not scattered.
 """
@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryovae_nb.errors import InputError
-from cryovae_nb.io import outputset, read_particles
+from cryovae_nb.io import outputset, read_output_files, read_particles
 from cryovae_nb.training.data import read_split
 from cryovae_nb.training.rundir import read_metrics
 
 SOURCE = Path(__file__).resolve().parent / "data" / "quirks" / "relion30.star"  # 7 images, 20 px
-SET = ("out.mrcs", "out.star", "out_split.npz", "out_preprocess.json")
 OLD_ARGS = ("--box", "16")
 NEW_ARGS = ("--box", "12", "--seed", "5", "--chunk-size", "2")
 
@@ -40,10 +38,13 @@ EXPECTED = {
     "star-written": "old",             # the new STAR file written under its temporary name
     "split-written": "old",            # ... and the new split
     "temporaries-written": "old",      # all four new files written, none published
-    "published-stack": "refused",      # new stack beside the old STAR file
-    "published-split": "refused",      # ... and the new split
-    "published-config": "refused",     # ... and the new config record
-    "published": "new",                # the STAR file renamed last: the new set
+    "published-stack": "old",          # new stack under its own name, named by no STAR file yet
+    "published-split": "old",          # ... and the new split
+    "published-config": "old",         # ... and the new config record
+    "published": "new",                # the STAR file renamed last: the new set; old files left
+    "removed-previous-stack": "new",   # the old stack removed, its split and config not yet
+    "removed-previous-split": "new",   # ... and its split
+    "removed-previous-config": "new",  # ... and its config: the run complete
 }
 
 
@@ -76,32 +77,37 @@ def new_images(tmp_path_factory):
     return read_particles(folder / "out.star").images[:]
 
 
+def the_set(folder: Path) -> dict[str, Path]:
+    """out.star and the files it names."""
+    return {"star": folder / "out.star", **read_output_files(folder / "out.star")}
+
+
 def state(folder: Path, old: dict[str, str], new_images: np.ndarray) -> str:
-    """'old', 'new' or 'refused'; fails on anything else (a mixture that reads, stray files)."""
-    temps = {t.name for n in SET for t in outputset.temporaries(folder / n)}
-    names = {p.name for p in folder.iterdir()} - temps  # a killed run's temporaries are no outputs
-    assert names == set(SET), sorted(names)
-    if {n: digest(folder / n) for n in SET} == old:
-        p = read_particles(folder / "out.star")
-        assert p.box == 16 and read_split(folder / "out_split.npz", 7, p.output_id)
+    """'old' or 'new': what out.star names, read in full; fails on anything else (a mixture, a
+    refused set, a stray file that is not ours)."""
+    named = the_set(folder)
+    ours = {p.name for p in outputset.leftovers(folder / "out.star")}  # a killed run's files
+    others = {p.name for p in folder.iterdir()} - ours - {p.name for p in named.values()}
+    assert not others, sorted(others)
+    p = read_particles(folder / "out.star")  # checks the stack against the STAR file's record
+    train, test = read_split(folder / "out.star", 7, p.output_id)  # refuses another run's split
+    assert len(train) + len(test) == 7
+    if {k: digest(f) for k, f in named.items()} == old:
+        assert p.box == 16
         return "old"
-    try:
-        p = read_particles(folder / "out.star")
-    except InputError as e:
-        assert "Rerun the preprocessing" in str(e) and "out.mrcs" in str(e)
-        return "refused"
-    # it reads: then every file must be the new run's
+    # every file it names must be the new run's
     assert p.box == 12 and np.array_equal(p.images[:], new_images)
-    read_split(folder / "out_split.npz", 7, p.output_id)  # raises if the split is another run's
-    assert '"box": 12' in (folder / "out_preprocess.json").read_text()
+    assert '"box": 12' in named["config"].read_text()
     return "new"
+
 
 
 @pytest.mark.parametrize("point", list(EXPECTED))
 def test_sigkill_at_each_publish_step_then_rerun(point, old_set, new_images, tmp_path):
     folder = tmp_path / "prep"
     shutil.copytree(old_set, folder)
-    old = {n: digest(folder / n) for n in SET}
+    old = {k: digest(f) for k, f in the_set(folder).items()}
+    old_names = {f.name for f in the_set(folder).values()}
 
     killed = preprocess(folder / "out", NEW_ARGS, fault=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -110,7 +116,9 @@ def test_sigkill_at_each_publish_step_then_rerun(point, old_set, new_images, tmp
 
     rerun = preprocess(folder / "out", NEW_ARGS)
     assert rerun.returncode == 0, rerun.stderr
-    assert sorted(p.name for p in folder.iterdir()) == sorted(SET)  # our temporaries are gone
+    new_names = {f.name for f in the_set(folder).values()}
+    # the killed run's files and temporaries, and the old set, are gone
+    assert {p.name for p in folder.iterdir()} == new_names and not (new_names & old_names) - {"out.star"}
     assert state(folder, old, new_images) == "new"
 
 

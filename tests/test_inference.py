@@ -23,7 +23,7 @@ PIXEL = 2.5  # Å; not 1, so that a lost or mis-scaled voxel size shows
 def trained(tmp_path_factory):
     """A tiny run (box 16) trained for a few steps on 200 simulated particles, per pose mode."""
     from cryovae_nb.model import ModelConfig
-    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.preprocess import PreprocessConfig, output_paths, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, simulate
     from cryovae_nb.training.config import TrainConfig
     from cryovae_nb.training.trainer import Trainer
@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
                           checkpoint_every=6, n_test_eval=20)
         Trainer(cfg, progress=False).train()
         runs[mode] = root / mode
-    return {"root": root, "star": root / "pre" / "p.star", "stack": root / "pre" / "p.mrcs", **runs}
+    return {"root": root, "star": root / "pre" / "p.star", "stack": output_paths(root / "pre" / "p")["stack"], **runs}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import starfile
 
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import open_stack, read_particles, write_particles_star
-from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+from cryovae_nb.preprocess import PreprocessConfig, output_paths, preprocess_stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 import make_quirk_fixtures as fx  # noqa: E402
@@ -144,7 +144,7 @@ def test_preprocess_quirky_inputs(tmp_path):
     out = preprocess_stack(QUIRKS / "relion30.star", tmp_path / "r30", PreprocessConfig(box=10),
                            progress=False)
     assert out.pixel_size == pytest.approx(5e4 / 38168 * 2, rel=1e-6)
-    with mrcfile.open(tmp_path / "r30.mrcs") as m:  # our outputs are strict MRC with the voxel size
+    with mrcfile.open(output_paths(tmp_path / "r30")["stack"]) as m:  # strict MRC with the voxel size
         assert float(m.voxel_size.x) == pytest.approx(5e4 / 38168 * 2, rel=1e-6)
     with pytest.warns(UserWarning, match="MAP"):
         out = preprocess_stack(QUIRKS / "relion31.star", tmp_path / "r31",

@@ -83,14 +83,15 @@ def _no_errors(nb):
 def test_01_preprocess_writes_a_tanh_normalised_masked_stack(executed):
     cwd, nbs = executed
     _no_errors(nbs["01_preprocess.ipynb"])
-    from cryovae_nb.io import read_particles
+    from cryovae_nb.io import read_output_files, read_particles
 
     raw = read_particles(cwd / "wd" / "simulated" / "particles.star")
     pre = read_particles(cwd / "wd" / "preprocessed" / "particles.star")
     assert len(raw) == len(pre) == 240 and pre.box == 16 and pre.poses is not None
     x = pre.images[:]
     assert 0.0 <= x.min() and x.max() <= 1.0 and x[:, 0, 0].max() == 0.0  # tanh range, masked corner
-    assert (cwd / "wd" / "preprocessed" / "particles_split.npz").is_file()
+    split = read_output_files(cwd / "wd" / "preprocessed" / "particles.star")["split"]
+    assert split.is_file() and split.parent == cwd / "wd" / "preprocessed"
     text = _stream_text(nbs["01_preprocess.ipynb"])
     assert "240 particles of 16 x 16 px" in text
     # the plots were drawn inline

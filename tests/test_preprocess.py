@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 
 import mrcfile
 import numpy as np
@@ -202,14 +203,14 @@ def test_chunked_pipeline_equals_whole_array(stack, tmp_path):
     np.testing.assert_allclose(out.images[:], want, atol=1e-6)
     np.testing.assert_allclose(preprocess_images(x, cfg), want, atol=1e-6)
     # pixel size 1.5 * 2 (coarsen) * 16 / 12 (crop) in the header and in the STAR optics block
-    with mrcfile.open(tmp_path / "pp" / "out.mrcs") as m:
+    with mrcfile.open(output_paths(tmp_path / "pp" / "out")["stack"]) as m:
         assert float(m.voxel_size.x) == pytest.approx(4.0)
         assert m.data.shape == (23, 12, 12) and m.data.dtype == np.float32
     optics = starfile.read(tmp_path / "pp" / "out.star", always_dict=True)["optics"]
     assert float(optics["rlnImagePixelSize"].iloc[0]) == pytest.approx(4.0)
     assert int(optics["rlnImageSize"].iloc[0]) == 12
     assert out.pixel_size == pytest.approx(4.0)
-    train, test = read_split(tmp_path / "pp" / "out_split.npz", 23)
+    train, test = read_split(output_paths(tmp_path / "pp" / "out")["split"], 23)
     is_test = train_test_split(23, 0.2, 3)
     np.testing.assert_array_equal(test, np.flatnonzero(is_test))
     np.testing.assert_array_equal(train, np.flatnonzero(~is_test))
@@ -236,13 +237,14 @@ def test_real_relion31_phase_flip_carries_ctf_and_poses(shared_data, tmp_path):
     new = starfile.read(tmp_path / "flip.star", always_dict=True)
     new_px = px * 4
     assert float(new["optics"]["rlnImagePixelSize"].iloc[0]) == pytest.approx(new_px)
-    with mrcfile.open(tmp_path / "flip.mrcs") as m:
+    stack_name = output_paths(tmp_path / "flip")["stack"].name  # flip.TAG.mrcs
+    with mrcfile.open(tmp_path / stack_name) as m:
         assert float(m.voxel_size.x) == pytest.approx(new_px, rel=1e-6)
     p = new["particles"]
     for col in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
         np.testing.assert_allclose(p[col], parts[col], atol=1e-6, err_msg=col)
     assert (p["rlnCtfDataArePhaseFlipped"] == 1).all()
-    assert list(p["rlnImageName"]) == [f"{i:06d}@flip.mrcs" for i in range(1, 6)]
+    assert list(p["rlnImageName"]) == [f"{i:06d}@{stack_name}" for i in range(1, 6)]
     # origins: in Å they stay, up to the coarsening's (c-1)/2-pixel block-centre offset
     old_shift_px = -parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / px
     expect = -downsample_shifts(old_shift_px, 256, 2, 64) * new_px
@@ -321,8 +323,15 @@ def test_nan_image_is_named(tmp_path):
 def test_refuses_to_overwrite_inputs_and_bad_configs_write_nothing(stack, tmp_path):
     path, _ = stack
     before = _sha(path)
-    with pytest.raises(InputError, match="refusing to overwrite"):
-        preprocess_stack(path, path, PreprocessConfig(), progress=False)
+    # the output's STAR file is the input: refused, the set left as it was
+    ours = tmp_path / "set"
+    preprocess_stack(path, ours / "o", PreprocessConfig(), progress=False)
+    written = {p.name: _sha(p) for p in ours.iterdir()}
+    for out in (ours / "o", ours / "o.mrcs", ours / "o.star"):
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            preprocess_stack(ours / "o.star", out, PreprocessConfig(), progress=False)
+    assert {p.name: _sha(p) for p in ours.iterdir()} == written
+    shutil.rmtree(ours)
     with pytest.raises(ConfigError, match=r"raw.mrcs: coarsen factor 3 does not divide the box size 32"):
         preprocess_stack(path, tmp_path / "bad", PreprocessConfig(coarsen=3), progress=False)
     with pytest.raises(ConfigError, match="larger than the box"):
@@ -333,6 +342,9 @@ def test_refuses_to_overwrite_inputs_and_bad_configs_write_nothing(stack, tmp_pa
         preprocess_stack(path, tmp_path / "bad", PreprocessConfig(spread=0), progress=False)
     assert _sha(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.mrcs"]
+    # the input stack's own name as the output: the new stack gets a name of its own beside it
+    preprocess_stack(path, path, PreprocessConfig(), progress=False)
+    assert _sha(path) == before and output_paths(path)["stack"] != path
 
 
 def test_failure_midway_leaves_no_output(stack, tmp_path, monkeypatch):
@@ -378,7 +390,7 @@ def test_config_round_trip_and_validation(stack, tmp_path):
     save_config(cfg, tmp_path / "pp.yaml")
     assert load_config(PreprocessConfig, tmp_path / "pp.yaml") == cfg
     preprocess_stack(stack[0], tmp_path / "o", cfg, progress=False)
-    assert load_config(PreprocessConfig, tmp_path / "o_preprocess.json") == cfg
+    assert load_config(PreprocessConfig, output_paths(tmp_path / "o")["config"]) == cfg
     for bad in ({"coarsen": 0}, {"normalise": "l2"}, {"test_fraction": 1.0}, {"chunk_size": 0},
                 {"box": -4}, {"mask_soft_edge": -1.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):

@@ -15,6 +15,7 @@ import pytest
 
 from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError, TrainingError
+from cryovae_nb.io import read_output_files
 from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.data import EpochOrder, Prefetcher, make_split, read_split
 from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, read_metrics
@@ -445,7 +446,7 @@ def test_known_pose_mode_needs_poses_and_trains(tiny_data, tmp_path):
     r = Trainer(cfg, progress=False).train()
     assert r.step == 20
     assert load_config(TrainConfig, tmp_path / "k" / "config.json").model.pose.mode == "known"
-    stack = Path(str(tiny_data).replace(".star", ".mrcs"))
+    stack = read_output_files(tiny_data)["stack"]
     with pytest.raises(InputError, match="known"):
         Trainer(tiny_config(stack, tmp_path / "k2", model=cfg.model), progress=False)
 

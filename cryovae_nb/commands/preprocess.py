@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
     p.add_argument("input", help="RELION .star file or a bare .mrcs/.mrc stack")
     p.add_argument("-o", "--output", required=True,
-                   help="output prefix or .mrcs path; writes PREFIX.mrcs, .star, _split.npz, _preprocess.json")
+                   help="output prefix (or PREFIX.star); writes PREFIX.star and the stack, split and settings it "
+                        "names (PREFIX.TAG.mrcs, PREFIX.TAG_split.npz, PREFIX.TAG_preprocess.json)")
     p.add_argument("--datadir", help="folder to look up the STAR file's image stacks in")
     p.add_argument("--coarsen", type=positive_int, default=d.coarsen,
                    help="average c x c pixel blocks (default 1: off)")

@@ -325,6 +325,21 @@ def read_particles(path: str | os.PathLike, datadir: str | os.PathLike | None = 
     return out
 
 
+def read_output_record(path: str | os.PathLike) -> dict | None:
+    """The ``data_cryovae_output`` block of a STAR file that ``cryovae preprocess`` wrote
+    (``cryovae_nb.io.outputset``); None for a STAR file other software wrote."""
+    record = _read_blocks(Path(path)).get(outputset.BLOCK)
+    return record.iloc[0].to_dict() if isinstance(record, pd.DataFrame) and len(record) else None
+
+
+def read_output_files(path: str | os.PathLike) -> dict[str, Path] | None:
+    """The stack, split and settings files (``"stack"``, ``"split"``, ``"config"``) a STAR file
+    that ``cryovae preprocess`` wrote names; None for a STAR file other software wrote. Nothing is
+    checked here: ``read_particles`` checks the stack, ``read_split`` the split."""
+    record = read_output_record(path)
+    return None if record is None else outputset.members(record, path)
+
+
 # -- writing --------------------------------------------------------------------------------------
 def make_image_names(stack_path: str | os.PathLike, n: int,
                      relative_to: str | os.PathLike | None = None) -> list[str]:

@@ -1,8 +1,9 @@
 """The data side of training: the train/test split, the batch order of each epoch, the loader.
 
 The split file (``split.npz``) has two layouts: preprocessing writes a boolean ``is_test`` per
-particle (``cryovae_nb.preprocess``), a run folder holds the ``train`` / ``test`` row indices the
-Trainer used. `read_split` reads both, so there is one reader of the split file.
+particle (``cryovae_nb.preprocess``; its STAR file names it), a run folder holds the ``train`` /
+``test`` row indices the Trainer used. `read_split` reads both, so there is one reader of the
+split file.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Callable
 import numpy as np
 
 from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.io import outputset
+from cryovae_nb.io.star import read_output_record
 from cryovae_nb.model.batch import Batch
 
 
@@ -30,10 +33,18 @@ def make_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.
 def read_split(path: str | os.PathLike, n: int | None = None,
                output_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) 0-based row indices from a split ``.npz``: arrays 'train' and 'test', or a
-    boolean 'is_test' per particle (what preprocessing writes). ``n``: the data's particle count,
-    checked against the file (None: not checked; an 'is_test' file gives its own count).
-    ``output_id``: the run id of the data's STAR file (``Particles.output_id``); a split written
-    by another preprocessing run is refused."""
+    boolean 'is_test' per particle (what preprocessing writes). ``path`` may also be the STAR file
+    preprocessing wrote: the split it names is read (and must be that run's). ``n``: the data's
+    particle count, checked against the file (None: not checked; an 'is_test' file gives its own
+    count). ``output_id``: the run id of the data's STAR file (``Particles.output_id``); a split
+    written by another preprocessing run is refused."""
+    if os.fspath(path).lower().endswith(".star"):
+        record = read_output_record(path)
+        if record is None:
+            raise InputError("this STAR file names no split file (it was not written by cryovae "
+                             "preprocess); give the split .npz", path)
+        output_id = output_id or str(record.get("cryovaeRunId"))
+        path = outputset.members(record, path)["split"]
     try:
         with np.load(path, allow_pickle=False) as f:
             if output_id is not None and "run_id" in f and str(f["run_id"]) != output_id:

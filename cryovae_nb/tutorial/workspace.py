@@ -6,7 +6,9 @@ A tutorial *workdir* holds everything the notebooks pass to each other::
     WORKDIR/simulated/        the embedded hinge dataset (only when no STAR file is given):
                               particles.star/.mrcs, truth.npz (per-particle hinge parameter t),
                               volumes/conformation_XXX.mrc (the truth map of every hinge level)
-    WORKDIR/preprocessed/     particles.star/.mrcs, particles_split.npz  (01_preprocess)
+    WORKDIR/preprocessed/     particles.star and the files it names:     (01_preprocess)
+                              particles.TAG.mrcs, particles.TAG_split.npz,
+                              particles.TAG_preprocess.json (TAG: the run's 8 hex digits)
     WORKDIR/<run name>/       the training run                           (02_train)
     WORKDIR/evaluate/         reconstruction, FSC JSON/PNG               (04_evaluate)
     WORKDIR/landscape/        latents, trajectory MRCs, kept particles   (05_latent_landscape)
@@ -28,6 +30,7 @@ import numpy as np
 
 from cryovae_nb.config import load_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError
+from cryovae_nb.io import read_output_files
 from cryovae_nb.model.config import OPTION_NAMES, ModelConfig
 from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
 from cryovae_nb.synthetic import SimulatedDataset, SimulationConfig, load_truth, simulate
@@ -54,9 +57,15 @@ class TutorialData:
     workdir: Path
     raw: Path                        # the particles as acquired (STAR or stack)
     particles: Path                  # preprocessed STAR
-    split: Path                      # preprocessed split (.npz with is_test)
     truth: Path | None               # simulation truth.npz
     datadir: Path | None = None      # where the raw STAR file's image paths point
+
+    @property
+    def split(self) -> Path | None:
+        """The preprocessed split (.npz with is_test) that the preprocessed STAR file names; None
+        before preprocessing."""
+        files = read_output_files(self.particles) if self.particles.is_file() else None
+        return None if files is None else files["split"]
 
     @property
     def simulated(self) -> bool:
@@ -110,10 +119,9 @@ def tutorial_paths(workdir: str | os.PathLike, star_file: str | os.PathLike | No
     pre = w / "preprocessed" / "particles"
     if star_file is None:
         sim = w / "simulated"
-        return TutorialData(w, sim / "particles.star", pre.with_suffix(".star"),
-                            pre.with_name("particles_split.npz"), sim / "truth.npz")
-    return TutorialData(w, Path(star_file), pre.with_suffix(".star"), pre.with_name("particles_split.npz"),
-                        None, None if datadir is None else Path(datadir))
+        return TutorialData(w, sim / "particles.star", pre.with_suffix(".star"), sim / "truth.npz")
+    return TutorialData(w, Path(star_file), pre.with_suffix(".star"), None,
+                        None if datadir is None else Path(datadir))
 
 
 def simulate_tutorial_data(workdir: str | os.PathLike, *, box: int = 40, n_particles: int = 2000,
@@ -156,7 +164,8 @@ def ensure_tutorial_data(workdir: str | os.PathLike, star_file: str | os.PathLik
                                phantom=phantom, progress=progress)
     elif star_file is not None and not paths.raw.is_file():
         raise InputError("STAR file not found", paths.raw)
-    if not (paths.particles.is_file() and paths.split.is_file()):
+    split = paths.split
+    if not (split is not None and split.is_file()):
         paths.particles.parent.mkdir(parents=True, exist_ok=True)
         preprocess_stack(paths.raw, paths.particles, preprocess or PreprocessConfig(),
                          datadir=datadir, progress=progress)
@@ -182,7 +191,8 @@ def tutorial_train_config(data: TutorialData | str | os.PathLike, run_dir: str |
         else:
             raise ConfigError(f"tutorial_train_config: unknown setting {k!r}")
     if isinstance(data, TutorialData):
-        train_kw.setdefault("split_file", str(data.split) if data.split.is_file() else None)
+        split = data.split
+        train_kw.setdefault("split_file", str(split) if split is not None and split.is_file() else None)
         data = data.particles
     # this function's own arguments win over the same names in the dicts
     train_kw.update(max_steps=int(max_steps), max_time_s=max_time_s, seed=int(seed),
