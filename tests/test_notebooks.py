@@ -110,7 +110,8 @@ def test_02_train_trains_to_max_steps_with_decreasing_loss(executed):
     assert (run / "checkpoints" / "latest").is_file()
     assert any((run / "samples").glob("step_*.png"))
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["model"]["box"] == 16 and cfg["model"]["latent_dim"] == 3 and cfg["model"]["pose_mode"] == "known"
+    arch = cfg["model"]["architecture"]
+    assert arch["box"] == 16 and arch["latent_dim"] == 3 and cfg["model"]["pose"]["mode"] == "known"
     assert "30 steps, stopped by max_steps" in _stream_text(nbs["02_train.ipynb"])
 
 

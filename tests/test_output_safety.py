@@ -101,8 +101,8 @@ def test_a_set_of_the_previous_layout_still_reads_and_is_replaced_cleanly(tmp_pa
     from cryovae_nb.model import ModelConfig
 
     cfg = TrainConfig(data=str(folder / "p.star"), split_file=str(folder / "p.star"), run_dir=str(tmp_path / "run"),
-                      model=ModelConfig(box=12, latent_dim=2, encoder_layers=1, encoder_units=8, decoder_layers=1,
-                                        decoder_units=8), batch_size=2, max_steps=1, n_samples=0, n_test_eval=1)
+                      model=ModelConfig().with_options(box=12, latent_dim=2, encoder_layers=1, encoder_units=8,
+                                                           decoder_layers=1, decoder_units=8), batch_size=2, max_steps=1, n_samples=0, n_test_eval=1)
     t = Trainer(cfg, progress=False)
     assert [list(t.train_indices), list(t.test_indices)] == [list(train), list(test)]
     # a new run over it: the new set, the old fixed-name files removed, nothing else touched
