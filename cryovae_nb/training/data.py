@@ -15,8 +15,6 @@ from typing import Callable
 import numpy as np
 
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.io import outputset
-from cryovae_nb.io.star import read_output_record
 from cryovae_nb.model.batch import Batch
 
 
@@ -39,6 +37,11 @@ def read_split(path: str | os.PathLike, n: int | None = None,
     count). ``output_id``: the run id of the data's STAR file (``Particles.output_id``); a split
     written by another preprocessing run is refused."""
     if os.fspath(path).lower().endswith(".star"):
+        # heavy: the STAR reader (pandas, starfile), only for a STAR path; the run folder's own
+        # split.npz (RunFolder, launch, the monitor) reads without it
+        from cryovae_nb.io import outputset
+        from cryovae_nb.io.star import read_output_record
+
         record = read_output_record(path)
         if record is None:
             raise InputError("this STAR file names no split file (it was not written by cryovae "
