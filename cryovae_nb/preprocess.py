@@ -34,8 +34,8 @@ from cryovae_nb.config import check_fields, save_config
 from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.errors import ConfigError, InputError, OutputError
 from cryovae_nb.faults import fault_after, fault_point
-from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outputset, read_output_record,
-                           read_particles, write_particles_star)
+from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outputset, read_output_files,
+                           read_output_record, read_particles, write_particles_star)
 from cryovae_nb.volumes import as_images, diameter_mask, fourier_crop, radius_grid
 
 NORMALISE_METHODS = ("tanh", "zscore", "minmax", "none")
@@ -301,8 +301,6 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
     STAR file ``out.star`` and the stack, split and config files it names (``out.TAG.mrcs``,
     ``out.TAG_split.npz``, ``out.TAG_preprocess.json``; TAG: 8 hex digits of the run's id; sets of
     the previous layout: ``out.mrcs``, ``out_split.npz``, ``out_preprocess.json``)."""
-    from cryovae_nb.io import read_output_files
-
     star = output_star(output)
     files = read_output_files(star)
     if files is None:

@@ -219,7 +219,7 @@ ONE_PLACE = {
 }
 # Names that must not come back (the duplicates and the cycle's workaround they replaced).
 GONE = ["load_split", "spherical_mask", "circular_mask", "resample_volume", "centered_coords", "_centred",
-        "export_kept_star", "mirror_volume", "flip_hand", "_trainer_class", "HorovodTrainer", "SCALARS",
+        "export_kept_star", "mirror_volume", "flip_hand", "_trainer_class", "HorovodTrainer", "SCALARS", "resolved", "mirror",
         "normalize"]
 
 

@@ -20,7 +20,7 @@ from cryovae_nb.model.batch import Batch  # noqa: E402
 from cryovae_nb.model import (  # noqa: E402
     ModelConfig,
     build_model,
-    mirror,
+    mirror_through_point,
     project_fourier,
     project_real,
     projectors,  # noqa: E402
@@ -345,12 +345,12 @@ def test_quaternion_to_matrix_agrees_with_geometry():
 @pytest.mark.parametrize("n", [6, 7])
 def test_mirror_is_a_point_reflection_about_the_centre_voxel(n):
     V = np.random.default_rng(8).standard_normal((2, n, n, n)).astype(np.float32)
-    m = mirror(tf.constant(V)).numpy()
+    m = mirror_through_point(tf.constant(V)).numpy()
     idx = (2 * (n // 2) - np.arange(n)) % n
     np.testing.assert_array_equal(m, V[:, idx][:, :, idx][:, :, :, idx])
     c = n // 2
     np.testing.assert_array_equal(m[:, c, c, c], V[:, c, c, c])
-    np.testing.assert_array_equal(mirror(tf.constant(m)).numpy(), V)
+    np.testing.assert_array_equal(mirror_through_point(tf.constant(m)).numpy(), V)
 
 
 # -- the loss, by hand ---------------------------------------------------------------------------

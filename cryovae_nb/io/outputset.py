@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cryovae_nb.errors import InputError
-from cryovae_nb.io.mrc import open_stack
+from cryovae_nb.io.mrc import ParticleStack, open_stack
 
 BLOCK = "cryovae_output"
 SAMPLE_IMAGES = 8
@@ -120,8 +120,6 @@ def previous_files(record: dict, star_path: str | os.PathLike) -> dict[str, Path
     block's run id, the settings file when its name carries the run's tag (the previous layout's
     fixed name: when the split was that run's too). Nothing else, never a file the block does not
     name."""
-    from cryovae_nb.io.mrc import ParticleStack
-
     files = members(record, star_path)
     found = {}
     try:

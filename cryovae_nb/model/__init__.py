@@ -18,7 +18,7 @@ _EXPORTS = {
     "project_real": "projectors", "rfft3d": "projectors", "gridding_correction": "projectors",
     "forward_images": "forward", "quaternion_to_matrix": "rotations",
     "reconstruction_loss": "losses", "kl_divergence": "losses", "averaging_loss": "losses",
-    "mirror": "losses", "LOSS_KEYS": "losses",
+    "mirror_through_point": "losses", "LOSS_KEYS": "losses",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,7 +52,7 @@ def kl_per_dimension(z_mean, z_logvar) -> tf.Tensor:
     return -0.5 * (1.0 + z_logvar - tf.square(z_mean) - tf.exp(z_logvar))
 
 
-def mirror(volumes) -> tf.Tensor:
+def mirror_through_point(volumes) -> tf.Tensor:
     """Point reflection of ``(B, n, n, n)`` volumes through the centre voxel ``n // 2``.
 
     Index ``i`` maps to ``(2 * (n // 2) - i) mod n`` on every axis, so the centre stays put; for even
@@ -64,7 +64,7 @@ def mirror(volumes) -> tf.Tensor:
 
 
 def rotate180(images) -> tf.Tensor:
-    """``(B, n, n)`` images rotated by 180 degrees in-plane about pixel ``n // 2`` (as :func:`mirror`).
+    """``(B, n, n)`` images rotated by 180 degrees in-plane about pixel ``n // 2`` (as :func:`mirror_through_point`).
 
     For a projection this is the projection of the same volume at the pose turned by 180 degrees
     about the viewing axis (and the shift negated): the in-plane flip an encoder most easily confuses.
@@ -95,5 +95,5 @@ def averaging_loss(volumes, with_mirror: bool = True) -> tf.Tensor:
     the volumes of a batch to agree.
     """
     a = tf.reduce_mean(volumes, axis=0, keepdims=True)
-    m = 0.5 * (a + mirror(a)) if with_mirror else a
+    m = 0.5 * (a + mirror_through_point(a)) if with_mirror else a
     return tf.reduce_mean(tf.square(volumes - m))
