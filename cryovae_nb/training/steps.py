@@ -86,13 +86,16 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         optimizer.build(model.trainable_variables)
     variables = model.trainable_variables
 
+    def losses_and_gradients(batch, noise, pose_noise):  # traced inside both compiled paths below
+        with tf.GradientTape() as tape:
+            out = model.compute_losses(batch, training=True, noise=noise,
+                                       pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
+        return out, tape.gradient(out["total"], variables)
+
     if grad_reducer is None:
         @tf.function(jit_compile=jit, reduce_retracing=True)
         def fused(batch, noise, pose_noise):
-            with tf.GradientTape() as tape:
-                out = model.compute_losses(batch, training=True, noise=noise,
-                                           pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
-            grads = tape.gradient(out["total"], variables)
+            out, grads = losses_and_gradients(batch, noise, pose_noise)
             # with known poses the pose head gets no gradient: leave it out (static, per trace)
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
             model.update_noise_variance(out["residual"])
@@ -109,10 +112,7 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def compute(batch, noise, pose_noise):
-        with tf.GradientTape() as tape:
-            out = model.compute_losses(batch, training=True, noise=noise,
-                                       pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
-        grads = tape.gradient(out["total"], variables)
+        out, grads = losses_and_gradients(batch, noise, pose_noise)
         used[batch.known_poses] = [i for i, g in enumerate(grads) if g is not None]
         # the residual rides with the gradients through the reducer, so every rank keeps the same
         # noise variance (the mean of the ranks' batches, as one big batch would give)
