@@ -246,26 +246,31 @@ def read_checkpoint(checkpoint, prefix) -> None:
     try:
         status.assert_existing_objects_matched()
     except AssertionError:
-        _check_only_added_variables_missing(checkpoint, prefix)
+        if not _only_added_variables_missing(checkpoint, prefix):
+            raise
     status.expect_partial()
 
 
-def _check_only_added_variables_missing(checkpoint, prefix) -> None:
-    """Accept a checkpoint that lacks only :data:`ADDED_VARIABLES` that are still zero in the
-    model (their initial value, so what the older code used); raise otherwise."""
+def _only_added_variables_missing(checkpoint, prefix) -> bool:
+    """Whether the checkpoint files lack some of ``checkpoint``'s variables, all of them
+    :data:`ADDED_VARIABLES` still zero in the model (their initial value, so what the older code
+    used); raises AssertionError when they lack any other of its weights or optimizer state."""
     import tensorflow as tf
 
     in_file = {_unescape(n.split("/.ATTRIBUTES")[0]) for n, _ in tf.train.list_variables(str(prefix))}
-    missing = []
+    missing, accepted = [], 0
     for part in ("weights", "optimizer"):
         for key, var in dict(getattr(checkpoint, part, None) or {}).items():
             if f"{part}/{key}" in in_file:
                 continue
             added = any(part == p and key.startswith(start) for p, start in ADDED_VARIABLES)
-            if not (added and not np.any(var.numpy())):
+            if added and not np.any(var.numpy()):
+                accepted += 1
+            else:
                 missing.append(f"{part}/{key}")
     if missing:
         raise AssertionError(f"the checkpoint lacks {len(missing)} variable(s) of the model, e.g. {missing[:3]}")
+    return accepted > 0
 
 
 # names atomic_path gives a checkpoint folder or the pointer while they are written, and the
