@@ -8,8 +8,8 @@ prints side by side, against the simulation's truth:
 - ``|rho|``: |Spearman rho| of the latent's best principal component (of 5) with the hinge angle;
 - ``R2``: 5-nearest-neighbour regression of the angle from the latent (5-fold cross-validated);
 - ``KL``, ``active``: nats per image and latent dimensions in use (Var of the mean > 0.01);
-- ``corr``/``FSC``: the volumes decoded at each true state's mean latent (hinge: 4 bins of the
-  angle) against that state's truth (mean correlation, mean FSC 0.5 / 0.143 in px), ``own``: every
+- ``corr``/``FSC``: the volumes decoded at each true state's mean latent, scaled back by the
+  posterior's shrinkage (``analysis.latent.deshrink``; hinge: 4 bins of the angle) against that state's truth (mean correlation, mean FSC 0.5 / 0.143 in px), ``own``: every
   decoded state is closest to its own truth; ``cons``: the same correlation for the one volume at
   the mean latent (what a homogeneous reconstruction gives), so the gain is visible;
 - ``acc``: two-state phantom, k-means (k = 2) on the latent vs the true state;
@@ -159,20 +159,26 @@ def state_labels(phantom: str, truth: dict, box: int):
 
 
 def latent_means(model, images, poses=None, batch: int = 512):
-    """z_mean of every image (the encoder alone: no decoding, no pose search)."""
+    """(z_mean, z_logvar) of every image (the encoder alone: no decoding, no pose search)."""
     import numpy as np
 
     from cryovae_nb.model.batch import Batch
 
-    out = []
+    means, logvars = [], []
     for s in range(0, len(images), batch):
         sl = slice(s, s + batch)
         rot = None if poses is None else np.asarray(poses.rotations[sl], np.float32)
         sh = None if poses is None else np.asarray(poses.shifts[sl], np.float32)
-        out.append(np.asarray(model.encode(Batch(np.asarray(images[sl], np.float32), rot, sh))["z_mean"])
-                   if model.linearized else
-                   np.asarray(model.z_mean_layer(model._hidden(np.asarray(images[sl], np.float32), False))))
-    return np.concatenate(out)
+        x = np.asarray(images[sl], np.float32)
+        if model.linearized:
+            enc = model.encode(Batch(x, rot, sh))
+            mean, logvar = enc["z_mean"], enc["z_logvar"]
+        else:
+            h = model._hidden(x, False)
+            mean, logvar = model.z_mean_layer(h), model.z_logvar_layer(h)
+        means.append(np.asarray(mean))
+        logvars.append(np.asarray(logvar))
+    return np.concatenate(means), np.concatenate(logvars)
 
 
 def evaluate(trainer, phantom: str, truth: dict, labels, truths, pixel_size: float) -> dict:
@@ -182,7 +188,8 @@ def evaluate(trainer, phantom: str, truth: dict, labels, truths, pixel_size: flo
     from cryovae_nb.volumes import band_limit
 
     known = trainer.config.model.pose.mode == "known"
-    z = latent_means(trainer.model, trainer.particles.images, trainer.particles.poses if known else None)
+    z, z_logvar = latent_means(trainer.model, trainer.particles.images,
+                               trainer.particles.poses if known else None)
     model = trainer.model
 
     def decode(zz):
@@ -190,7 +197,9 @@ def evaluate(trainer, phantom: str, truth: dict, labels, truths, pixel_size: flo
         return band_limit(v) if model.config.architecture.projector == "fourier" else v
 
     learned = trainer.config.model.pose.mode == "learned"
-    vols = state_volumes(decode, z, labels, truths, pixel_size, align_to=len(truths) // 2 if learned else None)
+    # each state's mean latent scaled back by the posterior's shrinkage, as the tutorial's group maps
+    vols = state_volumes(decode, z, labels, truths, pixel_size, align_to=len(truths) // 2 if learned else None,
+                         z_logvar=z_logvar)
     row = {**motion_recovery(z, truth["t"]),
            "active_dims": int(np.sum(np.var(z, axis=0) > 0.01)),
            "state_corr": float(np.mean(np.diag(vols["correlation"]))),
@@ -275,13 +284,13 @@ def run_variant(args, phantom: str, mode: str, name: str, overrides: dict) -> li
     model = ModelConfig.preset(preset, pose_mode=mode, **overrides)
     run_dir = Path(args.workdir) / f"run_{phantom}_{mode}_{name}_{int(time.time())}"
     cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model,
-                      seed=args.seed, max_steps=10**9,
+                      seed=args.seed, max_steps=args.max_steps or 10**9,
                       sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1, **train_over)
     trainer = Trainer(cfg, progress=False)
     pixel = trainer.pixel_size
     every = args.eval_every or args.budget
     trained, rows = 0.0, []
-    while trained < args.budget - 1e-6:
+    while trained < args.budget - 1e-6 and trainer.step < cfg.max_steps:
         trainer.config = dataclasses.replace(trainer.config, max_time_s=min(every, args.budget - trained))
         t0, s0 = time.monotonic(), trainer.step
         trainer.train()
@@ -319,6 +328,8 @@ def main(argv=None) -> int:
     ap.add_argument("--phantom", choices=["hinge", "two_state", "both"], default="hinge")
     ap.add_argument("--mode", choices=["known", "learned", "both"], default="known")
     ap.add_argument("--budget", type=float, default=720.0, help="training seconds per variant")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="also stop at this step (variants compared at equal work on a loaded machine)")
     ap.add_argument("--eval-every", type=float, default=None, help="seconds between evaluations")
     ap.add_argument("--variant", action="append", default=None,
                     help="NAME:key=value,... ModelConfig/TrainConfig overrides (repeatable)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from cryovae_nb.analysis.align import align, correlation
 from cryovae_nb.analysis.fsc import fsc
-from cryovae_nb.analysis.latent import as_latents, kmeans
+from cryovae_nb.analysis.latent import as_latents, deshrink, kmeans
 from cryovae_nb.errors import InputError
 from cryovae_nb.volumes import mirror_through_plane, rotate_volume
 
@@ -84,7 +84,7 @@ def two_state_accuracy(latents, states, seed: int = 0) -> float:
 
 
 def state_volumes(decode: Callable, latents, labels, truths, pixel_size: float = 1.0, *,
-                  align_to: int | None = None) -> dict:
+                  align_to: int | None = None, z_logvar=None) -> dict:
     """Decode the mean latent of each true state and compare it with every state's truth.
 
     ``labels`` ``(n,)`` are state indices ``0..S-1`` into ``truths`` ``(S, n, n, n)``;
@@ -95,7 +95,9 @@ def state_volumes(decode: Callable, latents, labels, truths, pixel_size: float =
     state i vs truth j), ``fsc05`` / ``fsc0143`` ``(S,)`` (resolutions in Å against their own
     truth), ``own_closest`` (each row's best truth is its own), ``volumes`` (the decoded, aligned
     states) and ``mean_latent_correlation`` ``(S,)``: the one volume decoded at the mean of all
-    latents against each truth (what a homogeneous reconstruction would give).
+    latents against each truth (what a homogeneous reconstruction would give). With the particles'
+    ``z_logvar`` ``(n, d)`` the state means are first scaled back by the posterior's shrinkage
+    (`analysis.latent.deshrink`), as a user's group maps are.
     """
     z = as_latents(latents)
     labels = np.asarray(labels).ravel()
@@ -107,6 +109,8 @@ def state_volumes(decode: Callable, latents, labels, truths, pixel_size: float =
     if len(present) != s:
         raise InputError(f"state_volumes: no particle of state(s) {sorted(set(range(s)) - set(present))}")
     centres = np.stack([z[labels == i].mean(0) for i in range(s)] + [z.mean(0)]).astype(np.float32)
+    if z_logvar is not None:
+        centres = deshrink(centres, z_logvar)
     vols = np.asarray(decode(centres), np.float32)
     if align_to is not None:
         a = align(vols[align_to], truths[align_to], try_mirror=True)

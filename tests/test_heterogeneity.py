@@ -159,3 +159,59 @@ def test_state_volumes_rejects_bad_inputs(two_states):
         state_volumes(decode, z, labels[:-1], truths)  # length mismatch
     with pytest.raises(InputError):
         state_volumes(decode, z, np.zeros_like(labels), truths)  # state 1 has no particle
+
+
+# -- shrinkage: a group's latent is its mean posterior mean scaled back ------------------------------
+def _linear_gaussian_posteriors(n=20000, d=2, seed=3):
+    """Exact posteriors of a linear Gaussian model (independent of the library): z ~ N(0, I),
+    y = G z + noise (64 pixels, variance s2); per particle a different G (its view)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, d))
+    s2 = 4.0
+    g = rng.normal(0, 0.25, (n, 64, d))                 # weak signal: strong shrinkage
+    y = np.einsum("npd,nd->np", g, z) + rng.normal(0, np.sqrt(s2), (n, 64))
+    prec = np.einsum("npd,npe->nde", g, g) / s2 + np.eye(d)
+    cov = np.linalg.inv(prec)
+    mean = np.einsum("nde,ne->nd", cov, np.einsum("npd,np->nd", g, y) / s2)
+    return z, mean, np.log(np.diagonal(cov, axis1=1, axis2=2))
+
+
+def test_deshrunk_group_means_recover_the_groups_true_mean_latent():
+    from cryovae_nb.analysis.latent import deshrink, shrinkage
+
+    z, mean, logvar = _linear_gaussian_posteriors()
+    s = shrinkage(logvar)
+    assert np.all(s > 0.2) and np.all(s < 0.8)          # the posterior means are pulled in a lot
+    groups = np.digitize(z[:, 0], [-1.0, 0.0, 1.0])      # four groups along the first dimension
+    true = np.stack([z[groups == k].mean(0) for k in range(4)])
+    raw = np.stack([mean[groups == k].mean(0) for k in range(4)])
+    fixed = deshrink(raw, logvar)
+    # raw group means sit a factor ~s towards 0; scaled back they match the truth
+    assert np.all(np.abs(raw[[0, 3], 0]) < 0.85 * np.abs(true[[0, 3], 0]))
+    np.testing.assert_allclose(fixed[:, 0], true[:, 0], atol=0.12)
+
+
+def test_shrinkage_of_an_uninformative_dimension_is_clipped():
+    from cryovae_nb.analysis.latent import MIN_SHRINKAGE, deshrink, shrinkage
+
+    logvar = np.zeros((50, 3))                           # posterior = prior: no information
+    logvar[:, 0] = np.log(0.5)
+    np.testing.assert_allclose(shrinkage(logvar), [0.5, MIN_SHRINKAGE, MIN_SHRINKAGE])
+    np.testing.assert_allclose(deshrink([[1.0, 0.01, 0.0]], logvar), [[2.0, 0.2, 0.0]], rtol=1e-6)
+    with pytest.raises(InputError, match="dimensions"):
+        deshrink([[1.0, 2.0]], logvar)
+    with pytest.raises(InputError, match="z_logvar"):
+        shrinkage(np.full((3, 2), np.nan))
+
+
+def test_state_volumes_decode_the_deshrunk_state_means(two_states):
+    truths, labels, z, centres = two_states
+    seen = []
+
+    def decode(zz):
+        seen.append(np.asarray(zz))
+        return interpolating_decoder(truths, centres)(zz)
+
+    logvar = np.full_like(z, np.log(0.5))                # shrinkage 0.5 in every dimension
+    state_volumes(decode, z * 0.5, labels, truths, z_logvar=logvar)
+    np.testing.assert_allclose(seen[-1][:2], centres, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,11 @@
 """The model refactored behind registries (decoders, projectors, the forward model, the pose search)
 computes what the code before it did, and restores the checkpoints that code wrote.
 
+Known poses (linearised latents): the decoder's first layer ``dec0`` is tracked, trained and saved
+since stop 18 (before, it escaped Keras' tracking and stayed at its zero initial value). A fresh
+model computes the same losses (dec0 starts at zero either way); checkpoints written before it lack
+dec0 and restore with it at zero, i.e. to the same outputs.
+
 Fixtures: tests/data/model_checkpoint_v0/ (made by its make_fixture.py with the pre-refactor code).
 """
 import json
@@ -17,7 +22,7 @@ from cryovae_nb.model.batch import Batch  # noqa: E402
 from cryovae_nb.model import config as model_config  # noqa: E402
 from cryovae_nb.model.decoders import DECODERS  # noqa: E402
 from cryovae_nb.model.projectors import PROJECTORS  # noqa: E402
-from cryovae_nb.training.rundir import make_checkpoint  # noqa: E402
+from cryovae_nb.training.rundir import make_checkpoint, read_checkpoint  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "data" / "model_checkpoint_v0"
 
@@ -87,10 +92,12 @@ def test_losses_are_those_of_the_code_before_the_refactor(name):
 def test_checkpoints_of_the_code_before_the_refactor_restore_to_the_same_outputs(name):
     cfg, seed = config_and_seed(name)
     model = build_model(cfg, seed=seed)
-    # the variable paths (the checkpoint's keys) are those the old code wrote
-    assert sorted(v.path for v in model.weights) == json.loads((FIXTURES / name / "variables.json").read_text())
-    status = make_checkpoint(model).read(str(FIXTURES / name / "ckpt"))
-    status.assert_existing_objects_matched().expect_partial()
+    # the variable paths (the checkpoint's keys) are those the old code wrote, plus (known poses)
+    # the zero-response decoder's first layer, which the old code did not track
+    added = ["dec0/bias", "dec0/kernel"] if name == "known" else []
+    old = json.loads((FIXTURES / name / "variables.json").read_text())
+    assert sorted(v.path for v in model.weights) == sorted(old + added)
+    read_checkpoint(make_checkpoint(model), FIXTURES / name / "ckpt")
     want = np.load(FIXTURES / name / "outputs.npz")
     np.testing.assert_allclose(model.decode(want["z"]).numpy(), want["volumes"], rtol=1e-5, atol=1e-6)
     enc = model.encode(loss_batch(cfg))
@@ -126,3 +133,41 @@ def test_a_config_file_without_the_decoder_field_still_loads(tmp_path):
     assert cfg.architecture.decoder == "dense" and cfg.architecture.box == 16
     save_config(cfg, tmp_path / "again.json")
     assert load_config(ModelConfig, tmp_path / "again.json") == cfg
+
+
+def test_a_checkpoint_lacking_any_other_variable_is_refused(tmp_path):
+    cfg, seed = config_and_seed("known")
+    model = build_model(cfg, seed=seed)
+    # a checkpoint written without the encoder's first layer (a corrupt or foreign file)
+    parts = {k: v for k, v in make_checkpoint(model).weights.items() if not k.startswith("enc0/")}
+    tf.train.Checkpoint(weights=parts).write(str(tmp_path / "ckpt"))
+    with pytest.raises(AssertionError, match="enc0"):
+        read_checkpoint(make_checkpoint(build_model(cfg, seed=seed)), tmp_path / "ckpt")
+
+
+def test_the_old_missing_dec0_is_accepted_only_while_it_is_zero(tmp_path):
+    cfg, seed = config_and_seed("known")
+    model = build_model(cfg, seed=seed)
+    parts = {k: v for k, v in make_checkpoint(model).weights.items() if not k.startswith("dec0/")}
+    tf.train.Checkpoint(weights=parts).write(str(tmp_path / "ckpt"))
+    read_checkpoint(make_checkpoint(build_model(cfg, seed=seed)), tmp_path / "ckpt")   # zero: fine
+    trained = build_model(cfg, seed=seed)
+    trained.decoder.hidden_layers[0].kernel.assign(tf.ones_like(trained.decoder.hidden_layers[0].kernel))
+    with pytest.raises(AssertionError, match="dec0"):
+        read_checkpoint(make_checkpoint(trained), tmp_path / "ckpt")
+
+
+def test_the_zero_response_first_layer_is_trained():
+    # the bug it replaces: dec0 was in no weights list, so it stayed zero and the decoder's
+    # hidden stack never saw z
+    cfg, seed = config_and_seed("known")
+    model = build_model(cfg, seed=seed)
+    dec0 = model.decoder.hidden_layers[0]
+    assert dec0.kernel.path in {v.path for v in model.trainable_weights}
+    assert not np.any(dec0.kernel.numpy()) and not np.any(dec0.bias.numpy())   # starts at zero
+    batch = loss_batch(cfg)
+    with tf.GradientTape() as tape:
+        out = model.compute_losses(batch, training=True, seed=tf.constant([1, 2]))
+    grads = dict(zip([v.path for v in model.trainable_weights],
+                     tape.gradient(out["total"], model.trainable_weights)))
+    assert grads["dec0/kernel"] is not None and np.any(grads["dec0/kernel"].numpy())

@@ -52,17 +52,18 @@ class DenseDecoder(Decoder):
         act = partial(keras.activations.leaky_relu, negative_slope=config.architecture.leaky_slope)
 
         def dense(units, activation=None, name=None, initializer=None):
-            init = initializer or keras.initializers.GlorotUniform(seed=next(seeds))
+            # every layer takes a seed, used or not, so the other layers' initial weights do not
+            # depend on zero_response
+            init = keras.initializers.GlorotUniform(seed=next(seeds))
+            init = initializer or init
             return keras.layers.Dense(units, activation=activation, name=name, kernel_initializer=init)
 
         arch = config.architecture
-        self.hidden_layers = [dense(arch.decoder_units, act, f"dec{i}") for i in range(arch.decoder_layers)]
-        if zero_response and self.hidden_layers:
-            # NOTE: replacing an item of a list Keras already tracks escapes its tracking: this dec0
-            # is in no weights list, so it is neither trained nor checkpointed (it keeps its zero
-            # kernel and bias, and every later layer sees zeros). That is how the seed's code
-            # behaved; it is kept so that numbers and checkpoints do not change.
-            self.hidden_layers[0] = dense(config.architecture.decoder_units, act, "dec0", initializer="zeros")
+        # With zero_response the first layer starts at zero (kernel and bias), so the output starts
+        # independent of z; it is a normal trained layer from then on
+        first = "zeros" if zero_response else None
+        self.hidden_layers = [dense(arch.decoder_units, act, f"dec{i}", first if i == 0 else None)
+                              for i in range(arch.decoder_layers)]
         out_act = act if config.architecture.output_activation == "leaky_relu" else None
         self.voxel_layer = dense(config.architecture.box ** 3, out_act, "voxels")
         width = config.architecture.latent_dim

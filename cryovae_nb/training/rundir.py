@@ -224,6 +224,55 @@ def make_checkpoint(model, optimizer=None):
     return tf.train.Checkpoint(**parts)
 
 
+# Variables that checkpoints written before they existed lack: (checkpoint part, name prefix).
+# The zero-response decoder's first layer (model/decoders.py) escaped Keras' tracking until stop 18,
+# so it was neither trained nor saved and stayed at its zero initial value; an older checkpoint
+# restores with it at zero, which is exactly what the older code computed with.
+ADDED_VARIABLES = (("weights", "dec0/"), ("optimizer", "dec0_"))
+
+
+def _unescape(name: str) -> str:
+    """A TF checkpoint key's escaped object name ('dec1.Skernel') -> the name ('dec1/kernel')."""
+    return re.sub(r"\.(.)", lambda m: {"S": "/", ".": "."}.get(m.group(1), m.group(0)), name)
+
+
+def read_checkpoint(checkpoint, prefix) -> None:
+    """Read the checkpoint files ``prefix`` (``.../ckpt``) into ``checkpoint`` (`make_checkpoint`'s).
+
+    Every variable of ``checkpoint`` must be found in the files, except :data:`ADDED_VARIABLES`
+    still at zero; the files may hold more (the optimizer state, when only the weights are wanted).
+    Raises AssertionError (or TF's errors) otherwise."""
+    status = checkpoint.read(str(prefix))
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        if not _only_added_variables_missing(checkpoint, prefix):
+            raise
+    status.expect_partial()
+
+
+def _only_added_variables_missing(checkpoint, prefix) -> bool:
+    """Whether the checkpoint files lack some of ``checkpoint``'s variables, all of them
+    :data:`ADDED_VARIABLES` still zero in the model (their initial value, so what the older code
+    used); raises AssertionError when they lack any other of its weights or optimizer state."""
+    import tensorflow as tf
+
+    in_file = {_unescape(n.split("/.ATTRIBUTES")[0]) for n, _ in tf.train.list_variables(str(prefix))}
+    missing, accepted = [], 0
+    for part in ("weights", "optimizer"):
+        for key, var in dict(getattr(checkpoint, part, None) or {}).items():
+            if f"{part}/{key}" in in_file:
+                continue
+            added = any(part == p and key.startswith(start) for p, start in ADDED_VARIABLES)
+            if added and not np.any(var.numpy()):
+                accepted += 1
+            else:
+                missing.append(f"{part}/{key}")
+    if missing:
+        raise AssertionError(f"the checkpoint lacks {len(missing)} variable(s) of the model, e.g. {missing[:3]}")
+    return accepted > 0
+
+
 # names atomic_path gives a checkpoint folder or the pointer while they are written, and the
 # name a replaced checkpoint folder has for a moment
 _CHECKPOINT_TEMPORARY = re.compile(r"\.(step_\d+|latest)\.[A-Za-z0-9_]{8}\.tmp.*|\.step_\d+\.old")
@@ -307,8 +356,7 @@ class CheckpointManager:
         optimizer state, when only the weights are wanted for inference)."""
         path = Path(path)
         try:
-            status = checkpoint.read(str(path / "ckpt"))
-            status.assert_existing_objects_matched().expect_partial()
+            read_checkpoint(checkpoint, path / "ckpt")
             return json.loads((path / "state.json").read_text())
         except CryoVAEError:
             raise

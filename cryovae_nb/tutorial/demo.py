@@ -123,7 +123,7 @@ def demo(out: Path, s: DemoSettings, notebooks: bool = True) -> dict:
     report = latent_vs_truth(run, paths, bins=s.state_bins, max_particles=s.max_encode)
     states_png = None
     if report is not None:
-        z0, z1, counts = extreme_states(report.z, report.t)
+        z0, z1, counts = extreme_states(report.z, report.t, report.z_logvar)
         traj_note = (f"mean latents of the {counts[0]} particles at the lowest and the {counts[1]} "
                      f"at the highest hinge angle")
     else:  # a rigid phantom: between two particles, as before

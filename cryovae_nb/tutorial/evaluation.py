@@ -11,7 +11,7 @@ import numpy as np
 
 from cryovae_nb.analysis.align import align
 from cryovae_nb.analysis.fsc import fsc
-from cryovae_nb.analysis.latent import as_latents
+from cryovae_nb.analysis.latent import as_latents, deshrink
 from cryovae_nb.analysis.series import decode_volumes
 from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
@@ -111,7 +111,8 @@ class MotionReport:
     ``figures`` is JSON-ready (what ``summary.json`` holds and `format_motion` prints); the arrays
     are the particles used (``indices`` into the run's data), their latent means ``z``, true ``t``
     and state ``labels``, the states' mean ``state_t``, their truth maps ``truths`` and the maps
-    decoded at each state's mean latent ``decoded`` (aligned onto the truth for learned poses).
+    decoded at each state's mean latent ``decoded`` (aligned onto the truth for learned poses), and
+    the posteriors' ``z_logvar`` when known (None: given latents without them).
     """
 
     figures: dict
@@ -122,6 +123,7 @@ class MotionReport:
     state_t: np.ndarray
     truths: np.ndarray
     decoded: np.ndarray
+    z_logvar: np.ndarray | None = None
 
     def __str__(self) -> str:
         return format_motion(self.figures)
@@ -141,14 +143,16 @@ def state_labels(t, bins: int = STATE_BINS) -> np.ndarray:
     return np.clip((t * bins).astype(np.int64), 0, bins - 1)
 
 
-def latent_vs_truth(run, data: TutorialData, *, z=None, indices=None, bins: int = STATE_BINS,
-                    max_particles: int | None = 4000, seed: int = 0) -> MotionReport | None:
+def latent_vs_truth(run, data: TutorialData, *, z=None, z_logvar=None, indices=None,
+                    bins: int = STATE_BINS, max_particles: int | None = 4000,
+                    seed: int = 0) -> MotionReport | None:
     """Does the run's latent carry the simulated motion? The figures of `cryovae_nb.heterogeneity`
     against the truth, for (up to ``max_particles`` of) the run's particles.
 
     ``z`` (latent means, e.g. from 05_latent_landscape) with ``indices`` (their rows in the run's
     data; default all in order) skips encoding; otherwise the particles are encoded with their
-    poses. Figures: ``spearman_pc`` / ``knn_r2`` (`heterogeneity.motion_recovery`: |Spearman rho|
+    poses. With their ``z_logvar`` (always when encoding here) each state's mean latent is scaled
+    back by the posterior's shrinkage before decoding (`analysis.latent.deshrink`). Figures: ``spearman_pc`` / ``knn_r2`` (`heterogeneity.motion_recovery`: |Spearman rho|
     of the best latent principal component with t, cross-validated kNN R^2 of t from z) and, with t
     cut into ``bins`` states, the maps decoded at each state's mean latent against each state's
     truth (`heterogeneity.state_volumes`; the truth at the state's mean t). Known poses compare in
@@ -166,7 +170,8 @@ def latent_vs_truth(run, data: TutorialData, *, z=None, indices=None, bins: int 
         idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
         if max_particles is not None and len(idx) > max_particles:
             idx = np.sort(np.random.default_rng(seed).choice(idx, int(max_particles), replace=False))
-        z = run.encode(run.particles.subset(idx), progress=False).z_mean
+        enc = run.encode(run.particles.subset(idx), progress=False)
+        z, z_logvar = enc.z_mean, enc.z_logvar
     else:
         z = np.asarray(z, np.float32)
         idx = np.arange(len(z)) if indices is None else np.asarray(indices, np.int64)
@@ -183,7 +188,7 @@ def latent_vs_truth(run, data: TutorialData, *, z=None, indices=None, bins: int 
     truths = np.stack([truth_volume_at(data, c, run.box)[0] for c in state_t])
     known = run.config.model.pose.mode == "known"
     align_to = None if known else len(state_t) // 2
-    sv = state_volumes(run.decode, z, labels, truths, run.pixel_size, align_to=align_to)
+    sv = state_volumes(run.decode, z, labels, truths, run.pixel_size, align_to=align_to, z_logvar=z_logvar)
     angle = max_angle_deg(data)
     corr = np.asarray(sv["correlation"], np.float64)
     px = run.pixel_size
@@ -202,7 +207,8 @@ def latent_vs_truth(run, data: TutorialData, *, z=None, indices=None, bins: int 
         "consensus_fsc05_A": _finite(sv["mean_latent_fsc05"]),
         "aligned": align_to is not None,
     }
-    return MotionReport(figures, idx, z, t, labels, state_t, truths, np.asarray(sv["volumes"], np.float32))
+    return MotionReport(figures, idx, z, t, labels, state_t, truths, np.asarray(sv["volumes"], np.float32),
+                        None if z_logvar is None else np.asarray(z_logvar, np.float32))
 
 
 def _fmt_list(values, fmt: str = "{:.2f}") -> str:
@@ -267,13 +273,18 @@ def axis_traversal(decode, latents, t=None, steps: int = 8, quantiles=(0.02, 0.9
     return s, path, decode_volumes(decode, path), axis
 
 
-def extreme_states(latents, t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def extreme_states(latents, t, z_logvar=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The mean latent of the particles at the lowest and at the highest true ``t`` (the two
-    ends of the motion) -> (z0, z1, (their particle counts))."""
+    ends of the motion) -> (z0, z1, (their particle counts)); with the particles' ``z_logvar``
+    scaled back by the posterior's shrinkage (`analysis.latent.deshrink`)."""
     z = np.asarray(latents, np.float64)
     t = np.asarray(t, np.float64)
     lo, hi = t == t.min(), t == t.max()
-    return z[lo].mean(0).astype(np.float32), z[hi].mean(0).astype(np.float32), np.array([lo.sum(), hi.sum()])
+    ends = np.stack([z[lo].mean(0), z[hi].mean(0)])
+    if z_logvar is not None:
+        ends = deshrink(ends, z_logvar)
+    ends = ends.astype(np.float32)
+    return ends[0], ends[1], np.array([lo.sum(), hi.sum()])
 
 
 def farthest_clusters_along(centres, axis: dict) -> tuple[int, int]:
