@@ -1,0 +1,192 @@
+"""The CTF-aware forward model: the TensorFlow CTF against the numpy one (ctf.py), the model's image
+formation against the simulator's (numpy reference projector + ctf.apply_ctf), the CTF in the
+loss, the linearised posterior and the pose search, and the data path from a STAR file's CTF
+columns (RELION 3.1 optics groups, per-particle overrides) into ``Batch.optics``."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+
+from cryovae_nb.ctf import apply_ctf, compute_ctf  # noqa: E402
+from cryovae_nb.errors import ConfigError, InputError  # noqa: E402
+from cryovae_nb.geometry import random_rotations  # noqa: E402
+from cryovae_nb.model import ModelConfig, build_model  # noqa: E402
+from cryovae_nb.model.batch import Batch, Optics  # noqa: E402
+from cryovae_nb.model.forward import ctf_spectrum, forward_images, multiply_spectrum  # noqa: E402
+from cryovae_nb.model.projectors import make_projector  # noqa: E402
+from cryovae_nb.projection import project_reference  # noqa: E402
+from cryovae_nb.synthetic import hinge_volume  # noqa: E402
+
+PARAMS = [  # du, dv, angle, kV, Cs, w, phase shift, B
+    (15000.0, 15000.0, 0.0, 300.0, 2.7, 0.1, 0.0, 0.0),
+    (12000.0, 9000.0, 33.0, 200.0, 2.0, 0.07, 0.0, 80.0),
+    (20000.0, 18500.0, -160.4, 300.0, 0.01, 0.1, 45.0, 0.0),
+    (25000.0, 21000.0, 101.0, 300.0, 2.7, 0.1, 0.0, 0.0),
+]
+
+
+def optics(params, pixel_size):
+    cols = np.asarray(params, np.float32).T
+    return Optics(*cols, np.full(len(params), pixel_size, np.float32))
+
+
+@pytest.mark.parametrize("box, apix", [(64, 1.7), (33, 4.0), (32, 3.0)])
+def test_tf_ctf_matches_numpy_ctf(box, apix):
+    got = ctf_spectrum(optics(PARAMS, apix), box).numpy()
+    want = np.stack([compute_ctf(box, apix, *p, half=True)[0] for p in PARAMS])
+    assert got.shape == (len(PARAMS), box, box // 2 + 1)
+    # away from the even box's x-Nyquist column the two grids are the same points
+    np.testing.assert_allclose(got[..., : box // 2], want[..., : box // 2], atol=2e-3)
+    # and the filters they make agree everywhere (ctf._as_half mirrors that column, as the TF grid)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((len(PARAMS), box, box)).astype(np.float32)
+    full = np.stack([compute_ctf(box, apix, *p)[0] for p in PARAMS])
+    np.testing.assert_allclose(multiply_spectrum(images, got).numpy(), apply_ctf(images, full), atol=2e-3)
+    # the test can fail: the same parameters at another defocus give another CTF
+    other = ctf_spectrum(optics([(p[0] + 3000, p[1] + 3000) + p[2:] for p in PARAMS], apix), box).numpy()
+    assert np.abs(other - want).max() > 0.5
+
+
+@pytest.mark.parametrize("projector, tol", [("real", 0.05), ("fourier", 0.08)])
+def test_model_image_formation_matches_the_simulator(projector, tol):
+    # the simulator's images (synthetic._write_clean): numpy reference projector, then ctf.apply_ctf
+    box, apix, k = 32, 4.0, 6
+    vol = hinge_volume(box, 0.5)
+    rng = np.random.default_rng(3)
+    rot = random_rotations(k, rng)
+    shifts = rng.uniform(-2, 2, (k, 2))
+    defocus = rng.uniform(10000, 25000, k)
+    params = [(d, d * 0.95, 20.0, 300.0, 2.7, 0.1, 0.0, 0.0) for d in defocus]
+    ctf = np.stack([compute_ctf(box, apix, *p)[0] for p in params])
+    want = apply_ctf(project_reference(vol, rot, shifts), ctf)
+    cfg = ModelConfig().with_options(box=box, projector=projector)
+    got = forward_images(tf.constant(np.repeat(vol[None], k, 0)), tf.constant(rot, tf.float32),
+                         tf.constant(shifts, tf.float32), projector=make_projector(cfg),
+                         ctf=ctf_spectrum(optics(params, apix), box)).numpy()
+    err = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert err < tol
+    # without the CTF (or with another particle's) the images are far off
+    plain = project_reference(vol, rot, shifts)
+    assert np.linalg.norm(plain - want) / np.linalg.norm(want) > 0.5
+    swapped = apply_ctf(project_reference(vol, rot, shifts), ctf[::-1])
+    assert np.linalg.norm(swapped - want) / np.linalg.norm(want) > max(2 * err, 0.15)
+    # K poses per image (the pose search): each image's CTF broadcasts over its K projections
+    rot_k = np.stack([rot, rot[::-1]], 1)                                        # (k, 2, 3, 3)
+    got_k = forward_images(tf.constant(np.repeat(vol[None], k, 0)), tf.constant(rot_k, tf.float32),
+                           projector=make_projector(cfg),
+                           ctf=ctf_spectrum(optics(params, apix), box)).numpy()
+    want_k1 = apply_ctf(project_reference(vol, rot[::-1]), ctf)
+    assert np.linalg.norm(got_k[:, 1] - want_k1) / np.linalg.norm(want_k1) < tol
+
+
+def _ctf_model(box=16, **options):
+    cfg = ModelConfig.preset("ctf", box=box, pose_mode="known", latent_dim=2, encoder_layers=1,
+                             encoder_units=16, decoder_layers=1, decoder_units=16, **options)
+    return build_model(cfg, seed=0)
+
+
+def _batch(box, k, rng, apix=4.0, with_optics=True):
+    params = [(d, d, 0.0, 300.0, 2.7, 0.1, 0.0, 0.0) for d in rng.uniform(10000, 25000, k)]
+    return Batch(rng.standard_normal((k, box, box)).astype(np.float32),
+                 rotations=random_rotations(k, rng).astype(np.float32),
+                 shifts=np.zeros((k, 2), np.float32), optics=optics(params, apix) if with_optics else None)
+
+
+def test_ctf_config_rules():
+    with pytest.raises(ConfigError, match="ctf needs"):
+        ModelConfig().with_options(ctf=True).validate()           # sigmoid link on a CTF image
+    with pytest.raises(ConfigError, match="ctf needs"):
+        ModelConfig().with_options(ctf=True, link="sigmoid", likelihood="bernoulli").validate()
+    ModelConfig.preset("ctf").validate()
+
+
+def test_ctf_model_loss_uses_each_particles_ctf():
+    box, rng = 16, np.random.default_rng(1)
+    model = _ctf_model(box)
+    batch = _batch(box, 4, rng)
+    with pytest.raises(InputError, match="optics"):
+        model.compute_losses(batch.replace(optics=None), training=False)
+    out = model.compute_losses(batch, training=False)
+    assert np.isfinite(float(out["total"]))
+    # the reconstruction is the loss's forward model: CTF-filtered volume projections
+    images, volumes = model.reconstruct(batch)
+    enc = model.encode(batch)
+    proj = model.project(volumes, batch.rotations, batch.shifts)
+    ctf = np.stack([compute_ctf(box, 4.0, *(float(getattr(batch.optics, f)[i]) for f in
+                                            ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs",
+                                             "amp_contrast", "phase_shift", "bfactor")))[0]
+                    for i in range(4)])
+    want = np.asarray(model.add_offset(tf.constant(apply_ctf(np.asarray(proj), ctf)), enc.get("offset")))
+    np.testing.assert_allclose(np.asarray(images), want, atol=1e-4 * max(1.0, np.abs(want).max()))
+    # the data term is the Gaussian NLL of the images about that prediction
+    var = float(out["noise_var"])
+    mask = model._pixel_mask.numpy()
+    nll = (0.5 * ((batch.images - want) ** 2 * mask).sum((1, 2)) / var
+           + 0.5 * mask.sum() * np.log(2 * np.pi * var))
+    np.testing.assert_allclose(float(out["recon"]), nll.mean(), rtol=1e-4)
+
+
+def test_linearized_posterior_sees_the_ctf():
+    # images made by the model itself along latent direction 0, through each particle's CTF: the
+    # posterior must recover the latent; read without the CTF (a CTF-free model's Q_i) it cannot
+    box, rng = 16, np.random.default_rng(2)
+    model = _ctf_model(box)
+    d = 2
+    # a principal volume along which the particles move
+    basis = np.zeros((d, box, box, box), np.float32)
+    basis[0, 6:10, 5:11, 4:9] = 1.0
+    basis[1, 4:7, 8:12, 7:12] = 1.0
+    basis /= np.linalg.norm(basis.reshape(d, -1), axis=1)[:, None, None, None]
+    model.pc_basis.assign(basis)
+    model.pc_variance.assign(np.array([400.0, 400.0], np.float32))
+    batch = _batch(box, 32, rng)
+    z_true = rng.standard_normal((32, d)).astype(np.float32)
+    clean, _ = model.reconstruct(batch.replace(images=np.zeros_like(batch.images)))
+    vols = model.decode(z_true)
+    imaged = forward_images(vols, batch.rotations, batch.shifts, projector=model.projector,
+                            ctf=model.ctf_of(batch), band=model.config.latent.band * box)
+    images = np.asarray(imaged) + 0.05 * rng.standard_normal(batch.images.shape).astype(np.float32)
+    z, _ = model.linearized_posterior(batch.replace(images=images), noise_var=0.0025)
+    r = [np.corrcoef(z[:, j], z_true[:, j])[0, 1] for j in range(d)]
+    assert min(r) > 0.95
+    # the same images read by a model that ignores the CTF lose the latent
+    plain = build_model(model.config.with_options(ctf=False), seed=0)
+    plain.pc_basis.assign(basis)
+    plain.pc_variance.assign(np.array([400.0, 400.0], np.float32))
+    z0, _ = plain.linearized_posterior(batch.replace(images=images), noise_var=0.0025)
+    r0 = [np.corrcoef(np.asarray(z0)[:, j], z_true[:, j])[0, 1] for j in range(d)]
+    assert max(r0) < min(r) - 0.2
+
+
+def test_pose_search_with_ctf_finds_the_true_pose():
+    """tests/test_pose_search.py's recovery test on CTF-modulated images (defocus 1-2.5 um at
+    4 A/px: a zero or two inside the refinement band): given each image's CTF the search finds the
+    poses; blind to it, it does worse."""
+    from cryovae_nb import geometry
+    from cryovae_nb.synthetic import lshape_volume
+
+    n, k = 24, 40
+    cfg = ModelConfig.preset("ctf", box=n, pose_search_deg=15.0, pose_refine_band=0.35, latent_dim=2,
+                             encoder_layers=1, encoder_units=16, decoder_layers=1, decoder_units=16)
+    model = build_model(cfg, seed=0)
+    rng = np.random.default_rng(4)
+    truth = lshape_volume(n).astype(np.float32)
+    rot = geometry.random_rotations(k, rng).astype(np.float32)
+    shifts = rng.integers(-2, 3, (k, 2)).astype(np.float32)
+    params = [(d, d * 0.9, 40.0, 300.0, 2.7, 0.1, 0.0, 0.0) for d in rng.uniform(10000, 25000, k)]
+    ctf = np.stack([compute_ctf(n, 4.0, *p)[0] for p in params])
+    vols = np.repeat(truth[None], k, 0)
+    images = apply_ctf(project_reference(truth, rot, shifts), ctf)
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (k, 1))
+    q, found, _ = model.search_pose(images, vols, head, shifts, ctf=ctf_spectrum(optics(params, 4.0), n))
+    err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), rot)
+    assert np.median(err) < 5.0 and np.mean(err < 10.0) >= 0.85, np.sort(err)
+    assert np.mean(np.all(found.numpy() == shifts, axis=1)) >= 0.85
+    q0, found0, _ = model.search_pose(images, vols, head, shifts)                 # blind to the CTF
+    err0 = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q0.numpy()), rot)
+    assert np.mean(err0 < 10.0) < np.mean(err < 10.0) - 0.1, (np.sort(err0), np.sort(err))
