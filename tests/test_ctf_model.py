@@ -190,3 +190,143 @@ def test_pose_search_with_ctf_finds_the_true_pose():
     q0, found0, _ = model.search_pose(images, vols, head, shifts)                 # blind to the CTF
     err0 = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q0.numpy()), rot)
     assert np.mean(err0 < 10.0) < np.mean(err < 10.0) - 0.1, (np.sort(err0), np.sort(err))
+
+
+# -- the data path: STAR CTF columns -> Optics; standardised images; the model follows the data --
+def test_standardise_uses_the_background_outside_the_circle():
+    from cryovae_nb.preprocess import normalise
+    from cryovae_nb.volumes import radius_grid
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (4, 20, 20)).astype(np.float32)
+    x[:, 6:14, 6:14] += 50.0                                     # the particle: must not set the scale
+    outside = radius_grid(20, 2) > 9.5
+    bg = x[:, outside]
+    want = (x - bg.mean(1)[:, None, None]) / bg.std(1)[:, None, None]
+    np.testing.assert_allclose(normalise(x, "standardise", background_radius=9.5), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="background_radius"):
+        normalise(x, "standardise")
+
+
+def _write_relion31(tmp_path, n=6, box=16):
+    """A RELION 3.1 STAR file: two optics groups (voltage, Cs, amplitude contrast), per-particle
+    defocus, and a per-particle amplitude contrast column overriding the groups'."""
+    import pandas as pd
+    import starfile
+
+    from cryovae_nb.io import write_stack
+
+    write_stack(tmp_path / "p.mrcs", np.random.default_rng(0).normal(size=(n, box, box)).astype(np.float32), 2.5)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1, 2], "rlnOpticsGroupName": ["a", "b"],
+                           "rlnVoltage": [300.0, 200.0], "rlnSphericalAberration": [2.7, 1.4],
+                           "rlnAmplitudeContrast": [0.1, 0.07], "rlnImagePixelSize": [2.5, 2.5],
+                           "rlnImageSize": [box, box], "rlnImageDimensionality": [2, 2]})
+    parts = pd.DataFrame({"rlnImageName": [f"{i + 1}@p.mrcs" for i in range(n)],
+                          "rlnOpticsGroup": [1, 2] * (n // 2),
+                          "rlnDefocusU": 10000.0 + 1000 * np.arange(n), "rlnDefocusV": 9000.0 + 1000 * np.arange(n),
+                          "rlnDefocusAngle": np.linspace(0, 90, n), "rlnPhaseShift": np.zeros(n),
+                          "rlnCtfBfactor": np.full(n, 20.0)})
+    starfile.write({"optics": optics, "particles": parts}, tmp_path / "p.star")
+    return tmp_path / "p.star"
+
+
+def test_particle_optics_from_relion31_optics_groups(tmp_path):
+    from cryovae_nb.io import read_particles
+    from cryovae_nb.training.data import BatchReader, particle_optics
+
+    particles = read_particles(_write_relion31(tmp_path))
+    o = particle_optics(particles)
+    np.testing.assert_allclose(o.voltage, [300, 200] * 3)
+    np.testing.assert_allclose(o.cs, [2.7, 1.4] * 3, rtol=1e-6)
+    np.testing.assert_allclose(o.amp_contrast, [0.1, 0.07] * 3, rtol=1e-6)
+    np.testing.assert_allclose(o.defocus_u, 10000 + 1000 * np.arange(6))
+    np.testing.assert_allclose(o.bfactor, 20.0)
+    np.testing.assert_allclose(o.pixel_size, 2.5)
+    batch = BatchReader(particles.images, optics=o)(np.array([3, 0]))
+    np.testing.assert_allclose(batch.optics.defocus_v, [12000, 9000])
+    np.testing.assert_allclose(batch.optics.voltage, [200, 300])
+    # a per-particle column overrides its optics group's (RELION's rule)
+    df = particles.df.copy()
+    df["rlnAmplitudeContrast"] = 0.2
+    from cryovae_nb.io.star import Particles
+
+    over = Particles(df, particles.images, particles.pixel_size, source=particles.source)
+    np.testing.assert_allclose(particle_optics(over).amp_contrast, 0.2, rtol=1e-6)
+    df.loc[2, "rlnDefocusU"] = np.nan
+    with pytest.raises(InputError, match=r"row 3: CTF parameter defocus_u"):
+        particle_optics(Particles(df, particles.images, particles.pixel_size, source=particles.source))
+
+
+@pytest.fixture(scope="module")
+def ctf_data(tmp_path_factory):
+    """A small CTF dataset (hinge, box 16, 4 A/px, defocus 1-2.5 um), preprocessed by default
+    (standardised) and phase flipped (tanh)."""
+    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.synthetic import SimulationConfig, simulate
+
+    root = tmp_path_factory.mktemp("ctf")
+    ds = simulate(SimulationConfig(phantom="hinge", box=16, n_particles=400, snr=1.0, ctf=True,
+                                   pixel_size=4.0, seed=2), root / "sim", progress=False)
+    std = preprocess_stack(ds.star, root / "std" / "p", PreprocessConfig(), progress=False)
+    flip = preprocess_stack(ds.star, root / "flip" / "p", PreprocessConfig(phase_flip=True), progress=False)
+    return ds, root / "std" / "p.star", root / "flip" / "p.star", std, flip
+
+
+def test_default_preprocessing_of_ctf_data_standardises_and_records_it(ctf_data):
+    from cryovae_nb.training.data import data_normalisation
+    from cryovae_nb.volumes import radius_grid
+
+    _, std_star, flip_star, std, flip = ctf_data
+    assert data_normalisation(std_star) == "standardise" and data_normalisation(flip_star) == "tanh"
+    x = std.images[:]
+    assert np.allclose(x[:, radius_grid(16, 2) > 0.95 * 8], 0)            # masked outside the circle
+    y = flip.images[:]
+    assert y.min() >= 0 and y.max() <= 1                                  # tanh, masked
+    assert x.min() < -1 and x.max() > 1                                   # standardised: signed, noise units
+    assert std.ctf is not None and std.pixel_size == pytest.approx(4.0)
+
+
+def test_the_model_follows_the_data(ctf_data):
+    from cryovae_nb.io import read_particles
+    from cryovae_nb.training.data import model_for_data
+
+    _, std_star, flip_star, _, _ = ctf_data
+    base = ModelConfig().with_options(box=16, pose_mode="known")
+    got = model_for_data(base, read_particles(std_star), std_star)
+    assert got.loss.ctf and got.loss.link == "identity"
+    assert model_for_data(base, read_particles(flip_star), flip_star) == base   # CTF-free path unchanged
+    with pytest.raises(ConfigError, match="phase flipped"):
+        model_for_data(ModelConfig.preset("ctf", box=16), read_particles(flip_star), flip_star)
+    with pytest.raises(ConfigError, match="bernoulli"):
+        model_for_data(ModelConfig.preset("seed", box=16), read_particles(std_star), std_star)
+
+
+def test_train_encode_and_reconstruct_with_the_ctf_model(ctf_data, tmp_path):
+    from cryovae_nb.inference import load_run
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
+
+    ds, std_star, _, std, _ = ctf_data
+    model = ModelConfig().with_options(box=16, pose_mode="known", latent_dim=2, encoder_layers=1,
+                                       encoder_units=32, decoder_layers=2, decoder_units=32)
+    cfg = TrainConfig(data=str(std_star), run_dir=str(tmp_path / "run"), model=model, batch_size=32,
+                      learning_rate=1e-3, max_steps=40, log_every=20, sample_every=1000,
+                      checkpoint_every=20, n_test_eval=40, n_samples=4, seed=1)
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.config.model.loss.ctf and trainer.config.model.loss.link == "identity"
+    trainer.train()
+    run = load_run(tmp_path / "run")
+    assert run.config.model.loss.ctf                            # the run folder records it
+    enc = run.encode(std_star, progress=False)
+    assert np.isfinite(enc.z_mean).all() and len(enc) == len(std)
+    images, predicted = run.reconstruct(std_star, np.arange(8))
+    # the model's images carry the CTF: their spectra vanish where each particle's CTF does
+    from cryovae_nb.training.data import particle_optics
+
+    ctf = ctf_spectrum(particle_optics(std)[np.arange(8)], 16).numpy()
+    spec = np.abs(np.fft.rfft2(predicted))
+    near_zero = np.abs(ctf) < 0.05
+    assert near_zero.any()
+    assert spec[near_zero].mean() < 0.2 * spec[np.abs(ctf) > 0.5].mean()
+    with pytest.raises(InputError, match="CTF"):
+        run.encode(np.zeros((2, 16, 16), np.float32), progress=False)
