@@ -330,3 +330,22 @@ def test_train_encode_and_reconstruct_with_the_ctf_model(ctf_data, tmp_path):
     assert spec[near_zero].mean() < 0.2 * spec[np.abs(ctf) > 0.5].mean()
     with pytest.raises(InputError, match="CTF"):
         run.encode(np.zeros((2, 16, 16), np.float32), progress=False)
+
+
+def test_the_ctf_is_computed_at_the_fourier_cropped_pixel_size(ctf_data, tmp_path):
+    """Fourier-cropping 16 -> 12 px makes the pixels 4 * 16 / 12 A: the CTF the model applies to a
+    cropped image is the CTF of the original's cropped spectrum, which a wrong pixel size breaks."""
+    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.training.data import particle_optics
+
+    ds = ctf_data[0]
+    out = preprocess_stack(ds.star, tmp_path / "crop" / "p", PreprocessConfig(box=12), progress=False)
+    o = particle_optics(out)
+    np.testing.assert_allclose(o.pixel_size, 4.0 * 16 / 12, rtol=1e-6)
+    # the original grid's CTF, cropped to the central 12 x 12 frequencies, is the CTF at 12 px
+    full = compute_ctf(16, 4.0, o.defocus_u[:3], o.defocus_v[:3], o.defocus_angle[:3], o.voltage[:3],
+                       o.cs[:3], o.amp_contrast[:3])
+    keep = np.r_[0:6, 10:16]                                   # fftfreq order: |k| < 6 of 16
+    want = full[:, keep][:, :, keep][:, :, :7]
+    got = ctf_spectrum(o[np.arange(3)], 12).numpy()
+    np.testing.assert_allclose(got[:, :, :6], want[:, :, :6], atol=2e-3)
