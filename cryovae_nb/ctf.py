@@ -13,7 +13,11 @@ defocus/Cs/amplitude-contrast numbers users bring come from those programs:
 
 Sign: CTF(0) = -w (minus the amplitude contrast), and at small s an underfocused image (df > 0)
 has a negative CTF. This equals cryoDRGN's ``sqrt(1-w^2) sin(g) - w cos(g)`` with
-``g = -chi + atan(w / sqrt(1-w^2))`` (tests/test_ctf.py checks it) and RELION's ``-sin(chi)``.
+``g = -chi + atan(w / sqrt(1-w^2))`` (tests/test_ctf.py checks it): the contrast of an image as
+recorded (protein dark), which the simulator writes and the CTF model (model/forward.py) expects.
+RELION writes ``-sin(gamma)`` too, but its gamma is -chi (it negates the defocus internally), so
+its CTF is ours negated, matching its extracted particles, whose contrast it inverts (protein
+white): such particles need ``--invert`` for the CTF model (cryoDRGN inverts them by default).
 Defocus is positive for underfocus (RELION's rlnDefocusU/V), Cs in mm, phase shift and the
 astigmatism angle in degrees, B in Å^2.
 

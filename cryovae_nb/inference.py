@@ -27,6 +27,7 @@ from cryovae_nb.atomic import atomic_path
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import Poses, read_particles, write_particles_star
 from cryovae_nb.model.batch import Batch
+from cryovae_nb.training.data import particle_optics
 from cryovae_nb.training.rundir import CheckpointManager, RunFolder, make_checkpoint
 from cryovae_nb.volumes import band_limit
 
@@ -133,25 +134,40 @@ class TrainedRun:
                              f"{self.box} x {self.box}; preprocess them the same way first")
         return images, poses
 
+    def _optics(self, data):
+        """Each particle's CTF (`Optics`) for a model that applies it (``ModelConfig.loss.ctf``),
+        else None; such a model needs the particles' STAR file, not bare images."""
+        if not self.config.model.loss.ctf:
+            return None
+        if not hasattr(data, "ctf"):
+            raise InputError("this model applies each particle's CTF: give the particles' STAR file "
+                             "(or Particles), not bare images")
+        return particle_optics(data)
+
     # ---- encode / decode --------------------------------------------------------------------
 
     def encode(self, data, *, progress: bool = True) -> Encoding:
         """Encode images (a path, `Particles`, `ParticleStack` or ``(k, n, n)`` array), batched.
 
-        In known-pose runs the pose head was never trained: the poses reported are the known ones
+        A model with the CTF (``ModelConfig.loss.ctf``) reads each particle's from ``data``'s
+        STAR columns. In known-pose runs the pose head was never trained: the poses reported are the known ones
         from the STAR file (when ``data`` carries them), otherwise the head's output. Learned-pose
         runs with a pose search (``ModelConfig.pose.search_deg``) report the searched pose, as in
         training; the search's reference is the mean volume of each batch.
         """
         from tqdm.auto import tqdm
 
+        if isinstance(data, (str, os.PathLike)):
+            data = read_particles(data)
         images, known = self._as_images(data)
+        optics = self._optics(data)
         n = len(images)
         use_known = self.config.model.pose.mode == "known" and known is not None
         out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
         for start in tqdm(range(0, n, self.batch_size), desc="encode", unit="batch", disable=not progress):
             sl = slice(start, start + self.batch_size)
-            batch = Batch(np.asarray(images[sl], np.float32), indices=np.arange(n)[sl])
+            batch = Batch(np.asarray(images[sl], np.float32), indices=np.arange(n)[sl],
+                          optics=None if optics is None else optics[sl])
             # a known-pose model may read the poses to infer the latent (latent_inference=
             # "linearized"): give it the known ones whenever the data carries them
             if use_known:
@@ -166,6 +182,23 @@ class TrainedRun:
         else:
             rotations, shifts = geometry.quaternion_to_matrix(cat["quaternion"]), cat["shift"]
         return Encoding.from_poses(cat["z_mean"], cat["z_logvar"], rotations, shifts)
+
+    def reconstruct(self, data, indices) -> tuple[np.ndarray, np.ndarray]:
+        """(images, the model's images of them) ``(k, n, n)`` each, in the images' units, for the
+        particles at ``indices`` of ``data`` (as for `encode`): the training loss's forward model
+        (``CryoVAE.reconstruct``: decoded volume, pose, the particle's CTF, offset, link)."""
+        if isinstance(data, (str, os.PathLike)):
+            data = read_particles(data)
+        images, known = self._as_images(data)
+        optics = self._optics(data)
+        idx = np.asarray(indices, np.int64).ravel()
+        batch = Batch(np.asarray(images[idx], np.float32), indices=idx,
+                      optics=None if optics is None else optics[idx])
+        if self.config.model.pose.mode == "known" and known is not None:
+            batch = batch.replace(rotations=np.asarray(known.rotations[idx], np.float32),
+                                  shifts=np.asarray(known.shifts[idx], np.float32))
+        predicted, _ = self.model.reconstruct(batch)
+        return batch.images, np.asarray(predicted)
 
     def decode(self, z) -> np.ndarray:
         """Latents ``(k, latent_dim)`` (or one ``(latent_dim,)``) -> float32 volumes ``(k, n, n, n)``,

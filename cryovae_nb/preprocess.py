@@ -8,8 +8,15 @@ the STAR file names the other files, see ``output_paths``.
 
 Order (what a cryo-EM user expects; thesis §3.2):
   phase flip (needs the original box and pixel size) -> invert contrast -> coarsen -> Fourier crop
-  -> normalise (tanh estimator by default, eq. 2.12) -> circular mask (after normalisation; masked
-  pixels set to 0, so a tanh-normalised, masked stack lies in [0, 1]).
+  -> normalise -> circular mask (after normalisation; masked pixels set to 0, so a tanh-normalised,
+  masked stack lies in [0, 1]).
+
+Normalisation ``"auto"`` (the default) picks what the model will fit: for a STAR file with CTF
+columns, not phase flipped, ``"standardise"`` (mean 0, standard deviation 1 of the background
+outside the mask circle: the noise's units, which the model's Gaussian likelihood with the CTF in
+its forward model expects, model/forward.py); otherwise the seed's tanh estimator (eq. 2.12) for
+its sigmoid link. The settings file records the method chosen, and training follows it
+(``training.data.model_for_data``).
 
 Pixel positions: pixel ``i`` samples position ``i`` and the particle centre is pixel ``n // 2``
 (geometry.py). Fourier cropping keeps that centre on ``m // 2`` (a sub-pixel phase ramp when the
@@ -38,7 +45,7 @@ from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outp
                            read_output_record, read_particles, write_particles_star)
 from cryovae_nb.volumes import as_images, diameter_mask, fourier_crop, radius_grid
 
-NORMALISE_METHODS = ("tanh", "zscore", "minmax", "none")
+NORMALISE_METHODS = ("auto", "tanh", "standardise", "zscore", "minmax", "none")
 
 
 # ----------------------------------------------------------------------------- array functions
@@ -82,7 +89,10 @@ def downsample_shifts(shifts, box: int, coarsen_factor: int = 1, new_box: int | 
 
 def normalise(images, method: str = "tanh", spread: float = 0.3,
               background_radius: float | None = None) -> np.ndarray:
-    """Per-image normalisation: ``tanh`` (thesis eq. 2.12), ``zscore`` (2.11), ``minmax`` (2.10).
+    """Per-image normalisation: ``tanh`` (thesis eq. 2.12), ``zscore`` (2.11), ``minmax`` (2.10),
+    ``standardise`` (zscore with the background's statistics: ``background_radius`` required).
+    ``auto`` is tanh here (images alone say nothing of a CTF; the pipeline resolves it, see the
+    module docstring).
 
     tanh: ``0.5 * (tanh(spread * (x - mu) / sigma) + 1)``, in [0, 1]. Mean and standard deviation
     are those of each image, or, with ``background_radius`` (pixels from the centre ``n//2``), of
@@ -94,6 +104,10 @@ def normalise(images, method: str = "tanh", spread: float = 0.3,
         raise ConfigError(f"normalise method must be one of {NORMALISE_METHODS}, got {method!r}")
     if method == "tanh" and not spread > 0:
         raise ConfigError(f"tanh spread must be positive, got {spread!r}")
+    if method == "auto":
+        method = "tanh"
+    if method == "standardise" and background_radius is None:
+        raise ConfigError("standardise takes its statistics from the background: give background_radius")
     if method == "none":
         return x.copy()
     axes = (-2, -1)
@@ -118,7 +132,7 @@ def normalise(images, method: str = "tanh", spread: float = 0.3,
         sd = bg.std(axis=-1, dtype=np.float64)[..., None, None]
     sd = np.where(sd > 0, sd, np.inf)  # a flat image: (x - mu) / inf = 0
     z = ((x - mu.astype(np.float32)) / sd.astype(np.float32))
-    if method == "zscore":
+    if method in ("zscore", "standardise"):
         return z.astype(np.float32, copy=False)
     z *= np.float32(spread)
     np.tanh(z, out=z)
@@ -164,9 +178,10 @@ class PreprocessConfig:
     box: int | None = None                   # Fourier-crop to this box after coarsening (None: off)
     invert: bool = False                     # negate the images
     phase_flip: bool = False                 # CTF phase flip (needs CTF columns in the STAR file)
-    normalise: str = "tanh"                  # tanh | zscore | minmax | none
+    normalise: str = "auto"                  # auto | tanh | standardise | zscore | minmax | none
     spread: float = 0.3                      # tanh spread (lambda of eq. 2.12)
     background_radius: float | None = None   # px of the output box; stats from outside it
+                                             # (standardise: default the mask's radius)
     mask_diameter: float | None = 0.95       # fraction of the output box (None/0: no mask)
     mask_soft_edge: float = 0.0              # px of raised-cosine fall-off inside the diameter
     test_fraction: float = 0.1
@@ -218,6 +233,7 @@ class _Plan:
     pixel_in: float
     pixel_out: float
     mask: np.ndarray | None
+    background_radius: float | None  # the normalisation's statistics come from outside it (None: all)
 
 
 def _plan(cfg: PreprocessConfig, box_in: int, pixel_in: float | None, source) -> _Plan:
@@ -236,10 +252,22 @@ def _plan(cfg: PreprocessConfig, box_in: int, pixel_in: float | None, source) ->
     mask = None
     if cfg.mask_diameter:
         mask = diameter_mask(box_out, cfg.mask_diameter, cfg.mask_soft_edge, ndim=2)
-    if cfg.background_radius is not None and not (radius_grid(box_out, 2) > cfg.background_radius).any():
-        raise ConfigError(f"background_radius {cfg.background_radius} px leaves no background in "
+    radius = cfg.background_radius
+    if radius is None and cfg.normalise == "standardise":  # the particle's circle: the mask's
+        radius = 0.5 * (cfg.mask_diameter or PreprocessConfig.mask_diameter) * box_out
+    if radius is not None and not (radius_grid(box_out, 2) > radius).any():
+        raise ConfigError(f"background_radius {radius} px leaves no background in "
                           f"the output box of {box_out} px")
-    return _Plan(box_in, box_coarse, box_out, float(pixel_in), float(pixel_out), mask)
+    return _Plan(box_in, box_coarse, box_out, float(pixel_in), float(pixel_out), mask, radius)
+
+
+def resolved_normalisation(cfg: PreprocessConfig, ctf, flipped: bool = False) -> str:
+    """The method ``cfg.normalise`` means for images with CTF parameters ``ctf`` (None: none):
+    ``"auto"`` is ``"standardise"`` for CTF data the model will image through its CTF (not phase
+    flipped, here or before: ``flipped``), else ``"tanh"``; other methods are themselves."""
+    if cfg.normalise != "auto":
+        return cfg.normalise
+    return "standardise" if ctf is not None and not cfg.phase_flip and not flipped else "tanh"
 
 
 def _ctf_arrays(ctf, source) -> dict[str, np.ndarray]:
@@ -261,7 +289,7 @@ def _transform(x: np.ndarray, cfg: PreprocessConfig, plan: _Plan, ctf: dict | No
         x = coarsen(x, cfg.coarsen)
     if plan.box_out != plan.box_coarse:
         x = fourier_crop(x, plan.box_out)
-    x = normalise(x, cfg.normalise, cfg.spread, cfg.background_radius)
+    x = normalise(x, cfg.normalise, cfg.spread, plan.background_radius)
     if plan.mask is not None:
         x = apply_mask(x, plan.mask)
     return x
@@ -329,6 +357,9 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
     cfg.validate()
     particles = input if isinstance(input, Particles) else read_particles(input, datadir=datadir)
     source = particles.source or "input"
+    flags = particles.df.get("rlnCtfDataArePhaseFlipped")
+    was_flipped = flags is not None and bool((np.asarray(flags, dtype=float) == 1).any())
+    cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, particles.ctf, was_flipped))  # recorded
     plan = _plan(cfg, particles.box, cfg.pixel_size or particles.pixel_size, source)
     star = output_star(output)
     inputs = {Path(p).resolve() for p in particles.images.paths}
@@ -453,6 +484,7 @@ def preprocess_images(images, cfg: PreprocessConfig | None = None, *, pixel_size
     x = as_images(images)
     single = x.ndim == 2
     x = x[None] if single else x
+    cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, ctf))
     plan = _plan(cfg, x.shape[-1], pixel_size if pixel_size is not None else 1.0, "images")
     arrays = None
     if cfg.phase_flip:

@@ -63,7 +63,7 @@ def test_normalize_is_an_alias_of_normalise():
     assert action.option_strings == ["--normalise", "--normalize"]
     for spelling in ("--normalise", "--normalize"):
         assert parser.parse_args(["in.star", "-o", "out", spelling, "zscore"]).normalise == "zscore"
-    assert parser.parse_args(["in.star", "-o", "out"]).normalise == "tanh"
+    assert parser.parse_args(["in.star", "-o", "out"]).normalise == "auto"  # tanh, or standardise for CTF data
 
 
 def test_no_command_has_its_own_error_policy():

@@ -265,8 +265,12 @@ def test_projector_registry_and_the_forward_model():
     np.testing.assert_allclose(logits, want, atol=1e-6)
     np.testing.assert_allclose(forward_images(V, R[:, 0], s, projector=fourier, offset=offset, disc=disc,
                                               link="sigmoid").numpy(), 1 / (1 + np.exp(-want)), atol=1e-6)
-    with pytest.raises(NotImplementedError, match="CTF"):
-        forward_images(V, R[:, 0], s, projector=fourier, optics={"defocus": 1.0})
+    # the CTF goes between the shift and the offset (tests/test_ctf_model.py checks it against the
+    # simulator): a CTF of -1 everywhere negates the projection, not the offset
+    flip = -np.ones((2, n, n // 2 + 1), np.float32)
+    np.testing.assert_allclose(forward_images(V, R[:, 0], s, projector=fourier, offset=offset, disc=disc,
+                                              ctf=flip).numpy(),
+                               -project_fourier(V, R[:, 0], s).numpy() + offset[:, None, None] * disc, atol=1e-5)
     with pytest.raises(ConfigError, match="projector"):
         make_projector(tiny_config(box=n).with_options(projector="cubic"))
 

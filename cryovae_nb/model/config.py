@@ -107,6 +107,9 @@ class LossConfig:
                                      # seed's sigmoid cross-entropy
     link: str = "sigmoid"            # model image = link(projection + offset): "sigmoid" for [0, 1]
                                      # (tanh-normalised) images, "identity" for standardised ones
+    ctf: bool = False                # multiply each projection by its particle's CTF (Batch.optics,
+                                     # from the STAR file) before the offset; needs standardised
+                                     # images (preprocess normalise="standardise") and link="identity"
     noise_ema: float = 0.99          # decay of the running residual variance (gaussian likelihood)
     beta: float = 1.0                # weight of the KL term
     kl_warmup_steps: int = 0         # beta (and the averaging weight) ramp up from 0 over these steps
@@ -125,6 +128,11 @@ class LossConfig:
         _one_of(f"{w}.link", self.link, LINKS)
         if self.likelihood == "bernoulli" and self.link != "sigmoid":
             raise ConfigError(f"{w}: the bernoulli likelihood needs link='sigmoid' (its logits)")
+        if self.ctf and (self.likelihood != "gaussian" or self.link != "identity"):
+            # a CTF-modulated projection is signed and zero-mean in the band: it is a standardised
+            # image's expectation, not a logit of a [0, 1] one
+            raise ConfigError(f"{w}.ctf needs likelihood='gaussian' and link='identity' "
+                              f"(standardised images), got {self.likelihood!r} and {self.link!r}")
         if not 0 <= self.noise_ema < 1:
             raise ConfigError(f"{w}.noise_ema must lie in [0, 1), got {self.noise_ema!r}")
         _positive_int(f"{w}.kl_warmup_steps", self.kl_warmup_steps, minimum=0)
@@ -224,7 +232,8 @@ class ModelConfig:
     def preset(cls, name: str = "default", **options) -> ModelConfig:
         """A named configuration, with ``options`` (flat names, see ``with_options``) on top.
 
-        ``"default"``: this class' defaults. ``"seed"``: the loss as the seed (thesis §3.3.2) wrote
+        ``"default"``: this class' defaults. ``"ctf"``: the CTF in the forward model with the
+        identity link, for standardised images of data with CTF columns. ``"seed"``: the loss as the seed (thesis §3.3.2) wrote
         it -- every pixel scored, no image offset, mirrored volumes in the averaging loss, no
         symmetrised loss -- kept for comparison (benchmarks/quality_lshape.py --preset seed).
         """
@@ -280,6 +289,8 @@ class ModelConfig:
 
 PRESETS = {
     "default": {},
+    # data with CTF columns, standardised by preprocessing (what training picks for such data)
+    "ctf": {"ctf": True, "link": "identity"},
     "seed": {"averaging_mirror": True, "image_offset": False, "loss_in_mask": False,
              "symmetrized_loss": False, "pose_search_deg": None, "likelihood": "bernoulli",
              "pose_input": "latent", "latent_inference": "encoder", "latent_dim": 21},

@@ -18,6 +18,14 @@ FSC 0.5 after 10 min on the thesis' L, where known poses reach 2 px). So each st
    head is pulled towards the searched pose (``pose_distill``), so the encoder learns what the
    search finds (the thesis' amortised pose) while the search keeps it out of local minima.
 
+With the CTF in the model (``ModelConfig.loss.ctf``) the local candidates are imaged through each
+particle's CTF, as in the loss. The global stage cannot afford B x R filtered projections, so it
+correlates in Fourier space over the band's components (:func:`ctf_correlation`): the numerator
+<I, CTF P> = <CTF I, P> (the CTF is real) and the filtered projection's squared norm
+sum_k CTF(k)^2 |P(k)|^2 are each one matrix product of (B, c) by (R, c). Why exact norms: with
+the CTF near zero at the lowest frequencies, the projections' own norms (their low-frequency power)
+would decide the ranking, and measured half the poses off by ~180 degrees.
+
 No gradient flows through the search. Inference (``CryoVAE.encode``) runs the same search without
 sampling. Scores are normalised cross-correlations inside the mask disc: cheap and indifferent to
 the tanh contrast. One volume serves the batch: with heterogeneous particles the search matches
@@ -35,7 +43,7 @@ from scipy.spatial.transform import Rotation
 
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import grid_rotations, matrix_to_quaternion
-from cryovae_nb.model.forward import forward_images
+from cryovae_nb.model.forward import forward_images, multiply_spectrum
 from cryovae_nb.model.projectors import Projector, lowpass
 from cryovae_nb.model.rotations import quaternion_multiply, quaternion_to_matrix
 
@@ -66,6 +74,42 @@ def normalise(images, disc) -> tf.Tensor:
     x = (x - tf.reduce_sum(x, axis=[-2, -1], keepdims=True) / count) * disc
     x = tf.reshape(x, tf.concat([tf.shape(x)[:-2], [n * n]], 0))
     return x / tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@lru_cache(maxsize=16)
+def band_components(n: int, band: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into the ``(n, n//2 + 1)`` rfft grid of the components within ``band`` cycles
+    per box, the zero frequency left out (the normalised correlation ignores the mean), and each
+    one's weight in a real image's inner product (2 for a component whose mirror is not stored)."""
+    ky = np.fft.fftfreq(n) * n
+    kx = np.fft.rfftfreq(n) * n
+    inside = (ky[:, None] ** 2 + kx[None, :] ** 2 <= band * band) & ~((ky[:, None] == 0) & (kx[None, :] == 0))
+    mirrored_stored = (kx == 0) | ((n % 2 == 0) & (kx == n // 2))
+    weight = np.where(mirrored_stored[None, :], 1.0, 2.0) * np.ones_like(ky)[:, None]
+    idx = np.flatnonzero(inside)
+    return idx.astype(np.int32), weight.reshape(-1)[idx].astype(np.float32)
+
+
+def ctf_correlation(images, projections, ctf, band: float) -> tf.Tensor:
+    """Normalised correlations ``(B, R)`` of ``(B, n, n)`` images with ``(R, n, n)`` projections
+    each imaged through the image's CTF ``(B, n, n//2 + 1)``, over the components within ``band``
+    (cycles per box): <I, CTF P> / (|I| |CTF P|), two matrix products (module docstring)."""
+    n = images.shape[-1]
+    idx, weight = (tf.constant(a) for a in band_components(n, float(band)))
+
+    def comps(x):  # (..., n, n) real -> (..., c) complex band components
+        spec = tf.signal.rfft2d(x)
+        return tf.gather(tf.reshape(spec, tf.concat([tf.shape(spec)[:-2], [-1]], 0)), idx, axis=-1)
+
+    img = comps(images)
+    p = comps(projections)
+    c = tf.gather(tf.reshape(tf.cast(ctf, tf.float32), [tf.shape(ctf)[0], -1]), idx, axis=-1)
+    wci = tf.cast(weight * c, tf.complex64) * img                                  # (B, c)
+    num = (tf.matmul(tf.math.real(wci), tf.math.real(p), transpose_b=True)
+           + tf.matmul(tf.math.imag(wci), tf.math.imag(p), transpose_b=True))
+    den = tf.matmul(weight * tf.square(c), tf.square(tf.abs(p)), transpose_b=True)  # |CTF P|^2
+    inorm = tf.reduce_sum(weight * tf.square(tf.abs(img)), axis=-1, keepdims=True)    # |I|^2
+    return num / tf.sqrt(tf.maximum(den * inorm, 1e-30))
 
 
 def band_dof(n: int, band: float) -> int:
@@ -104,7 +148,7 @@ class SearchGrids:
 
 
 def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, projector: Projector, disc,
-                config, pose_noise=None):
+                config, pose_noise=None, ctf=None):
     """Global pose search for ``(B, n, n)`` images, given their decoded ``volumes``, the head's
     ``quaternion`` ``(B, 4)`` and ``shift`` ``(B, 2)``, the model's ``projector``, its mask
     ``disc`` ``(n, n)`` and its ``config`` (a ModelConfig: bands, ``max_shift_px``,
@@ -114,7 +158,8 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
     ``pose_noise`` (uniform ``(B, R)``) drawn from its posterior; it is then refined locally,
     each candidate rotation at its best whole-pixel shift within ``max_shift``. Returns
     ``(B, 4)`` quaternions, ``(B, 2)`` shifts (px) and a ``(B,)`` bool: the head's own
-    rotation won. No gradient flows through the search."""
+    rotation won. ``ctf`` ``(B, n, n//2 + 1)``: each image's CTF (``forward.ctf_spectrum``), or None.
+    No gradient flows through the search."""
     cfg = config
     n = cfg.architecture.box
     images, volumes, quaternion, shift = (tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
@@ -139,8 +184,13 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
 
     # global: every grid rotation at the low band, the images moved back by the head's shift
     band = cfg.pose.search_band * n
-    imgs = normalise(lowpass(images, band, -shift), disc)                          # (B, n^2)
-    corr = tf.matmul(imgs, project_ref(grids.grid, band), transpose_b=True)        # (B, R)
+    if ctf is None:
+        imgs = normalise(lowpass(images, band, -shift), disc)                      # (B, n^2)
+        corr = tf.matmul(imgs, project_ref(grids.grid, band), transpose_b=True)    # (B, R)
+    else:  # each grid projection through each image's CTF (module docstring)
+        grid_proj = forward_images(ref, quaternion_to_matrix(grids.grid)[None], projector=projector,
+                                   band=band)[0]                                   # (R, n, n)
+        corr = ctf_correlation(lowpass(images * disc, band, -shift), grid_proj, ctf, band)
     if pose_noise is not None:
         # Sampling rather than the best: early on the volume is wrong and the best pose often
         # too; a hard choice then locks the volume into what it already is (projection
@@ -165,10 +215,18 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
         if level == 0:
             cand = tf.concat([quaternion[:, None], cand], axis=1)                  # head first
         k = cand.shape[1]
-        if cfg.pose.search_reference == "own":
-            proj = tf.reshape(project_own(cand, band), [-1, k, n, n])
-        else:
-            proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])
+        if ctf is None:
+            if cfg.pose.search_reference == "own":
+                proj = tf.reshape(project_own(cand, band), [-1, k, n, n])
+            else:
+                proj = tf.reshape(project_ref(tf.reshape(cand, [-1, 4]), band), [-1, k, n, n])
+        else:  # each image's candidates imaged through its CTF, then normalised as without
+            rot = tf.reshape(quaternion_to_matrix(cand), [-1, k, 3, 3])
+            own = cfg.pose.search_reference == "own"
+            raw = forward_images(volumes if own else ref, rot if own else tf.reshape(rot, [1, -1, 3, 3]),
+                                 projector=projector, band=band)
+            proj = tf.reshape(normalise(multiply_spectrum(tf.reshape(raw, [-1, k, n, n]), ctf[:, None]),
+                                        disc), [-1, k, n, n])
         # xcorr[s] = sum_x image(x) proj(x - s): the image is the projection moved by +s
         xcorr = tf.signal.irfft2d(img_spec[:, None] * tf.math.conj(tf.signal.rfft2d(proj)),
                                   fft_length=[n, n])

@@ -16,10 +16,10 @@ import tensorflow as tf
 from cryovae_nb.config import to_dict
 from cryovae_nb.errors import ConfigError, InputError
 from cryovae_nb.model import losses, pose_search
-from cryovae_nb.model.batch import Batch
+from cryovae_nb.model.batch import Batch, Optics
 from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.model.decoders import make_decoder
-from cryovae_nb.model.forward import add_offset, apply_link, forward_images
+from cryovae_nb.model.forward import add_offset, apply_link, ctf_spectrum, forward_images, multiply_spectrum
 from cryovae_nb.model.projectors import make_projector, project_fourier
 from cryovae_nb.model.rotations import quaternion_to_matrix
 from cryovae_nb.volumes import diameter_mask
@@ -134,7 +134,8 @@ class CryoVAE(keras.Model):
         if self.config.pose.search_deg is not None and self.config.pose.mode == "learned":
             # the pose is the searched one, as in training
             out["quaternion"], out["shift"], _ = self.search_pose(images, self.decode(z_mean, training),
-                                                                  out["quaternion"], out["shift"])
+                                                                  out["quaternion"], out["shift"],
+                                                                  ctf=self.ctf_of(batch))
         return out
 
     @property
@@ -142,11 +143,21 @@ class CryoVAE(keras.Model):
         """Rotations in the pose-search grid (0 without search)."""
         return 0 if self._search_grids is None else int(self._search_grids.grid.shape[0])
 
-    def search_pose(self, images, volumes, quaternion, shift, pose_noise=None):
+    def search_pose(self, images, volumes, quaternion, shift, pose_noise=None, ctf=None):
         """:func:`pose_search.search_pose` with this model's grids, projector, disc and config."""
         return pose_search.search_pose(images, volumes, quaternion, shift, grids=self._search_grids,
                                        projector=self.projector, disc=self._disc, config=self.config,
-                                       pose_noise=pose_noise)
+                                       pose_noise=pose_noise, ctf=ctf)
+
+    def ctf_of(self, batch: Batch):
+        """The batch's CTFs ``(B, n, n//2 + 1)`` when the model applies them (``ModelConfig.loss.ctf``),
+        else None (its optics, if any, unused)."""
+        if not self.config.loss.ctf:
+            return None
+        if batch.optics is None:
+            raise InputError("this model applies each particle's CTF (ModelConfig.loss.ctf): the batch "
+                             "needs its optics (the STAR file's CTF columns, Batch.optics)")
+        return ctf_spectrum(batch.optics, self.config.architecture.box)
 
     def image_prediction(self, logits) -> tf.Tensor:
         """The model's image (in the data's units) from projections plus offset: the link."""
@@ -197,10 +208,24 @@ class CryoVAE(keras.Model):
         return self.projector(volumes, rotations, shifts, band=band)
 
     def call(self, images, training: bool = False):
-        """Deterministic reconstruction of ``images`` (z = z_mean, learned pose)."""
+        """Deterministic reconstruction of ``images`` (z = z_mean, learned pose): the logits."""
         enc = self.encode(Batch(images), training)
         return forward_images(self.decode(enc["z_mean"], training), quaternion_to_matrix(enc["quaternion"]),
                               enc["shift"], projector=self.projector, offset=enc.get("offset"), disc=self._disc)
+
+    def reconstruct(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the model's images ``(B, n, n)`` in the data's units, volumes ``(B, n, n, n)``) of a
+        `Batch` (z = z_mean; its known poses, else the encoder's): the loss's forward model, the
+        CTF included, so a reconstruction is comparable with its image."""
+        enc = self.encode(batch)
+        volumes = self.decode(enc["z_mean"])
+        rot, sh = batch.rotations, batch.shifts
+        if rot is None:
+            rot, sh = quaternion_to_matrix(enc["quaternion"]), enc["shift"]
+        images = forward_images(volumes, tf.convert_to_tensor(rot, tf.float32), sh, projector=self.projector,
+                                offset=enc.get("offset"), disc=self._disc, ctf=self.ctf_of(batch),
+                                link=self.config.loss.link)
+        return images, volumes
 
     def linearized_posterior(self, batch: Batch, offset=None, noise_var=None):
         """Each `Batch` image's latent posterior under the decoder linearised about the prior mean,
@@ -228,6 +253,9 @@ class CryoVAE(keras.Model):
         # projections per image cheap
         rot_k, shift_k = tf.repeat(rotations[None], d + 1, 0), tf.repeat(shifts[None], d + 1, 0)
         proj = self.projector.project_features(vols, rot_k, shift_k, band=cfg.latent.band * n)
+        ctf = self.ctf_of(batch)
+        if ctf is not None:                                                        # (1, B, ...): per image
+            proj = multiply_spectrum(proj, ctf[None])
         if offset is not None and self.offset_layer is not None:
             proj = add_offset(proj, tf.stop_gradient(offset), self._disc)
         pred = self.image_prediction(proj)                                         # (d + 1, B, n, n)
@@ -248,8 +276,8 @@ class CryoVAE(keras.Model):
         """One `Batch`'s step of the principal-volume estimate (``latent_inference="linearized"``):
         ``(H U, variance)`` with ``U`` the current basis ``(d, n, n, n)``, ``H = mean_i Q_i^T (r_i
         r_i^T - var I) Q_i`` the images' residual covariance taken back into the volume (``Q_i``:
-        projection at pose i, low-passed to ``latent_band``, times the link's slope, inside the
-        loss mask; ``r_i`` the residual to the volume at z = 0), and the variance along each basis
+        projection at pose i, low-passed to ``latent_band``, times the particle's CTF (with
+        ``ModelConfig.loss.ctf``) and the link's slope, inside the loss mask; ``r_i`` the residual to the volume at z = 0), and the variance along each basis
         volume (least squares from ``r_i . Q_i u_k``). The noise term makes ``H`` unbiased for the
         conformational covariance as the back-projection sees it: the basis volumes come out
         blurred by ``mean_i Q_i^T Q_i`` (~1/|k|), their projections, where latents are read, less so.
@@ -261,7 +289,12 @@ class CryoVAE(keras.Model):
         v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
         # Why project_fourier whatever ModelConfig.projector: differentiable in the volume and
         # cheap (trilinear taps, the band only); the seed's code did so with the real projector too
-        l0 = project_fourier(v0, rotations[None], shifts[None], width=2, band=band)[0]
+        ctf = self.ctf_of(batch)
+
+        def imaged(p):  # the microscope's filter on (..., B, n, n) projections, if the model has one
+            return p if ctf is None else multiply_spectrum(p, ctf)
+
+        l0 = imaged(project_fourier(v0, rotations[None], shifts[None], width=2, band=band)[0])
         if offset is not None and self.offset_layer is not None:
             l0 = add_offset(l0, tf.stop_gradient(offset), self._disc)
         y0 = self.image_prediction(l0)
@@ -271,8 +304,8 @@ class CryoVAE(keras.Model):
         basis = tf.convert_to_tensor(self.pc_basis)
         with tf.GradientTape() as tape:
             tape.watch(basis)
-            q = project_fourier(basis, tf.repeat(rotations[None], d, 0), tf.repeat(shifts[None], d, 0),
-                                width=2, band=band) * (slope * mask)[None]       # (d, B, n, n)
+            q = imaged(project_fourier(basis, tf.repeat(rotations[None], d, 0), tf.repeat(shifts[None], d, 0),
+                                       width=2, band=band)) * (slope * mask)[None]  # (d, B, n, n)
             # Not ramp-filtered: over many views sum_i P_i^T P_i weights frequency k by ~1/|k|, so
             # the basis volumes come out low-passed; a ramp filter (filtered back-projection)
             # removes that bias but lets the high-frequency noise in, and measured worse at SNR
@@ -332,7 +365,8 @@ class CryoVAE(keras.Model):
     # -- the objective -------------------------------------------------------------------------
     def compute_losses(self, batch: Batch, training: bool = True,
                        seed=None, noise=None, pose_noise=None, kl_scale=1.0) -> dict:
-        """All loss terms for a `Batch` of tanh-normalised images ``(B, n, n)``.
+        """All loss terms for a `Batch` of images ``(B, n, n)`` (tanh-normalised, or standardised
+        with ``link="identity"``; with ``ModelConfig.loss.ctf`` its ``optics`` give each CTF).
 
         The batch's ``rotations`` ``(B, 3, 3)`` (and optional ``shifts`` ``(B, 2)``, px) switch to
         known poses; otherwise the pose head is used (required when ``pose_mode == "known"``). ``seed`` (int
@@ -380,10 +414,11 @@ class CryoVAE(keras.Model):
             p = self.pose(h if cfg.pose.input == "hidden" else z)
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
+        ctf = self.ctf_of(batch)
         pose_term = tf.constant(0.0)
         if learned and cfg.pose.search_deg is not None:
             q, found_shifts, head_won = self.search_pose(images, volumes, p["quaternion"], shifts,
-                                                         pose_noise)
+                                                         pose_noise, ctf)
             # the head keeps its gradient where its rotation won; elsewhere it is pulled to the
             # searched one (1 - <q, q'>^2: 0 for the same rotation, 1 at 180 degrees, sign-free),
             # and the shift head to the searched shift (squared, in units of max_shift)
@@ -394,7 +429,7 @@ class CryoVAE(keras.Model):
                          + tf.reduce_mean(tf.reduce_sum(tf.square(shifts - found_shifts), -1)) / scale**2)
             shifts = found_shifts
         logits = forward_images(volumes, rotations, shifts, projector=self.projector, offset=offset,
-                                disc=self._disc)
+                                disc=self._disc, ctf=ctf)
         pixel_mask = self._pixel_mask
         n_pix = tf.reduce_sum(pixel_mask) if pixel_mask is not None else float(cfg.architecture.box ** 2)
         predicted = self.image_prediction(logits)
@@ -451,7 +486,10 @@ def build_model(config: ModelConfig | None = None, seed: int = 0) -> CryoVAE:
     n = model.config.architecture.box
     known = np.eye(3, dtype=np.float32)[None] if model.config.pose.mode == "known" else None
     images = np.zeros((1, n, n), np.float32)
-    model.encode(Batch(images, rotations=known))
+    # any valid CTF serves to create the weights (defocus 1 um, 300 kV, Cs 2.7 mm, w 0.1, 1 A/px)
+    optics = (Optics(*(np.array([v], np.float32) for v in (1e4, 1e4, 0, 300, 2.7, 0.1, 0, 0, 1)))
+              if model.config.loss.ctf else None)
+    model.encode(Batch(images, rotations=known, optics=optics))
     h = model._hidden(images, False)
     model.z_mean_layer(h), model.z_logvar_layer(h)  # built even when latents are not read from them
     model.decode(np.zeros((1, model.config.architecture.latent_dim), np.float32))

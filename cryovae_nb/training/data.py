@@ -1,4 +1,5 @@
-"""The data side of training: the train/test split, the batch order of each epoch, the loader.
+"""The data side of training: the train/test split, the batch order of each epoch, the loader,
+and what the data says the model must be (its CTF and normalisation, `model_for_data`).
 
 The split file (``split.npz``) has two layouts: preprocessing writes a boolean ``is_test`` per
 particle (``cryovae_nb.preprocess``; its STAR file names it), a run folder holds the ``train`` /
@@ -7,6 +8,7 @@ split file.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -15,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from cryovae_nb.errors import ConfigError, InputError
-from cryovae_nb.model.batch import Batch
+from cryovae_nb.model.batch import OPTICS_FIELDS, Batch, Optics
 
 
 def make_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,14 +78,96 @@ def read_split(path: str | os.PathLike, n: int | None = None,
     return train, test
 
 
-class BatchReader:
-    """The `Batch` of given particle rows: their images, read from the (memory-mapped) stack, and
-    their known poses when the run trains with them (``rotations``/``shifts`` None otherwise)."""
+def particle_optics(particles, source=None) -> Optics:
+    """Every particle's CTF parameters (``Particles.ctf``: RELION 3.1/5 optics groups merged into
+    each row, per-particle columns overriding them) with the images' pixel size (that of the STAR
+    file, i.e. after preprocessing's Fourier crop), as float32 (n,) arrays. Raises InputError
+    naming ``source`` when the file has no CTF columns, a value is missing, or no pixel size."""
+    source = source or getattr(particles, "source", None)
+    ctf = particles.ctf
+    if ctf is None:
+        raise InputError("no CTF columns (rlnDefocusU, rlnVoltage, rlnSphericalAberration, "
+                         "rlnAmplitudeContrast) for the CTF model (model.loss.ctf)", source)
+    if not particles.pixel_size:
+        raise InputError("no pixel size (rlnImagePixelSize) for the CTF model", source)
+    arrays = {name: np.asarray(getattr(ctf, name), np.float64) for name in OPTICS_FIELDS[:-1]}
+    arrays["pixel_size"] = np.full(len(particles), float(particles.pixel_size))
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():
+            row = int(np.flatnonzero(~np.isfinite(a))[0])
+            raise InputError(f"row {row + 1}: CTF parameter {name} is missing or not a number", source)
+    w = arrays["amp_contrast"]
+    if ((w < 0) | (w >= 1)).any() or (arrays["voltage"] <= 0).any():
+        raise InputError("CTF columns out of range (amplitude contrast in [0, 1), voltage > 0 kV)", source)
+    return Optics(*(arrays[name].astype(np.float32) for name in OPTICS_FIELDS))
 
-    def __init__(self, images, rotations: np.ndarray | None = None, shifts: np.ndarray | None = None):
+
+def data_normalisation(path) -> str | None:
+    """How ``cryovae preprocess`` normalised the images of its STAR file ``path`` (``"tanh"``,
+    ``"standardise"``, ...: the setting its ``_preprocess.json`` records); None for a STAR file
+    other software wrote (or a bare stack)."""
+    if path is None or not os.fspath(path).lower().endswith(".star"):
+        return None
+    # heavy: the STAR reader, only for a STAR path (as read_split)
+    from cryovae_nb.io.star import read_output_files
+
+    files = read_output_files(path)
+    if files is None or not files["config"].is_file():
+        return None
+    try:
+        settings = json.loads(files["config"].read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read the preprocessing settings ({e})", files["config"]) from None
+    method = settings.get("normalise", settings.get("normalize"))  # files before the British spelling
+    return None if method is None else str(method)
+
+
+def model_for_data(model, particles, source=None):
+    """The ModelConfig to train ``model`` on ``particles`` with, following what the data is.
+
+    Images that ``cryovae preprocess`` standardised (``normalise="standardise"``, its default for
+    data with CTF columns) are fit by the identity link and, when the file has CTF columns and
+    they were not phase flipped, the CTF model: a model at the CTF-free defaults (sigmoid link, no
+    CTF) switches to that (``ModelConfig.preset("ctf")``'s loss). Everything else is returned as
+    it is. A model the data contradicts is a ConfigError naming the file: the CTF model on
+    images without CTF columns, phase flipped, or not standardised; the Bernoulli likelihood on
+    standardised images."""
+    source = source or getattr(particles, "source", None)
+    norm = data_normalisation(source)
+    flipped = "rlnCtfDataArePhaseFlipped" in particles.df.columns and bool(
+        (np.asarray(particles.df["rlnCtfDataArePhaseFlipped"], float) == 1).any())
+    loss = model.loss
+    if norm == "standardise":
+        if loss.likelihood == "bernoulli":
+            raise ConfigError(f"{source}: the images are standardised (cryovae preprocess), which the "
+                              "bernoulli likelihood cannot score; use likelihood 'gaussian'")
+        if loss.link == "sigmoid" and not loss.ctf:
+            model = model.with_options(link="identity", ctf=particles.ctf is not None and not flipped)
+    if model.loss.ctf:
+        if particles.ctf is None:
+            raise ConfigError(f"{source}: model.loss.ctf needs CTF columns (rlnDefocusU, rlnVoltage, "
+                              "rlnSphericalAberration, rlnAmplitudeContrast); the file has none")
+        if flipped:
+            raise ConfigError(f"{source}: the images are phase flipped (rlnCtfDataArePhaseFlipped = 1); "
+                              "the CTF model needs them as recorded: preprocess without --phase-flip, "
+                              "or train with model.loss.ctf false")
+        if norm is not None and norm != "standardise":
+            raise ConfigError(f"{source}: the CTF model needs standardised images, these are "
+                              f"{norm!r}-normalised; preprocess with --normalise standardise")
+    return model
+
+
+class BatchReader:
+    """The `Batch` of given particle rows: their images, read from the (memory-mapped) stack, their
+    known poses when the run trains with them (``rotations``/``shifts`` None otherwise) and their
+    CTF parameters when the model applies the CTF (``optics``, an `Optics` of all particles)."""
+
+    def __init__(self, images, rotations: np.ndarray | None = None, shifts: np.ndarray | None = None,
+                 optics: Optics | None = None):
         self._images = images
         self._rotations = None if rotations is None else np.asarray(rotations, np.float32)
         self._shifts = None if shifts is None else np.asarray(shifts, np.float32)
+        self._optics = optics
 
     def images(self, idx: np.ndarray) -> np.ndarray:
         # ParticleStack reads refuse NaN/Inf, naming the file and image (io/mrc.py)
@@ -91,10 +175,11 @@ class BatchReader:
 
     def __call__(self, idx: np.ndarray) -> Batch:
         idx = np.asarray(idx, np.int64)
+        optics = None if self._optics is None else self._optics[idx]
         if self._rotations is None:
-            return Batch(images=self.images(idx), indices=idx)
+            return Batch(images=self.images(idx), indices=idx, optics=optics)
         return Batch(images=self.images(idx), rotations=self._rotations[idx], shifts=self._shifts[idx],
-                     indices=idx)
+                     indices=idx, optics=optics)
 
 
 class EpochOrder:

@@ -30,7 +30,6 @@ from cryovae_nb.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cryovae_nb.config import from_dict, load_config, save_config, to_dict
 from cryovae_nb.errors import ConfigError, InputError, TrainingError
 from cryovae_nb.faults import fault_point
-from cryovae_nb.geometry import quaternion_to_matrix
 from cryovae_nb.io import read_particles, write_volume
 from cryovae_nb.model.batch import Batch
 from cryovae_nb.model.config import ModelConfig
@@ -38,7 +37,8 @@ from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import build_model
 from cryovae_nb.training import rundir
 from cryovae_nb.training.config import TrainConfig
-from cryovae_nb.training.data import BatchReader, EpochOrder, Prefetcher, make_split, read_split
+from cryovae_nb.training.data import (BatchReader, EpochOrder, Prefetcher, make_split, model_for_data,
+                                      particle_optics, read_split)
 from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, json_value, make_checkpoint
 from cryovae_nb.training.steps import make_eval_step, make_optimizer, make_train_step
 
@@ -159,6 +159,7 @@ class Trainer:
                 raise ConfigError(f"model.architecture.box is {cfg.model.architecture.box} but the images in "
                                   f"{cfg.data} are {box} px; set model.architecture.box to {box}")
             cfg = dataclasses.replace(cfg, model=cfg.model.with_options(box=box))
+        cfg = dataclasses.replace(cfg, model=model_for_data(cfg.model, self.particles, cfg.data))
         if cfg.model.pose.mode == "known" and self.particles.poses is None:
             raise InputError("pose_mode 'known' needs poses (rlnAngleRot/Tilt/Psi) in the STAR file", cfg.data)
         self.config = cfg
@@ -172,7 +173,8 @@ class Trainer:
         self.order = EpochOrder(self.train_indices, cfg.batch_size, cfg.seed, self.rank, self.size)
         known = self.particles.poses if cfg.model.pose.mode == "known" else None
         self.batches = BatchReader(self.particles.images, None if known is None else known.rotations,
-                                   None if known is None else known.shifts)
+                                   None if known is None else known.shifts,
+                                   particle_optics(self.particles, cfg.data) if cfg.model.loss.ctf else None)
 
         # model --------------------------------------------------------------------------
         if cfg.deterministic:
@@ -382,15 +384,8 @@ class Trainer:
     def reconstruct(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images, projections of their reconstructed volumes, volumes) for particle rows."""
         batch = self.batches(np.asarray(indices))
-        images, rot, sh = batch.images, batch.rotations, batch.shifts
-        enc = self.model.encode(batch)
-        volumes = self.model.decode(enc["z_mean"])
-        if rot is None:
-            rot = quaternion_to_matrix(np.asarray(enc["quaternion"])).astype(np.float32)
-            sh = np.asarray(enc["shift"], np.float32)
-        proj = self.model.add_offset(self.model.project(volumes, rot, sh), enc.get("offset"))
-        proj = np.asarray(self.model.image_prediction(proj))  # in the images' units
-        return images, proj, np.asarray(volumes)
+        proj, volumes = self.model.reconstruct(batch)  # in the images' units, the CTF included
+        return batch.images, np.asarray(proj), np.asarray(volumes)
 
     def write_samples(self) -> None:
         pool = self.test_indices if len(self.test_indices) else self.train_indices
