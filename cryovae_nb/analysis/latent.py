@@ -1,5 +1,6 @@
 """The latent landscape: per-dimension statistics (thesis Table 3.1), 2D embeddings (PCA / UMAP /
-t-SNE) and k-means.
+t-SNE), k-means, and the selections they make (a cluster, a latent range) written back as subsets
+of the user's original STAR file (``cryovae_nb.selection``).
 
 scikit-learn and umap-learn are imported only when a function needs them: umap pulls in
 TensorFlow.
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cryovae_nb.errors import InputError
+from cryovae_nb.selection import Selection, write_selection
 
 
 def as_latents(latents) -> np.ndarray:
@@ -115,4 +117,29 @@ def kmeans(latents, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return km.labels_.astype(np.int64), km.cluster_centers_
 
 
-__all__ = ["MAX_POINTS", "Embedding", "as_latents", "embed", "kmeans", "latent_statistics"]
+def latent_range(latents, dim: int, lo: float, hi: float) -> np.ndarray:
+    """Rows whose latent dimension ``dim`` (1-based, as ``latent_statistics`` numbers them) lies
+    in [lo, hi]."""
+    z = as_latents(latents)
+    if not 1 <= int(dim) <= z.shape[1]:
+        raise InputError(f"latent dimension must be in 1..{z.shape[1]}, got {dim}")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise InputError(f"latent range needs finite lo <= hi, got {lo} .. {hi}")
+    v = z[:, int(dim) - 1]
+    return np.flatnonzero((v >= lo) & (v <= hi)).astype(np.int64)
+
+
+def write_cluster_selections(particles, labels, out) -> dict[int, Selection]:
+    """Each k-means cluster's particles (rows of ``particles``, the preprocessed ones the latents
+    came from) as a subset of the original STAR: ``OUT_cluster{k}.star`` + ``_indices.npy``.
+    Empty clusters write nothing."""
+    labels = np.asarray(labels).ravel()
+    if len(labels) != len(particles):
+        raise InputError(f"{len(labels)} cluster labels for {len(particles)} particles")
+    stem = str(out)[:-5] if str(out).lower().endswith(".star") else str(out)
+    return {int(k): write_selection(particles, labels == k, f"{stem}_cluster{int(k)}")
+            for k in np.unique(labels)}
+
+
+__all__ = ["MAX_POINTS", "Embedding", "as_latents", "embed", "kmeans", "latent_range", "latent_statistics",
+           "write_cluster_selections"]
