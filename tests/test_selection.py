@@ -325,3 +325,31 @@ def test_explorer_lasso_exports_rows_of_the_original(tmp_path):
     shutil.rmtree(tmp_path / "project")
     ex._safe_export()  # the button: the one-line error shows in the status line
     assert "is missing" in ex.status.value
+
+
+def test_project_folders_follow_the_provenance(tmp_path):
+    from cryovae_nb.tutorial.project import (choose_folders, current_project, default_target_box, describe_box,
+                                             read_project, write_project)
+
+    assert default_target_box(256, 1.06, simulated=False) == 64
+    assert default_target_box(48, 1.06, simulated=False) is None and default_target_box(256, 1.0, True) is None
+    assert describe_box(256, 1.06, 64) == "256 px at 1.06 Å/px -> 64 px at 4.24 Å/px (Nyquist 8.48 Å)"
+    a = relion31_star(tmp_path / "a")
+    b = relion30_star(tmp_path / "b")
+    wd = tmp_path / "wd"
+    pa = write_project(wd, a)
+    assert (pa.preprocessed, pa.run_name, pa.target_box) == ("preprocessed_run_data", "run_run_data", None)
+    preprocess_stack(a, pa.preprocessed_star, PreprocessConfig(box=16), progress=False)
+    assert choose_folders(wd.resolve(), a, False) == ("preprocessed_run_data", "run_run_data")  # its own, reused
+    pb = write_project(wd, b, target_box=16)
+    assert pb.preprocessed == "preprocessed_particles30" and read_project(wd).star_file == b.resolve()
+    # another file with the same name: a folder of its own, never the first one's
+    c = relion31_star(tmp_path / "c")
+    assert write_project(wd, c).preprocessed.startswith("preprocessed_run_data_")
+    assert current_project(wd, a).preprocessed == "preprocessed_run_data"
+    # the original changed since preprocessing: not the same input any more
+    a.write_text(a.read_text() + "\n")
+    assert choose_folders(wd.resolve(), a, False)[0] != "preprocessed_run_data"
+    (wd / "project.yaml").write_text("star_file: x\nbox: 3\n")
+    with pytest.raises(InputError, match="unknown setting"):
+        read_project(wd)
