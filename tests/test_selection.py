@@ -353,3 +353,48 @@ def test_project_folders_follow_the_provenance(tmp_path):
     (wd / "project.yaml").write_text("star_file: x\nbox: 3\n")
     with pytest.raises(InputError, match="unknown setting"):
         read_project(wd)
+
+
+def test_train_encode_and_select_end_to_end_back_to_the_original(tmp_path):
+    """Issue #12's path on a RELION 3.1 file: preprocess (crop 24 -> 16 px) -> a few training
+    steps -> ``cryovae encode --original-star`` (learned poses at the original pixel size) ->
+    ``cryovae select --cluster`` and a lasso; every file read back with ``starfile``."""
+    from cryovae_nb.inference import Encoding
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
+
+    original = relion31_star(tmp_path / "project")
+    before = _sha(original)
+    pre_star = _preprocess_cli(original, tmp_path / "pre" / "p", 16)
+    model = ModelConfig().with_options(box=16, latent_dim=2, encoder_layers=1, encoder_units=16,
+                                       decoder_layers=1, decoder_units=16, pose_mode="learned")
+    cfg = TrainConfig(data=str(pre_star), run_dir=str(tmp_path / "run"), model=model, batch_size=4,
+                      learning_rate=1e-3, max_steps=3, log_every=3, sample_every=100, checkpoint_every=3,
+                      n_test_eval=2)
+    Trainer(cfg, progress=False).train()
+
+    assert cli.main(["encode", str(tmp_path / "run"), str(pre_star), "-o", str(tmp_path / "enc.npz"),
+                     "--original-star", str(tmp_path / "relion" / "learned")]) == 0
+    enc = Encoding.load(tmp_path / "enc.npz")
+    a = starfile.read(original, always_dict=True)
+    b = starfile.read(tmp_path / "relion" / "learned.star", always_dict=True)
+    pd.testing.assert_frame_equal(b["optics"], a["optics"], check_dtype=False)
+    posed = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
+    assert list(b["particles"].columns) == list(a["particles"].columns)
+    rest = [c for c in a["particles"].columns if c not in posed]
+    pd.testing.assert_frame_equal(b["particles"][rest], a["particles"][rest], check_dtype=False)
+    np.testing.assert_allclose(b["particles"][posed[:3]].to_numpy(), enc.euler, atol=1e-6)
+    # RELION's origin is minus our shift; a 16 px shift is 24/16 original pixels of PX Å
+    np.testing.assert_allclose(b["particles"][posed[3:]].to_numpy(), -enc.shifts * (BOX / 16) * PX, atol=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "relion" / "learned_indices.npy"), np.arange(N))
+
+    assert cli.main(["select", str(tmp_path / "run"), "--cluster", "1", "--k", "2", "-o", str(tmp_path / "c1")]) == 0
+    rows = np.load(tmp_path / "c1_indices.npy")
+    assert 0 < len(rows) < N
+    _check_subset(original, tmp_path / "c1.star", rows)
+    # a lasso: the subset's image names point at the original stack, read from the project folder
+    sel = write_selection(pre_star, [3, 5, 8], tmp_path / "lasso")
+    back = read_particles(sel.star, datadir=tmp_path / "project")
+    np.testing.assert_array_equal(back.images[:], read_particles(original).images[[3, 5, 8]])
+    assert _sha(original) == before
