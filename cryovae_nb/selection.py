@@ -33,7 +33,7 @@ import starfile
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import shift_to_relion_origin
-from cryovae_nb.io import Particles, Poses, file_sha256, read_particles
+from cryovae_nb.io import Particles, Poses, file_sha256, read_particles, write_particles_star
 from cryovae_nb.preprocess import original_shifts
 
 _FLOAT_FORMAT = "%.12g"  # as io.star writes: every digit of the original's values survives
@@ -153,8 +153,6 @@ def write_selection(particles: Particles | str | os.PathLike, indices, out: str 
         raise InputError("two selected particles come from the same original row", particles.source)
 
     if original.suffix.lower() != ".star":  # a bare stack was preprocessed: its images as a STAR file
-        from cryovae_nb.io import write_particles_star
-
         subset = read_particles(original).subset(picked)
         if poses is not None:
             sub = learned_poses(particles, _take_poses(poses, len(particles), rows, order, star))

@@ -398,3 +398,15 @@ def test_train_encode_and_select_end_to_end_back_to_the_original(tmp_path):
     back = read_particles(sel.star, datadir=tmp_path / "project")
     np.testing.assert_array_equal(back.images[:], read_particles(original).images[[3, 5, 8]])
     assert _sha(original) == before
+
+
+def test_a_bare_stack_preprocessed_selects_as_a_star_of_its_images(tmp_path):
+    stack = tmp_path / "data" / "parts.mrcs"
+    write_stack(stack, _images(N, BOX, 5), PX)
+    pre = preprocess_stack(stack, tmp_path / "pre" / "p", PreprocessConfig(box=16), progress=False)
+    assert pre.provenance["cryovaeSourceStar"] == str(stack.resolve())
+    sel = write_selection(pre, [1, 4], tmp_path / "out" / "sel")
+    back = read_particles(sel.star)
+    assert back.pixel_size == pytest.approx(PX) and back.box == BOX
+    np.testing.assert_array_equal(back.images[:], _images(N, BOX, 5)[[1, 4]])
+    np.testing.assert_array_equal(np.load(sel.indices_file), [1, 4])

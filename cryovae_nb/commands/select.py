@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from cryovae_nb.selection import read_indices, write_selection
 
     output_file(args.output, "-o/--output")
+    if args.cluster is not None and args.cluster >= args.k:  # before any latent is computed
+        raise InputError(f"--cluster {args.cluster} is not one of the {args.k} clusters 0..{args.k - 1}")
     try:
         rng = None if args.latent_range is None else _latent_range(args.latent_range)
     except argparse.ArgumentTypeError as e:
@@ -67,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
         if args.cluster is not None:
             from cryovae_nb.analysis.latent import kmeans
 
-            if args.cluster >= args.k:
-                raise InputError(f"--cluster {args.cluster} is not one of the {args.k} clusters 0..{args.k - 1}")
             labels, _ = kmeans(z, args.k, seed=args.seed)
             rows, what = labels == args.cluster, f"k-means cluster {args.cluster} of {args.k}"
         else:
