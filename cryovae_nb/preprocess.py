@@ -41,8 +41,9 @@ from cryovae_nb.config import check_fields, save_config
 from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.errors import ConfigError, InputError, OutputError
 from cryovae_nb.faults import fault_after, fault_point
-from cryovae_nb.io import (Particles, Poses, StackWriter, make_image_names, outputset, read_output_files,
-                           read_output_record, read_particles, write_particles_star)
+from cryovae_nb.io import (SOURCE_INDEX, Particles, Poses, StackWriter, make_image_names, outputset,
+                           read_output_files, read_output_record, read_particles, source_record,
+                           write_particles_star)
 from cryovae_nb.volumes import as_images, diameter_mask, fourier_crop, radius_grid
 
 NORMALISE_METHODS = ("auto", "tanh", "standardise", "zscore", "minmax", "none")
@@ -421,6 +422,7 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
                 out = Particles(df, particles.images, particles.pixel_size, optics=particles.optics,
                                 particle_columns=cols, source=particles.source, ctf=particles.ctf,
                                 poses=particles.poses, _parse=False)
+            out = _with_provenance(out, particles.provenance, cfg)
             image_names = make_image_names(paths["stack"], n, relative_to=paths["star"])
             block = {**outputset.stack_record(run_id, tmp["stack"], image_names[0].split("@", 1)[1]),
                      "cryovaeSplit": names["split"], "cryovaeConfig": names["config"]}
@@ -448,6 +450,40 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
             warnings.warn(f"{old}: cannot remove this file of the previous output ({e.strerror})", stacklevel=2)
         fault_point(f"removed-previous-{key}")
     return read_particles(paths["star"])
+
+
+def _with_provenance(particles: Particles, recorded: dict | None, cfg: PreprocessConfig) -> Particles:
+    """``particles`` with their original recorded (``io.star``'s provenance): each row's index
+    in the input STAR and the input's path and hash. Particles that already name an original
+    (a subset of a preprocessed STAR, preprocessed again) keep it: the user's file stays the
+    original. In-memory particles (no file) record nothing."""
+    if recorded is not None and SOURCE_INDEX in particles.df.columns:
+        particles.provenance = recorded
+        return particles
+    if particles.source is None:
+        return particles
+    df = particles.df.copy()
+    df[SOURCE_INDEX] = np.arange(len(df), dtype=np.int64)
+    cols = [c for c in particles.particle_columns if c != SOURCE_INDEX] + [SOURCE_INDEX]
+    out = Particles(df, particles.images, particles.pixel_size, optics=particles.optics,
+                    particle_columns=cols, source=particles.source, ctf=particles.ctf,
+                    poses=particles.poses, _parse=False)
+    # the coarsening factor: learned shifts map back to the original box through it
+    out.provenance = {**source_record(particles), "cryovaeSourceCoarsen": int(cfg.coarsen)}
+    return out
+
+
+def original_shifts(shifts, box: int, coarsen_factor: int = 1, new_box: int | None = None) -> np.ndarray:
+    """The inverse of ``downsample_shifts``: shifts (px) in the preprocessed box back to the
+    original ``box`` (learned poses written into the user's own STAR file)."""
+    s = np.asarray(shifts, dtype=np.float64)
+    c = int(coarsen_factor)
+    n = box // c
+    if new_box is not None and new_box != n:
+        s = s * (n / new_box)
+    if c > 1:
+        s = (s + n // 2) * c + (c - 1) / 2 - box // 2
+    return s
 
 
 def _write_images(particles, path: Path, cfg: PreprocessConfig, plan: _Plan, ctf, source, progress: bool):

@@ -133,8 +133,8 @@ LAYERS = [
                     "cryovae_nb.config", "cryovae_nb.argcheck"]),
     ("math and formats", ["cryovae_nb.geometry", "cryovae_nb.volumes", "cryovae_nb.ctf",
                           "cryovae_nb.projection", "cryovae_nb.io"]),
-    ("numerical core", ["cryovae_nb.model", "cryovae_nb.preprocess", "cryovae_nb.synthetic",
-                        "cryovae_nb.analysis", "cryovae_nb.heterogeneity"]),
+    ("numerical core", ["cryovae_nb.model", "cryovae_nb.preprocess", "cryovae_nb.selection",
+                        "cryovae_nb.synthetic", "cryovae_nb.analysis", "cryovae_nb.heterogeneity"]),
     ("training", ["cryovae_nb.training"]),
     ("trained runs", ["cryovae_nb.inference"]),
     ("applications", ["cryovae_nb.launch", "cryovae_nb.tutorial", "cryovae_nb.widgets"]),
@@ -211,6 +211,7 @@ ONE_PLACE = {
     "fourier_resample": "cryovae_nb.volumes",
     "centred_coords": "cryovae_nb.geometry",               # was two
     "write_particles_subset": "cryovae_nb.io.star",        # was two STAR subset exporters
+    "write_selection": "cryovae_nb.selection",             # every selection back to the user's STAR
     "forward_images": "cryovae_nb.model.forward",          # loss, search, inference share it
     "search_pose": "cryovae_nb.model.pose_search",         # (and CryoVAE.search_pose, a one-line call)
     "make_decoder": "cryovae_nb.model.decoders",

@@ -125,6 +125,17 @@ CASES = [
     Case("encode", ("{RUN}", "{DATA}/p.star", "-o", "{TMP}/z.npz", "--star", "{TMP}/afile/p.star"),
          "{TMP}/afile/p.star: cannot create a file below {TMP}/afile, which is a file, not a folder"),
     Case("encode", ("{RUN}", "{TMP}/nope.mrcs", "-o", "{TMP}/z.npz"), "{TMP}/nope.mrcs: file not found", sub=True),
+    # -- select ----------------------------------------------------------------------------------
+    Case("select", ("{DATA}/p.star", "-o", "{TMP}/s"),
+         "one of the arguments --indices --cluster --latent-range is required (see 'cryovae select --help')"),
+    Case("select", ("{DATA}/p.star", "--indices", "{TMP}/rows.npy", "-o", "{TMP}/s"),
+         "{TMP}/rows.npy: cannot read indices (...)", files={"rows.npy": "3, 5, 8\n"}),
+    Case("select", ("{DATA}/p.star", "--latent-range", "1", "0", "1", "-o", "{TMP}/s"),
+         "{DATA}/p.star: latents needed: give a run directory as SOURCE, or --encoding from 'cryovae encode'"),
+    Case("select", ("{RUN}", "--cluster", "7", "--k", "3", "-o", "{TMP}/s"),
+         "--cluster 7 is not one of the 3 clusters 0..2"),
+    Case("select", ("{RUN}", "--latent-range", "1", "inf", "2", "-o", "{TMP}/s"),
+         "--latent-range: must be a finite number, got 'inf'"),
     # -- generate --------------------------------------------------------------------------------
     Case("generate", ("{RUN}", "--prior", "0", "-o", "{TMP}/vols"),
          "argument --prior: must be >= 1, got '0' (see 'cryovae generate --help')"),

@@ -177,3 +177,52 @@ def test_05_landscape_on_own_data_skips_the_truth(executed, tmp_path, repo_root)
     assert "the latent's main direction of spread" in text
     assert "farthest apart along the latent's main direction" in text
     assert len(sorted((tmp_path / "wd" / "landscape" / "trajectory").glob("frame_*.mrc"))) == 3
+
+
+def test_a_second_dataset_in_notebook_01_moves_02_to_05_without_reusing_the_tutorials_folders(
+        executed, tmp_path, repo_root, monkeypatch):
+    """Issue #12: after the tutorial, pointing notebook 01 at another STAR file (the one edit) makes
+    02 and 05 use it, in folders of its own; the tutorial's preprocessed set and run are untouched,
+    and a run of the other dataset is refused rather than silently used."""
+    import hashlib
+    import shutil
+
+    import yaml
+
+    from cryovae_nb.errors import InputError
+    from cryovae_nb.io import read_particles
+    from cryovae_nb.tutorial import workspace
+
+    cwd, _ = executed
+    shutil.copytree(cwd / "wd", tmp_path / "wd")
+    digest = {p: hashlib.sha256((tmp_path / "wd" / p).read_bytes()).hexdigest()
+              for p in ("preprocessed/particles.star", "run/metrics.jsonl", "run/config.json")}
+    workspace.simulate_tutorial_data(tmp_path / "mine", box=16, n_particles=200, seed=7, progress=False)
+    mine = (tmp_path / "mine" / "simulated" / "particles.star").resolve()
+
+    nb = run_notebook(repo_root / "notebooks" / "01_preprocess.ipynb",
+                      {**PARAMS["01_preprocess.ipynb"], "STAR_FILE": str(mine)}, tmp_path, timeout=600)
+    _no_errors(nb)
+    project = yaml.safe_load((tmp_path / "wd" / "project.yaml").read_text())
+    assert project["star_file"] == str(mine) and project["target_box"] is None  # 16 px: nothing to crop
+    assert (project["preprocessed"], project["run_name"]) == ("preprocessed_particles", "run_particles")
+    pre = read_particles(tmp_path / "wd" / "preprocessed_particles" / "particles.star")
+    assert len(pre) == 200 and pre.provenance["cryovaeSourceStar"] == str(mine)
+    assert "preprocessing: 16 px at" in _stream_text(nb)
+
+    for name in ("02_train.ipynb", "05_latent_landscape.ipynb"):  # STAR_FILE None: the project's
+        _no_errors(run_notebook(repo_root / "notebooks" / name, PARAMS[name], tmp_path, timeout=600))
+    cfg = json.loads((tmp_path / "wd" / "run_particles" / "config.json").read_text())
+    assert cfg["data"].endswith("preprocessed_particles/particles.star")
+    from cryovae_nb.inference import Encoding
+
+    assert Encoding.load(tmp_path / "wd" / "landscape" / "encoding.npz").z_mean.shape == (200, 3)
+    # the landscape's selections are rows of the user's STAR file, for RELION
+    sel = np.load(tmp_path / "wd" / "landscape" / "screened_keep_indices.npy")
+    assert 0 < len(sel) <= 200 and sel.max() < 200
+    # the tutorial's files were not touched
+    assert digest == {p: hashlib.sha256((tmp_path / "wd" / p).read_bytes()).hexdigest() for p in digest}
+    # asking for the tutorial's run with the new project: refused in one line, not silently used
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="was trained on .*preprocessed/particles.star, not on the project's"):
+        workspace.ensure_tutorial_run("wd", run_name="run")

@@ -5,12 +5,14 @@ file imports nothing, so importing one subject never pulls in another's dependen
 * ``align`` -- rigid 3D alignment by cross-correlation, trying the mirror image, and flipping
   decoded volumes to one hand (§4.1). Rotating and mirroring one volume: ``cryovae_nb.volumes``.
 * ``latent`` -- ``latent_statistics`` (thesis Table 3.1), ``embed`` (PCA / UMAP / t-SNE),
-  ``kmeans``; umap is imported only when asked for, because it pulls in TensorFlow.
+  ``kmeans``, ``latent_range``, ``write_cluster_selections``; umap is imported only when asked
+  for, because it pulls in TensorFlow.
 * ``series`` -- ``decode_volumes``, ``traversal_series``, ``interpolation_series``,
   ``save_series``: volume series through any ``decode(z) -> volumes`` callable, so no analysis
   module imports the model.
-* ``screen`` -- ``screen_particles``: flag empty or broken particles (thesis §3.4.4); the kept ones
-  are written with ``cryovae_nb.io.write_particles_subset``.
+* ``screen`` -- ``screen_particles``: flag empty or broken particles (thesis §3.4.4);
+  ``write_screen_selections`` writes keep / reject as subsets of the original STAR.
+* Selections go back to RELION through ``cryovae_nb.selection.write_selection``.
 * ``cryovae fsc`` is cryovae_nb.commands.fsc.
 
 Headless (numpy / scipy / scikit-learn / umap-learn). Volumes follow cryovae_nb/geometry.py:

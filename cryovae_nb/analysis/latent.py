@@ -1,5 +1,7 @@
 """The latent landscape: per-dimension statistics (thesis Table 3.1), 2D embeddings (PCA / UMAP /
-t-SNE), k-means, and the latent that represents a group of particles (`deshrink`).
+t-SNE), k-means, the latent that represents a group of particles (`deshrink`), and the selections
+they make (a cluster, a latent range) written back as subsets of the user's original STAR file
+(``cryovae_nb.selection``).
 
 scikit-learn and umap-learn are imported only when a function needs them: umap pulls in
 TensorFlow.
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cryovae_nb.errors import InputError
+from cryovae_nb.selection import Selection, write_selection
 
 
 def as_latents(latents) -> np.ndarray:
@@ -149,5 +152,29 @@ def deshrink(latents, z_logvar) -> np.ndarray:
     return (z / s).astype(np.float32)
 
 
+def latent_range(latents, dim: int, lo: float, hi: float) -> np.ndarray:
+    """Rows whose latent dimension ``dim`` (1-based, as ``latent_statistics`` numbers them) lies
+    in [lo, hi]."""
+    z = as_latents(latents)
+    if not 1 <= int(dim) <= z.shape[1]:
+        raise InputError(f"latent dimension must be in 1..{z.shape[1]}, got {dim}")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise InputError(f"latent range needs finite lo <= hi, got {lo} .. {hi}")
+    v = z[:, int(dim) - 1]
+    return np.flatnonzero((v >= lo) & (v <= hi)).astype(np.int64)
+
+
+def write_cluster_selections(particles, labels, out) -> dict[int, Selection]:
+    """Each k-means cluster's particles (rows of ``particles``, the preprocessed ones the latents
+    came from) as a subset of the original STAR: ``OUT_cluster{k}.star`` + ``_indices.npy``.
+    Empty clusters write nothing."""
+    labels = np.asarray(labels).ravel()
+    if len(labels) != len(particles):
+        raise InputError(f"{len(labels)} cluster labels for {len(particles)} particles")
+    stem = str(out)[:-5] if str(out).lower().endswith(".star") else str(out)
+    return {int(k): write_selection(particles, labels == k, f"{stem}_cluster{int(k)}")
+            for k in np.unique(labels)}
+
+
 __all__ = ["MAX_POINTS", "MIN_SHRINKAGE", "Embedding", "as_latents", "deshrink", "embed", "kmeans",
-           "latent_statistics", "shrinkage"]
+           "latent_range", "latent_statistics", "shrinkage", "write_cluster_selections"]

@@ -1,5 +1,6 @@
 """Structural heterogeneity screening (thesis §3.4.4): flag empty or broken particles by how badly
-the model explains them. The kept particles are written with ``io.write_particles_subset``.
+the model explains them. The kept and the rejected particles go back to RELION as subsets of the
+user's original STAR file (``write_screen_selections``, ``cryovae_nb.selection``).
 """
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cryovae_nb.errors import InputError
+from cryovae_nb.selection import Selection, write_selection
 
 
 def robust_z(x) -> np.ndarray:
@@ -71,4 +73,16 @@ def screen_particles(recon_error, z_logvar=None, method: str = "gmm", threshold:
     return df
 
 
-__all__ = ["robust_z", "screen_particles"]
+def write_screen_selections(particles, screen: pd.DataFrame, out) -> dict[str, Selection]:
+    """The screening's verdict as subsets of the original STAR: ``OUT_keep.star`` and
+    ``OUT_reject.star`` (each with its ``_indices.npy``); a side with no particles writes nothing.
+    ``screen`` is ``screen_particles``' table, one row per particle of ``particles``."""
+    keep = screen["keep"].to_numpy(dtype=bool)
+    if len(keep) != len(particles):
+        raise InputError(f"screening table has {len(keep)} rows for {len(particles)} particles")
+    stem = str(out)[:-5] if str(out).lower().endswith(".star") else str(out)
+    return {side: write_selection(particles, mask, f"{stem}_{side}")
+            for side, mask in (("keep", keep), ("reject", ~keep)) if mask.any()}
+
+
+__all__ = ["robust_z", "screen_particles", "write_screen_selections"]

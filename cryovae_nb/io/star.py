@@ -5,9 +5,16 @@ the optics block merged into every row, a lazy :class:`ParticleStack` over all r
 and CTF / pose arrays in this project's conventions (``cryovae_nb.geometry``). Every row is
 checked against its stack's header up front, so a bad row fails at load time with the row named.
 ``write_particles_star`` writes RELION 3.1 (``data_optics`` + ``data_particles``) back out.
+
+Provenance: a STAR file that ``cryovae preprocess`` wrote names the user's original input STAR
+(absolute path, SHA-256 of its bytes, rows, box, pixel size) in a ``data_cryovae_source`` block and
+gives each particle its row in that file (column ``cryovaeSourceIndex``, 0-based). Both travel with
+the particles (``Particles.provenance``, subsets, files written from them), so a selection made on
+the preprocessed particles can be written back as rows of the original (``cryovae_nb.selection``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass, fields
@@ -37,6 +44,9 @@ OPTICS_COLUMNS = (
 _OLD_PIXEL_COLUMNS = ("rlnDetectorPixelSize", "rlnMagnification", "rlnPixelSize")
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _FLOAT_FORMAT = "%.12g"  # starfile's default %.6f would drop digits of small values
+# provenance: the block naming the original input STAR, and each particle's row in it
+SOURCE_BLOCK = "cryovae_source"
+SOURCE_INDEX = "cryovaeSourceIndex"
 
 
 def _take(obj, idx):
@@ -136,6 +146,9 @@ class Particles:
     # the id of the run that wrote the STAR file and its stack (``cryovae_nb.io.outputset``);
     # None for files other software wrote
     output_id: str | None = None
+    # the original input STAR these particles were preprocessed from (``source_record``'s keys);
+    # their rows in it are the SOURCE_INDEX column. None: these particles are not ours
+    provenance: dict | None = None
 
     def __init__(self, df: pd.DataFrame, images: ParticleStack, pixel_size: float | None, *,
                  optics: pd.DataFrame | None = None, particle_columns: Sequence[str] | None = None,
@@ -169,10 +182,19 @@ class Particles:
         """The particles at ``indices`` (int array, in that order, or a bool mask)."""
         idx = np.asarray(indices)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).ravel()
-        return Particles(self.df.iloc[idx], self.images.subset(idx), self.pixel_size,
-                         optics=self.optics, particle_columns=self.particle_columns, source=self.source,
-                         ctf=None if self.ctf is None else self.ctf[idx],
-                         poses=None if self.poses is None else self.poses[idx], _parse=False)
+        out = Particles(self.df.iloc[idx], self.images.subset(idx), self.pixel_size,
+                        optics=self.optics, particle_columns=self.particle_columns, source=self.source,
+                        ctf=None if self.ctf is None else self.ctf[idx],
+                        poses=None if self.poses is None else self.poses[idx], _parse=False)
+        out.provenance = self.provenance
+        return out
+
+    def source_rows(self) -> np.ndarray | None:
+        """Each particle's row (0-based) in the original input STAR (``provenance``); None when
+        the particles record no original."""
+        if self.provenance is None or SOURCE_INDEX not in self.df.columns:
+            return None
+        return pd.to_numeric(self.df[SOURCE_INDEX], errors="coerce").to_numpy(np.int64)
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -322,7 +344,45 @@ def read_particles(path: str | os.PathLike, datadir: str | os.PathLike | None = 
     out = Particles(df, stack, pixel_size, optics=optics, particle_columns=list(parts.columns),
                     source=os.fspath(path))
     out.output_id = output_id
+    out.provenance = _read_provenance(blocks, df, path)
     return out
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB pieces: a 10^6-particle STAR is ~300 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def source_record(particles: "Particles") -> dict:
+    """The ``data_cryovae_source`` block for particles read from the user's own file: what the
+    original is (absolute path, content hash, rows) and its images' box and pixel size."""
+    if particles.source is None:
+        raise InputError("particles read from no file have no original to record")
+    path = Path(particles.source).resolve()
+    return {"cryovaeSourceStar": os.fspath(path), "cryovaeSourceSha256": file_sha256(path),
+            "cryovaeSourceRows": int(len(particles)), "cryovaeSourceBox": int(particles.box),
+            "cryovaeSourcePixelSize": float(particles.pixel_size or 0.0)}
+
+
+def _read_provenance(blocks: dict, df: pd.DataFrame, path) -> dict | None:
+    record = blocks.get(SOURCE_BLOCK)
+    if not (isinstance(record, pd.DataFrame) and len(record)):
+        return None
+    record = record.iloc[0].to_dict()
+    missing = [k for k in ("cryovaeSourceStar", "cryovaeSourceSha256", "cryovaeSourceRows") if k not in record]
+    if missing or SOURCE_INDEX not in df.columns:
+        raise InputError(f"data_{SOURCE_BLOCK} block lacks {missing or [SOURCE_INDEX + ' column']}", path)
+    rows = pd.to_numeric(df[SOURCE_INDEX], errors="coerce").to_numpy(np.float64)
+    n = int(record["cryovaeSourceRows"])
+    if not (np.isfinite(rows).all() and (rows >= 0).all() and (rows < n).all() and (rows == np.round(rows)).all()):
+        raise InputError(f"{SOURCE_INDEX} holds values that are not rows 0..{n - 1} of "
+                         f"{record['cryovaeSourceStar']}", path)
+    return record
 
 
 def read_output_record(path: str | os.PathLike) -> dict | None:
@@ -510,9 +570,11 @@ def write_particles_star(path: str | os.PathLike, particles: Particles | pd.Data
     parts["rlnOpticsGroup"] = parts["rlnOpticsGroup"].astype(np.int64)
     block["rlnOpticsGroup"] = block["rlnOpticsGroup"].astype(np.int64)
 
+    extra = dict(extra_blocks or {})
+    if isinstance(particles, Particles) and particles.provenance is not None and SOURCE_INDEX in parts.columns:
+        extra.setdefault(SOURCE_BLOCK, dict(particles.provenance))  # the rows still name their original
     with atomic_path(path) as tmp:
-        starfile.write({"optics": block, "particles": parts, **dict(extra_blocks or {})}, tmp,
-                       float_format=_FLOAT_FORMAT)
+        starfile.write({"optics": block, "particles": parts, **extra}, tmp, float_format=_FLOAT_FORMAT)
 
 
 def write_particles_subset(path: str | os.PathLike, particles: Particles, keep) -> int:

@@ -3,6 +3,8 @@ preprocesses, and the training run it launches.
 
 A tutorial *workdir* holds everything the notebooks pass to each other::
 
+    WORKDIR/project.yaml      which dataset, box and folders the notebooks use  (01_preprocess;
+                              ``tutorial/project.py``: another input gets folders of its own)
     WORKDIR/simulated/        the embedded hinge dataset (only when no STAR file is given):
                               particles.star/.mrcs, truth.npz (per-particle hinge parameter t),
                               volumes/conformation_XXX.mrc (the truth map of every hinge level)
@@ -36,6 +38,7 @@ from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
 from cryovae_nb.synthetic import SimulatedDataset, SimulationConfig, load_truth, simulate
 from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.rundir import RunFolder
+from cryovae_nb.tutorial.project import check_folders, current_project
 
 
 # The tutorial's model and optimiser settings, in this one place: tutorial_train_config starts
@@ -59,6 +62,7 @@ class TutorialData:
     particles: Path                  # preprocessed STAR
     truth: Path | None               # simulation truth.npz
     datadir: Path | None = None      # where the raw STAR file's image paths point
+    run_name: str = "run"            # the project's training run (WORKDIR/run_name)
 
     @property
     def split(self) -> Path | None:
@@ -86,8 +90,9 @@ class TutorialData:
         t, files = truth_table(self.truth)
         return files[reference_level(t)]
 
-    def run_dir(self, run_name: str = "run") -> Path:
-        return self.workdir / run_name
+    def run_dir(self, run_name: str | None = None) -> Path:
+        """``WORKDIR/run_name`` (None: the project's run)."""
+        return self.workdir / (run_name or self.run_name)
 
 
 def reference_level(volume_t) -> int:
@@ -113,15 +118,17 @@ def truth_table(truth: Path) -> tuple[np.ndarray, list[Path]]:
 
 def tutorial_paths(workdir: str | os.PathLike, star_file: str | os.PathLike | None = None,
                    datadir: str | os.PathLike | None = None) -> TutorialData:
-    """The paths of a tutorial workdir (nothing is written; the truth maps' names are looked up
-    in ``truth.npz`` only when ``truth_volume`` / ``truth_volume_files`` are asked for)."""
+    """The paths of a tutorial workdir for the project's dataset (``project.yaml``; ``star_file``
+    overrides it). Nothing is written; the truth maps' names are looked up in ``truth.npz`` only
+    when ``truth_volume`` / ``truth_volume_files`` are asked for."""
     w = Path(workdir)
-    pre = w / "preprocessed" / "particles"
-    if star_file is None:
+    project = current_project(w, star_file, datadir)
+    pre = w / project.preprocessed / "particles.star"
+    if project.star_file is None:
         sim = w / "simulated"
-        return TutorialData(w, sim / "particles.star", pre.with_suffix(".star"), sim / "truth.npz")
-    return TutorialData(w, Path(star_file), pre.with_suffix(".star"), None,
-                        None if datadir is None else Path(datadir))
+        return TutorialData(w, sim / "particles.star", pre, sim / "truth.npz", run_name=project.run_name)
+    data = project.datadir if star_file is None else (None if datadir is None else Path(datadir))
+    return TutorialData(w, project.star_file, pre, None, data, run_name=project.run_name)
 
 
 def simulate_tutorial_data(workdir: str | os.PathLike, *, box: int = 40, n_particles: int = 2000,
@@ -153,21 +160,26 @@ def ensure_tutorial_data(workdir: str | os.PathLike, star_file: str | os.PathLik
                          progress: bool = True) -> TutorialData:
     """Make sure the workdir holds preprocessed particles (what 01_preprocess writes).
 
-    With ``star_file`` None the hinge dataset is simulated when missing (``box``,
-    ``n_particles``, ``snr``, ``seed``, ``phantom``); otherwise the user's STAR file is read. Preprocessing
-    (``preprocess``: a ``PreprocessConfig``, default tanh + mask) runs only when its output is
-    missing: existing data, as a previous notebook left it, is never replaced here.
+    The dataset is the project's (``project.yaml``, written by 01_preprocess; ``star_file``
+    overrides it). The tutorial's (no STAR file) hinge dataset is simulated when missing (``box``,
+    ``n_particles``, ``snr``, ``seed``, ``phantom``); otherwise the user's STAR file is read.
+    Preprocessing (``preprocess``: a ``PreprocessConfig``, default tanh + mask at the project's
+    box) runs only when its output is missing: existing data, as a previous notebook left it, is
+    never replaced here, and data preprocessed from another input is refused (``InputError``).
     """
     paths = tutorial_paths(workdir, star_file, datadir)
+    project = current_project(workdir, star_file, datadir)
+    star_file, datadir = (None, None) if paths.simulated else (paths.raw, paths.datadir)
     if star_file is None and not paths.raw.is_file():
         simulate_tutorial_data(workdir, box=box, n_particles=n_particles, snr=snr, seed=seed,
                                phantom=phantom, progress=progress)
     elif star_file is not None and not paths.raw.is_file():
         raise InputError("STAR file not found", paths.raw)
+    check_folders(project)  # never another input's preprocessed particles
     split = paths.split
     if not (split is not None and split.is_file()):
         paths.particles.parent.mkdir(parents=True, exist_ok=True)
-        preprocess_stack(paths.raw, paths.particles, preprocess or PreprocessConfig(),
+        preprocess_stack(paths.raw, paths.particles, preprocess or PreprocessConfig(box=project.target_box),
                          datadir=datadir, progress=progress)
     return paths
 
@@ -207,13 +219,19 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
 
 
 def ensure_tutorial_run(workdir: str | os.PathLike, star_file: str | os.PathLike | None = None, *,
-                        run_name: str = "run", datadir: str | os.PathLike | None = None,
+                        run_name: str | None = None, datadir: str | os.PathLike | None = None,
                         budget_s: float = 120.0, max_steps: int = 100_000, progress: bool = True,
                         data_kwargs: dict | None = None, **train_overrides) -> Path:
-    """The run directory ``WORKDIR/run_name``, trained first (for ``budget_s`` seconds, tutorial
-    settings) when it has no checkpoint, so the evaluation notebooks run on their own."""
-    run_dir = Path(workdir) / run_name
+    """The run directory ``WORKDIR/run_name`` (None: the project's run), trained first (for
+    ``budget_s`` seconds, tutorial settings) when it has no checkpoint, so the evaluation notebooks
+    run on their own. A run trained on other particles than the project's is refused."""
+    paths = tutorial_paths(workdir, star_file, datadir)
+    run_dir = paths.run_dir(run_name)
     if has_checkpoint(run_dir):
+        trained_on = Path(RunFolder(run_dir).config().data).resolve()
+        if trained_on != paths.particles.resolve():
+            raise InputError(f"was trained on {trained_on}, not on the project's {paths.particles}; "
+                             "set RUN_NAME to a new folder (or None for the project's run)", run_dir)
         return run_dir
     from cryovae_nb.training.trainer import Trainer  # heavy: TensorFlow, only when a run must be trained
 

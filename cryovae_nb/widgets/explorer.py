@@ -1,6 +1,8 @@
 """Latent explorer: a 2-D embedding of the latents (UMAP / PCA / t-SNE), coloured by anything,
 where a click or a lasso selects particles; the selection's volume is decoded into the volume
-viewer and the selection can be written out as a RELION STAR file."""
+viewer and the selection can be written out for RELION: as rows of the user's original STAR file
+(``cryovae_nb.selection``) when the particles were preprocessed by us, else as a STAR file of the
+particles shown."""
 from __future__ import annotations
 
 import html
@@ -14,6 +16,7 @@ import plotly.graph_objects as go
 
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError
 from cryovae_nb.io import write_particles_subset
+from cryovae_nb.selection import selection_paths, write_selection
 from cryovae_nb.widgets.volume import VolumeViewer
 
 # above this many points, WebGL scatter (plotly's SVG scatter crawls past ~10^4 points)
@@ -33,7 +36,10 @@ class LatentExplorer(W.VBox):
     latents : ``(n, d)`` latent means, needed to decode.
     decode : callable ``z (k, d) -> volumes (k, m, m, m)``; the clicked point's volume (or the
         selection's mean latent's) is shown in ``viewer``.
-    particles : a ``cryovae_nb.io.Particles``; the default export writes ``particles.subset(sel)``.
+    particles : a ``cryovae_nb.io.Particles``; the default export writes the selection as rows of
+        the original STAR these particles were preprocessed from, plus ``_indices.npy``
+        (``selection.write_selection``); particles that name no original (read from the user's
+        own file) are written as ``particles.subset(sel)``.
     export : callable ``(path, indices) -> None`` replacing the default STAR export.
     """
 
@@ -115,13 +121,20 @@ class LatentExplorer(W.VBox):
         self.status.value = msg
 
     def export_selection(self, path: str | os.PathLike | None = None) -> str:
-        """Write the selection: ``export(path, indices)`` if given, else a RELION STAR file of
-        ``particles.subset(selection)`` (``io.write_particles_subset``). Returns the path written."""
+        """Write the selection: ``export(path, indices)`` if given; else, for preprocessed
+        particles, the rows of the original STAR (``PATH.star`` + ``PATH_indices.npy``,
+        ``selection.write_selection``), and for particles read from the user's own file, a STAR
+        file of ``particles.subset(selection)``. Returns the STAR path written."""
         path = os.fspath(path or self.path.value)
         if self.selected.size == 0:
             raise InputError("nothing selected to export", path)
         if self.export is not None:
             self.export(path, self.selected.copy())
+        elif self.particles is not None and self.particles.provenance is not None:
+            path = os.fspath(write_selection(self.particles, self.selected, path).star)
+            self.status.value = (f"wrote {self.selected.size} particle(s) of the original STAR to "
+                                 f"{html.escape(path)} and {html.escape(str(selection_paths(path)[1]))}")
+            return path
         elif self.particles is not None:
             write_particles_subset(path, self.particles, self.selected)
         else:
