@@ -134,7 +134,7 @@ LAYERS = [
     ("math and formats", ["cryovae_nb.geometry", "cryovae_nb.volumes", "cryovae_nb.ctf",
                           "cryovae_nb.projection", "cryovae_nb.io"]),
     ("numerical core", ["cryovae_nb.model", "cryovae_nb.preprocess", "cryovae_nb.synthetic",
-                        "cryovae_nb.analysis", "cryovae_nb.heterogeneity"]),
+                        "cryovae_nb.analysis", "cryovae_nb.heterogeneity", "cryovae_nb.refine"]),
     ("training", ["cryovae_nb.training"]),
     ("trained runs", ["cryovae_nb.inference"]),
     ("applications", ["cryovae_nb.launch", "cryovae_nb.tutorial", "cryovae_nb.widgets"]),
