@@ -46,8 +46,8 @@ PAD = 2  # the Fourier grids are 2x oversampled: trilinear interpolation stays w
 class RefineConfig:
     """Settings of :func:`refine_poses` (angles in degrees, shifts in px, bands in cycles per box).
 
-    ``iterations`` search + reconstruct rounds; the global grid search (``global_deg``, at band
-    ``start_band``) runs in the first ``global_iterations`` of them, the local search
+    ``iterations`` search + reconstruct rounds; the global grid search (``global_deg``, at the
+    current band -- ``start_band`` first -- but at most ``global_band``) runs in the first ``global_iterations`` of them, the local search
     (27 rotations per level of ``local_deg``, shifts on a ``shift_step`` grid within
     ``local_shift`` of the current shift) in every one. ``max_shift`` bounds the shifts.
     ``wiener`` is the reconstruction's regularisation, relative to the mean gridding weight.
@@ -58,6 +58,7 @@ class RefineConfig:
     global_iterations: int = 1
     global_deg: float = 15.0
     start_band: float = 6.0
+    global_band: float = 6.0
     local_deg: tuple = (7.5, 3.75, 1.875)
     max_shift: float = 3.0
     shift_step: float = 1.0
@@ -73,7 +74,7 @@ class RefineConfig:
         if self.iterations < 1 or self.global_iterations < 0:
             raise InputError(f"refine: iterations {self.iterations} / global_iterations "
                              f"{self.global_iterations} must be >= 1 / >= 0")
-        for name in ("global_deg", "start_band", "shift_step", "local_shift_step", "wiener"):
+        for name in ("global_deg", "start_band", "global_band", "shift_step", "local_shift_step", "wiener"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise InputError(f"refine: {name} must be a finite number > 0, got {v!r}")
@@ -394,7 +395,7 @@ def refine_poses(images: np.ndarray, volume: np.ndarray, config: RefineConfig = 
             x = images[sel]
             if it < config.global_iterations:
                 R[sel], S[sel], score[sel] = global_search(
-                    x, refs[h], step_deg=config.global_deg, band=config.start_band,
+                    x, refs[h], step_deg=config.global_deg, band=min(band, config.global_band),
                     max_shift=config.max_shift, shift_step=config.shift_step, chunk=config.chunk)
             R[sel], S[sel], score[sel] = local_search(
                 x, refs[h], R[sel], S[sel], steps_deg=config.local_deg, band=band,
