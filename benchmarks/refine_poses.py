@@ -19,6 +19,19 @@ refined rotations and shifts (for ``cryovae train --pose-mode known``).
 
     .venv/bin/python benchmarks/refine_poses.py --data /tmp/cryovae_quality_het/hinge_b32_n8000_snr1.0_s0 \\
         --start run:RUN_DIR --n 1500 --iterations 8 --global-iterations 8 --start-band 4 --limit 500
+
+Measured (2 shared cores, hinge box 32, first 1,500 particles; median pose error / fraction within
+10 degrees, after the best global rotation and hand):
+
+- SNR 1, from the 6-minute ab initio run's consensus (its own poses: 97 deg / 7 %): one global
+  iteration 37 deg / 21 %; 3 global iterations at start band 4: 18 deg / 29 %; 8: 11.1 deg / 44 %
+  (~70 s an iteration); one more from that map 9.4 deg / 54 % (map 0.960 with the truth, 0.878
+  with its mirror). From the true map low-passed to 5 cycles: 7.8 deg / 63 % in 3 iterations.
+  The search against the exact map (200 particles, band 6 then local): 6.8 deg median.
+- SNR 0.1: the search against the exact map (500 particles): 56 deg / 18 % (global band 4),
+  24 deg / 20 % (band 8): single images do not fix their view at this SNR and box. From the true
+  map low-passed to 5 cycles: 34 deg / 15 %; from the ab initio run's consensus (its own poses
+  120 deg / 0.4 %): 117 deg / 0.9 % after 3 iterations.
 """
 from __future__ import annotations
 
