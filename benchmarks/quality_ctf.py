@@ -20,6 +20,10 @@ after the other in this run, and scored against the simulation's truth:
 
     .venv/bin/python benchmarks/quality_ctf.py                   # box 32, 4000 particles, 2 x 200 s
     .venv/bin/python benchmarks/quality_ctf.py --budget 600 --n-particles 8000
+    # issue #12's figure: 128 px at 1.5 Å/px cropped to 64 px, astigmatic, SNR 0.05, 20 min each,
+    # the two variants in two processes at once (prepare the data first with one of them)
+    .venv/bin/python benchmarks/quality_ctf.py --sim-box 128 --box 64 --pixel-size 1.5 \
+        --astigmatism 1000 --snr 0.05 --n-particles 8000 --budget 1200 --only ctf
 
 The simulated data are cached in --workdir.
 """
@@ -41,17 +45,21 @@ def prepare(args) -> tuple[dict, dict]:
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, load_truth, simulate
 
-    key = f"hinge_b{args.box}_n{args.n_particles}_snr{args.snr}_px{args.pixel_size}_s{args.seed}"
+    sim_box = args.sim_box or args.box
+    key = (f"hinge_b{sim_box}to{args.box}_n{args.n_particles}_snr{args.snr}_px{args.pixel_size}"
+           f"_ast{args.astigmatism:g}_s{args.seed}")
     out = Path(args.workdir) / key
     stars = {"ctf": out / "standardised" / "particles.star", "phase-flip": out / "flipped" / "particles.star"}
     if not all(s.exists() for s in stars.values()):
         t0 = time.monotonic()
-        sim = SimulationConfig(phantom="hinge", box=args.box, n_particles=args.n_particles, snr=args.snr,
-                               shift_std_px=1.0, ctf=True, defocus_range=(10000.0, 25000.0),
+        sim = SimulationConfig(phantom="hinge", box=sim_box, n_particles=args.n_particles, snr=args.snr,
+                               shift_std_px=1.0 * sim_box / args.box, ctf=True,
+                               defocus_range=(10000.0, 25000.0), astigmatism=args.astigmatism,
                                pixel_size=args.pixel_size, seed=args.seed)
         ds = simulate(sim, out / "sim", progress=False)
-        preprocess_stack(ds.star, stars["ctf"], PreprocessConfig(), progress=False)
-        preprocess_stack(ds.star, stars["phase-flip"], PreprocessConfig(phase_flip=True), progress=False)
+        crop = None if sim_box == args.box else args.box
+        preprocess_stack(ds.star, stars["ctf"], PreprocessConfig(box=crop), progress=False)
+        preprocess_stack(ds.star, stars["phase-flip"], PreprocessConfig(box=crop, phase_flip=True), progress=False)
         print(f"simulated + preprocessed {ds.n_particles} images twice in {time.monotonic() - t0:.0f} s", flush=True)
     return stars, load_truth(out / "sim" / "truth.npz")
 
@@ -66,13 +74,21 @@ def latents(trainer, batch: int = 500):
                            for s in range(0, n, batch)])
 
 
-def score(trainer, truth: dict, box: int) -> dict:
+def truth_volume(t: float, box: int, sim_box: int):
+    """The hinge at ``t`` as the model's box sees it: simulated at ``sim_box``, Fourier-cropped."""
+    from cryovae_nb.synthetic import hinge_volume
+    from cryovae_nb.volumes import fourier_crop
+
+    v = hinge_volume(sim_box, t)
+    return v if sim_box == box else fourier_crop(v, box)
+
+
+def score(trainer, truth: dict, box: int, sim_box: int) -> dict:
     import numpy as np
 
     from cryovae_nb.analysis.align import correlation
     from cryovae_nb.analysis.fsc import fsc
     from cryovae_nb.heterogeneity import motion_recovery
-    from cryovae_nb.synthetic import hinge_volume
     from cryovae_nb.volumes import band_limit
 
     px = trainer.pixel_size
@@ -83,7 +99,7 @@ def score(trainer, truth: dict, box: int) -> dict:
         v = np.asarray(trainer.model.decode(np.asarray(zz, np.float32)[None]))[0]
         return band_limit(v) if trainer.config.model.architecture.projector == "fourier" else v
 
-    consensus_truth = np.mean([hinge_volume(box, float(x)) for x in np.unique(t)], axis=0)
+    consensus_truth = np.mean([truth_volume(float(x), box, sim_box) for x in np.unique(t)], axis=0)
     cons = decode(z.mean(0))
     f = fsc(cons, consensus_truth, pixel_size=px)
     row = {"fsc05_A": f.resolution_05, "fsc0143_A": f.resolution_0143, "fsc05_px": f.resolution_05 / px,
@@ -92,7 +108,7 @@ def score(trainer, truth: dict, box: int) -> dict:
     bins = np.minimum((t * BINS).astype(np.int64), BINS - 1)
     for name, b in (("end0", 0), ("end1", BINS - 1)):
         sel = bins == b
-        ft = fsc(decode(z[sel].mean(0)), hinge_volume(box, float(t[sel].mean())), pixel_size=px)
+        ft = fsc(decode(z[sel].mean(0)), truth_volume(float(t[sel].mean()), box, sim_box), pixel_size=px)
         row[f"{name}_A"] = ft.resolution_0143
     return row
 
@@ -112,12 +128,17 @@ def run(args, name: str, star: Path, truth: dict) -> dict:
     trainer.train()
     dt = time.monotonic() - t0
     return {"variant": name, "model": f"ctf={loss.ctf} link={loss.link}", "train_s": round(dt),
-            "step": trainer.step, **score(trainer, truth, args.box)}
+            "step": trainer.step, **score(trainer, truth, args.box, args.sim_box or args.box)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--box", type=int, default=32)
+    p.add_argument("--box", type=int, default=32, help="the model's box")
+    p.add_argument("--sim-box", type=int, default=None,
+                   help="simulate at this box and Fourier-crop to --box (default: --box)")
+    p.add_argument("--astigmatism", type=float, default=0.0, help="max |DefocusU - DefocusV|, Å")
+    p.add_argument("--only", choices=["ctf", "phase-flip"], default=None,
+                   help="train one variant (run two processes at once to share a loaded machine fairly)")
     p.add_argument("--pixel-size", type=float, default=4.0, help="Å/px of the simulation (default 4)")
     p.add_argument("--n-particles", type=int, default=4000)
     p.add_argument("--snr", type=float, default=0.1)
@@ -126,8 +147,10 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_quality_ctf"))
     args = p.parse_args(argv)
     stars, truth = prepare(args)
-    rows = [run(args, name, star, truth) for name, star in stars.items()]
-    print(f"\nhinge, box {args.box}, {args.pixel_size:g} Å/px (Nyquist {2 * args.pixel_size:g} Å), "
+    rows = [run(args, name, star, truth) for name, star in stars.items() if args.only in (None, name)]
+    px = args.pixel_size * (args.sim_box or args.box) / args.box
+    print(f"\nhinge, simulated at {args.sim_box or args.box} px / {args.pixel_size:g} Å/px, model box "
+          f"{args.box}, {px:g} Å/px (Nyquist {2 * px:g} Å), astigmatism up to {args.astigmatism:g} Å, "
           f"{args.n_particles} particles, SNR {args.snr}, defocus 1.0-2.5 um, known poses, "
           f"{args.budget:g} s each")
     print(f"{'variant':>10} {'model':>26} {'train_s':>7} {'step':>6} {'FSC.5 Å (px)':>14} "

@@ -172,6 +172,7 @@ class SimulationConfig:
     max_angle_deg: float = 60.0
     ctf: bool = False
     defocus_range: tuple[float, float] = (10000.0, 25000.0)
+    astigmatism: float = 0.0         # Å: |DefocusU - DefocusV| uniform in [0, this], angle uniform
     voltage: float = 300.0
     cs: float = 2.7
     amp_contrast: float = 0.1
@@ -201,6 +202,8 @@ class SimulationConfig:
         lo, hi = self.defocus_range
         if self.ctf and not (0 <= lo <= hi):
             raise ConfigError(f"defocus_range must be (min, max) with 0 <= min <= max Å, got {self.defocus_range}")
+        if self.ctf and not 0 <= self.astigmatism <= 2 * lo:
+            raise ConfigError(f"astigmatism must lie in [0, 2 x the smallest defocus] Å, got {self.astigmatism}")
         if self.ctf and not (self.voltage > 0 and 0 <= self.amp_contrast <= 1):
             raise ConfigError(f"a CTF needs voltage > 0 kV and amp_contrast in [0, 1], got {self.voltage}, "
                               f"{self.amp_contrast}")
@@ -253,13 +256,23 @@ def _draw_poses(cfg: SimulationConfig, rng: np.random.Generator, n_conf: int) ->
     poses = {"rotations": rot, "shifts": shifts, "conformation": rng.integers(0, n_conf, n)}
     if cfg.ctf:
         poses["defocus"] = rng.uniform(*cfg.defocus_range, n)
+        # U and V about the mean defocus; drawn only when asked, so other datasets stay the same
+        poses["astigmatism"] = rng.uniform(0.0, cfg.astigmatism, n) if cfg.astigmatism > 0 else np.zeros(n)
+        poses["defocus_angle"] = rng.uniform(0.0, 180.0, n) if cfg.astigmatism > 0 else np.zeros(n)
     return poses
 
 
-def _ctf_columns(cfg: SimulationConfig, defocus: np.ndarray) -> dict:
-    """RELION CTF columns for per-particle defocus (no astigmatism)."""
+def _defocus_uv(defocus, astigmatism) -> tuple[np.ndarray, np.ndarray]:
+    """(DefocusU, DefocusV) Å from the mean defocus and |U - V|."""
+    return defocus + 0.5 * astigmatism, defocus - 0.5 * astigmatism
+
+
+def _ctf_columns(cfg: SimulationConfig, defocus: np.ndarray, astigmatism: np.ndarray,
+                 angle: np.ndarray) -> dict:
+    """RELION CTF columns for per-particle mean defocus, astigmatism and its angle."""
     n = len(defocus)
-    return {"rlnDefocusU": defocus, "rlnDefocusV": defocus, "rlnDefocusAngle": np.zeros(n),
+    u, v = _defocus_uv(defocus, astigmatism)
+    return {"rlnDefocusU": u, "rlnDefocusV": v, "rlnDefocusAngle": angle,
             "rlnVoltage": np.full(n, float(cfg.voltage)), "rlnSphericalAberration": np.full(n, float(cfg.cs)),
             "rlnAmplitudeContrast": np.full(n, float(cfg.amp_contrast)), "rlnPhaseShift": np.zeros(n)}
 
@@ -282,8 +295,9 @@ def _write_clean(path: Path, cfg, vols, poses, pixel_size, progress) -> tuple[fl
                 m = conf == j
                 imgs[m] = project_reference(vols[j], poses["rotations"][sl][m], poses["shifts"][sl][m])
             if cfg.ctf:
-                d = poses["defocus"][sl]
-                ctf = compute_ctf(box, pixel_size, d, d, 0.0, cfg.voltage, cfg.cs, cfg.amp_contrast)
+                u, v = _defocus_uv(poses["defocus"][sl], poses["astigmatism"][sl])
+                ctf = compute_ctf(box, pixel_size, u, v, poses["defocus_angle"][sl], cfg.voltage, cfg.cs,
+                                  cfg.amp_contrast)
                 imgs = apply_ctf(imgs, ctf)
             writer.write(imgs)
             x = imgs.astype(np.float64)
@@ -368,7 +382,8 @@ def simulate(cfg: SimulationConfig, out_dir: str | os.PathLike, progress: bool =
     columns = {"rlnImageName": make_image_names(stack_path, n, relative_to=star_path)}
     if cfg.ctf:
         truth["defocus"] = poses["defocus"][pose_index]
-        columns.update(_ctf_columns(cfg, truth["defocus"]))
+        columns.update(_ctf_columns(cfg, truth["defocus"], poses["astigmatism"][pose_index],
+                                    poses["defocus_angle"][pose_index]))
     write_particles_star(star_path, pd.DataFrame(columns), poses=(rotations, shifts),
                          pixel_size=pixel_size, box=cfg.box)
     truth_path = out / "truth.npz"

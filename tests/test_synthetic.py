@@ -430,3 +430,28 @@ def test_command_line(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "absent.mrc" in capsys.readouterr().err
     assert main(["simulate", "--snr", "-1", "-o", str(tmp_path / "y"), "--no-progress"]) == 2
+
+
+def test_astigmatic_ctf_simulation_matches_its_star_columns(tmp_path):
+    cfg = small_cfg(ctf=True, snr=None, n_particles=20, pixel_size=2.0, defocus_range=(8000.0, 12000.0),
+                    astigmatism=1500.0)
+    ds = simulate(cfg, tmp_path, progress=False)
+    ctf = io.read_particles(ds.star).ctf
+    diff = ctf.defocus_u - ctf.defocus_v
+    assert np.all((diff >= 0) & (diff <= 1500)) and np.ptp(diff) > 100           # astigmatic, in range
+    assert np.all((ctf.defocus_angle >= 0) & (ctf.defocus_angle <= 180)) and np.ptp(ctf.defocus_angle) > 10
+    mean = 0.5 * (ctf.defocus_u + ctf.defocus_v)
+    assert np.all((mean >= 8000) & (mean <= 12000))
+    parts = io.read_particles(ds.star)
+    expected = apply_ctf(project_reference(lshape_volume(16), parts.poses.rotations, parts.poses.shifts),
+                         compute_ctf(16, 2.0, ctf.defocus_u, ctf.defocus_v, ctf.defocus_angle,
+                                     ctf.voltage, ctf.cs, ctf.amp_contrast, ctf.phase_shift))
+    np.testing.assert_allclose(parts.images[:], expected, atol=1e-4)
+    # without astigmatism the draws (and so every other dataset) are those of before
+    plain = simulate(small_cfg(ctf=True, snr=None, n_particles=20, pixel_size=2.0,
+                               defocus_range=(8000.0, 12000.0)), tmp_path / "plain", progress=False)
+    pc = io.read_particles(plain.star).ctf
+    np.testing.assert_array_equal(pc.defocus_u, pc.defocus_v)
+    np.testing.assert_array_equal(pc.defocus_angle, 0.0)
+    with pytest.raises(ConfigError, match="astigmatism"):
+        small_cfg(ctf=True, astigmatism=-1.0).validate()

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ctf", action="store_true", help="apply a CTF (defocus drawn uniformly from the range)")
     parser.add_argument("--defocus", type=nonnegative_float, nargs=2, default=d.defocus_range, metavar=("MIN", "MAX"),
                         help="defocus range in Å (default: %(default)s)")
+    parser.add_argument("--astigmatism", type=nonnegative_float, default=d.astigmatism, metavar="A",
+                        help="|DefocusU - DefocusV| drawn uniformly from [0, A] Å, at a random angle "
+                             "(default: %(default)s)")
     parser.add_argument("--voltage", type=positive_float, default=d.voltage, help="kV")
     parser.add_argument("--cs", type=finite_float, default=d.cs, help="spherical aberration (mm)")
     parser.add_argument("--amp-contrast", type=number(float, ge=0, le=1), default=d.amp_contrast)
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         grid_step_deg=args.grid_step or SimulationConfig.grid_step_deg, grid_n_psi=args.n_psi,
         copies=args.copies, shift_std_px=args.shift_std, shift_distribution=args.shift_distribution,
         snr=args.snr or None, hinge_levels=args.hinge_levels, ctf=args.ctf,
-        defocus_range=tuple(args.defocus), voltage=args.voltage, cs=args.cs, amp_contrast=args.amp_contrast,
+        defocus_range=tuple(args.defocus), astigmatism=args.astigmatism, voltage=args.voltage, cs=args.cs, amp_contrast=args.amp_contrast,
         pixel_size=args.pixel_size, seed=args.seed, chunk_size=args.chunk_size, keep_clean=args.keep_clean)
     try:
         cfg.validate()
