@@ -11,7 +11,7 @@ particles' decoded volumes against the truth (benchmarks/quality_lshape.py's eva
 
 ``resolution``: the L-shape simulated at ``--box`` (1 Å/px, edges blurred by 0.6 px: detail to
 Nyquist), preprocessed twice, at full size and Fourier-cropped to half the box (2 Å/px, Nyquist
-4 Å); the conv decoder trained on each for ``--budget`` seconds; FSC in Å against the truth
+4 Å); the conv3d decoder trained on each for ``--budget`` seconds; FSC in Å against the truth
 (Fourier-cropped to the same grid). Shows what a larger box buys beyond the smaller one's Nyquist.
 
     nice .venv/bin/python benchmarks/decoders.py throughput --boxes 40,64,128 --batch 8
@@ -207,11 +207,11 @@ def resolution(args) -> None:
     rows = []
     for box in (half, args.box):
         target = truth if box == args.box else fourier_resample(truth, box)
-        rows.append(train_and_score(stars[box], box, args.box / box, target, "conv", args.budget,
+        rows.append(train_and_score(stars[box], box, args.box / box, target, "conv3d", args.budget,
                                     args.batch_size, args.jit, workdir / f"run_res_{box}_{int(time.time())}"))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\nL-shape simulated at {args.box} px (1 Å/px), {args.n_particles} images, SNR {args.snr}, "
-          f"known poses, conv decoder, {args.budget:.0f} s each, batch {args.batch_size}; the {half} px "
+          f"known poses, conv3d decoder, {args.budget:.0f} s each, batch {args.batch_size}; the {half} px "
           f"run is the same data Fourier-cropped (Nyquist {2 * args.box / half:.0f} Å):")
     print_scores(rows)
 
@@ -227,7 +227,7 @@ def main(argv=None) -> None:
     one.add_argument("--jit", action="store_true")
     tp = sub.add_parser("throughput", help="the table of weights, memory and images/s")
     tp.add_argument("--boxes", default="40,64,128")
-    tp.add_argument("--decoders", default="dense,conv")
+    tp.add_argument("--decoders", default="dense,conv3d")
     tp.add_argument("--batch", type=int, default=8)
     tp.add_argument("--steps", type=int, default=3, help="timed steps per config")
     tp.add_argument("--timeout", type=float, default=900, help="seconds per config before giving up")
@@ -242,7 +242,7 @@ def main(argv=None) -> None:
         q.add_argument("--jit", action="store_true")
         q.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_decoders"))
         if name == "quality":
-            q.add_argument("--decoders", default="dense,conv")
+            q.add_argument("--decoders", default="dense,conv3d")
     args = ap.parse_args(argv)
     if args.what == "one":
         from cryovae_nb.training.steps import configure_threads

@@ -1,4 +1,4 @@
-"""The convolutional decoder (model/decoders.py, ``ModelConfig.architecture.decoder = "conv"``): its
+"""The convolutional decoder (model/decoders.py, ``ModelConfig.architecture.decoder = "conv3d"``): its
 volumes against a numpy re-computation (scipy correlation, nearest upsampling, linear
 interpolation), seeds, zero response to z, gradients, checkpoints, a short training run, and the
 config's errors."""
@@ -24,7 +24,7 @@ from cryovae_nb.training.steps import make_optimizer, make_train_step  # noqa: E
 
 
 def conv_config(**kw):
-    base = dict(box=12, latent_dim=3, encoder_layers=1, encoder_units=16, decoder="conv", decoder_grid=3,
+    base = dict(box=12, latent_dim=3, encoder_layers=1, encoder_units=16, decoder="conv3d", decoder_grid=3,
                 decoder_channels=8, decoder_upsamplings=2, pose_search_deg=None)
     base.update(kw)
     return ModelConfig().with_options(**base)
@@ -103,7 +103,7 @@ def test_conv_decoder_weights_are_the_consensus_plus_a_small_network():
     want = (4 + 1) * 4**3 * 16 + 4**3 * 16 + (27 * 16 * 8 + 8) + (27 * 8 * 4 + 4) + (27 * 4 + 1) + 16**3
     assert sum(int(np.prod(v.shape)) for v in dec.trainable_variables) == want
     # the same network at 128 px: only the consensus grows (the dense decoder: 200 x 128^3 = 420 M)
-    big = ModelConfig().with_options(box=128, decoder="conv")
+    big = ModelConfig().with_options(box=128, decoder="conv3d")
     assert make_decoder(big, iter(range(100))).count_params() < 128**3 + 300_000
 
 
@@ -194,7 +194,7 @@ def test_a_short_training_run_with_the_conv_decoder_fits_the_images():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(decoder="convolutional"), r"ArchitectureConfig\.decoder must be one of \('dense', 'conv'\)"),
+    (dict(decoder="convolutional"), r"ArchitectureConfig\.decoder must be one of \('dense', 'conv3d'\)"),
     (dict(decoder_grid=0), r"ArchitectureConfig\.decoder_grid must be a positive integer, got 0"),
     (dict(decoder_channels=2.5), r"ArchitectureConfig\.decoder_channels must be"),
     (dict(decoder_upsamplings=-1), r"ArchitectureConfig\.decoder_upsamplings must be an integer >= 0"),

@@ -16,7 +16,7 @@ KERNEL_WIDTHS = (2, 3, 4, 5, 6)  # = projectors.KERNEL_WIDTHS (kept import-free 
 
 # the keys of the registries projectors.PROJECTORS and decoders.DECODERS (kept free of TensorFlow)
 PROJECTORS = ("fourier", "real")
-DECODERS = ("dense", "conv")
+DECODERS = ("dense", "conv3d")
 POSE_MODES = ("learned", "known")
 LIKELIHOODS = ("gaussian", "bernoulli")
 LINKS = ("sigmoid", "identity")
@@ -53,7 +53,7 @@ class ArchitectureConfig:
     decoder_layers: int = 20
     decoder_units: int = 200
     decoder: str = "dense"           # the decoder architecture (model/decoders.py); "dense": the seed's MLP
-                                     # (decoder_layers x decoder_units, then 200 n^3 weights); "conv":
+                                     # (decoder_layers x decoder_units, then 200 n^3 weights); "conv3d":
                                      # a consensus voxel grid + z through upsampling 3D convolutions (for >= 64 px)
     decoder_grid: int = 8            # conv: side g of the coarsest grid z is mapped to
     decoder_channels: int = 32       # conv: its channels (halved per upsampling, >= 4)
@@ -86,7 +86,7 @@ class ArchitectureConfig:
         _positive_int(f"{w}.decoder_channels", self.decoder_channels)
         _positive_int(f"{w}.decoder_upsamplings", self.decoder_upsamplings, minimum=0)
         side = self.decoder_grid * 2 ** min(self.decoder_upsamplings, 16)
-        if self.decoder == "conv" and side > 2 * self.box:
+        if self.decoder == "conv3d" and side > 2 * self.box:
             raise ConfigError(f"{w}: the conv decoder's grid ({self.decoder_grid} x 2^{self.decoder_upsamplings}"
                               f" = {side}) must not exceed twice the box ({self.box}): lower "
                               f"decoder_grid or decoder_upsamplings")

@@ -12,7 +12,7 @@ so that the z-dependence comes from the principal volumes the model estimates fr
 not from a random direction the posterior would then fit noise along.
 
 Two decoders: ``"dense"`` (the seed's MLP, whose last layer holds ``decoder_units x n^3`` weights:
-~52 M at 64 px, ~420 M at 128 px) and ``"conv"`` (a full-resolution consensus grid plus 3D
+~52 M at 64 px, ~420 M at 128 px) and ``"conv3d"`` (a full-resolution consensus grid plus 3D
 convolutions upsampling z from a small grid, ~n^3 + 0.2 M weights; it scales to 128 px and beyond;
 benchmarks/decoders.py measures both).
 
@@ -181,7 +181,7 @@ class ConvDecoder(Decoder):
 
 
 # ModelConfig.decoder -> decoder class (config.DECODERS lists the same names without TensorFlow)
-DECODERS = {"dense": DenseDecoder, "conv": ConvDecoder}
+DECODERS = {"dense": DenseDecoder, "conv3d": ConvDecoder}
 
 
 def make_decoder(config, seeds: Iterator[int], zero_response: bool = False) -> Decoder:
