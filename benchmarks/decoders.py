@@ -24,6 +24,7 @@ convolutions to a naive loop (the conv decoder's step is 10-170x slower; see dec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -147,7 +148,7 @@ def simulate_lshape(workdir: Path, box: int, n: int, snr: float, crops: tuple[in
 
 
 def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, budget: float,
-                    batch: int, jit: bool, run_dir: Path) -> dict:
+                    batch: int, jit: bool, run_dir: Path, learning_rate: float | None = None) -> dict:
     """Train with known poses for ``budget`` s; FSC (Å) of 10 held-out decoded volumes vs ``truth``."""
     from quality_lshape import evaluate  # the L-shape benchmark's evaluation: align, FSC
 
@@ -160,6 +161,8 @@ def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, bud
                       max_steps=10**9, max_time_s=budget, log_every=10**6, sample_every=10**9,
                       checkpoint_every=10**9, keep_checkpoints=1, test_fraction=0.05, n_test_eval=0,
                       seed=0, jit=jit)
+    if learning_rate is not None:
+        cfg = dataclasses.replace(cfg, learning_rate=learning_rate)
     trainer = Trainer(cfg, progress=False)
     t = time.monotonic()
     trainer.train()
@@ -189,10 +192,11 @@ def quality(args) -> None:
     rows = []
     for decoder in args.decoders.split(","):
         rows.append(train_and_score(star, args.box, 1.0, truth, decoder, args.budget, args.batch_size,
-                                    args.jit, workdir / f"run_{decoder}_{args.box}_{int(time.time())}"))
+                                    args.jit, workdir / f"run_{decoder}_{args.box}_{int(time.time())}",
+                                    args.learning_rate))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\nL-shape, {args.n_particles} images, SNR {args.snr}, known poses, {args.budget:.0f} s each, "
-          f"batch {args.batch_size}, jit {args.jit}:")
+          f"batch {args.batch_size}, learning rate {args.learning_rate or 'default'}, jit {args.jit}:")
     print_scores(rows)
 
 
@@ -208,10 +212,12 @@ def resolution(args) -> None:
     for box in (half, args.box):
         target = truth if box == args.box else fourier_resample(truth, box)
         rows.append(train_and_score(stars[box], box, args.box / box, target, "conv3d", args.budget,
-                                    args.batch_size, args.jit, workdir / f"run_res_{box}_{int(time.time())}"))
+                                    args.batch_size, args.jit, workdir / f"run_res_{box}_{int(time.time())}",
+                                    args.learning_rate))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\nL-shape simulated at {args.box} px (1 Å/px), {args.n_particles} images, SNR {args.snr}, "
-          f"known poses, conv3d decoder, {args.budget:.0f} s each, batch {args.batch_size}; the {half} px "
+          f"known poses, conv3d decoder, {args.budget:.0f} s each, batch {args.batch_size}, learning rate "
+          f"{args.learning_rate or 'default'}; the {half} px "
           f"run is the same data Fourier-cropped (Nyquist {2 * args.box / half:.0f} Å):")
     print_scores(rows)
 
@@ -240,6 +246,7 @@ def main(argv=None) -> None:
         q.add_argument("--snr", type=float, default=0.1 if name == "quality" else 1.0)
         q.add_argument("--batch-size", type=int, default=8)
         q.add_argument("--jit", action="store_true")
+        q.add_argument("--learning-rate", type=float, default=None, help="default: TrainConfig's")
         q.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_decoders"))
         if name == "quality":
             q.add_argument("--decoders", default="dense,conv3d")

@@ -58,7 +58,7 @@ def numpy_decoder(dec: ConvDecoder, z: np.ndarray) -> np.ndarray:
             coord = (np.arange(n) - n // 2) * (m / n) + m // 2
             zz, yy, xx = np.meshgrid(coord, coord, coord, indexing="ij")
             x = map_coordinates(x, [zz, yy, xx], order=1, mode="nearest")
-        v = x + dec.consensus.numpy()
+        v = x + dec.CONSENSUS_SCALE * dec.consensus.numpy()
         vols.append(np.where(v > 0, v, dec.slope * v))
     return np.stack(vols)
 

@@ -133,6 +133,8 @@ class ConvDecoder(Decoder):
     slower than uncompiled (measured; a GPU compiles them to cuDNN): on a CPU train it with jit off.
     """
 
+    CONSENSUS_SCALE = 100.0  # the consensus voxels are the weights times this (see __init__)
+
     def __init__(self, config, seeds: Iterator[int], zero_response: bool = False, **kwargs):
         super().__init__(config, seeds, zero_response, **kwargs)
         arch = config.architecture
@@ -159,6 +161,9 @@ class ConvDecoder(Decoder):
                                      initializer=keras.initializers.GlorotUniform(seed=next(seeds)))
             bias = self.add_weight(shape=(w_out,), name=f"{name}_bias", initializer="zeros")
             self.conv_weights.append((kernel, bias))
+        # Stored divided by CONSENSUS_SCALE: Adam moves each weight by about the learning rate per
+        # step, and the thesis' 1e-5 (TrainConfig's default, tuned for the dense decoder, whose
+        # voxels each sum 200 weights) would move a voxel 1e-5 per step
         self.consensus = self.add_weight(shape=(n, n, n), name="consensus", initializer="zeros")
         m = g * 2 ** stages
         self.resample = None if m == n else tf.constant(linear_resample_matrix(m, n))
@@ -176,7 +181,7 @@ class ConvDecoder(Decoder):
         if self.resample is not None:
             r = self.resample
             h = tf.einsum("bzyx,kx->bzyk", tf.einsum("bzyx,jy->bzjx", tf.einsum("bzyx,iz->biyx", h, r), r), r)
-        v = self.consensus[None] + h
+        v = self.CONSENSUS_SCALE * self.consensus[None] + h
         return v if self.linear_output else tf.nn.leaky_relu(v, alpha=self.slope)
 
 
