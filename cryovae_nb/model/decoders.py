@@ -146,9 +146,12 @@ class ConvDecoder(Decoder):
             g ** 3 * channels, name="conv_z",
             kernel_initializer="zeros" if zero_response else keras.initializers.GlorotUniform(seed=next(seeds)))
         self.z_layer.build((None, arch.latent_dim))
+        # small: the network is linear in it at the start (zero biases), so the z part starts as a
+        # faint random volume (~0.01) rather than an O(1) blob that the consensus must first cancel
+        # (measured: with stddev 1 the 64 px L reached only FSC 0.5 = 25 A in 200 s)
         self.start_grid = self.add_weight(
             shape=(g, g, g, channels), name="start_grid",
-            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=next(seeds)))
+            initializer=keras.initializers.RandomNormal(stddev=0.01, seed=next(seeds)))
         widths = [channels]
         for _ in range(stages):
             widths.append(max(widths[-1] // 2, 4))
