@@ -123,14 +123,17 @@ class ConvDecoder(Decoder):
     gradient from the first step.
 
     Why this shape (benchmarks/decoders.py): the weights are ``n^3`` plus ~0.2 M whatever the box
-    (the dense decoder's last layer grows as ``200 n^3``: 420 M at 128 px), the convolutions cost
-    the same at every box (3D convolutions at 128^3 would cost ~4 GFLOP per volume, and the
-    linearised latents decode ``latent_dim + 1`` probe volumes each step), and a conformation is
-    read from low resolution (``LatentConfig.band``), while the consensus grid learns the fine
-    detail that a convolution stack would take many more steps to build.
+    (the dense decoder's last layer grows as ``200 n^3``: 420 M at 128 px, 10.6 GiB of peak RSS at
+    batch 4), the convolutions cost the same at every box (3D convolutions at 128^3 would cost ~4
+    GFLOP per volume, and the linearised latents decode ``latent_dim + 1`` probe volumes each
+    step), and a conformation is read from low resolution (``LatentConfig.band``) while the
+    consensus grid holds the full-resolution detail. Where the dense decoder fits it still learns
+    faster per second (64 px L-shape, 200 s: FSC 0.5 3.9 px dense vs 16 px conv3d), so it stays the
+    default.
 
-    Compiled by XLA on a CPU (``TrainConfig.jit``), 3D convolutions become a naive loop, ~10-170x
-    slower than uncompiled (measured; a GPU compiles them to cuDNN): on a CPU train it with jit off.
+    Compiled by XLA on a CPU (``TrainConfig.jit``), 3D convolutions become a naive loop (measured on
+    a first, full-resolution variant at 32 px: 0.6 vs 101 images/s uncompiled; a GPU compiles them
+    to cuDNN): on a CPU train it with jit off.
     """
 
     CONSENSUS_SCALE = 100.0  # the consensus voxels are the weights times this (see __init__)
@@ -146,12 +149,12 @@ class ConvDecoder(Decoder):
             g ** 3 * channels, name="conv_z",
             kernel_initializer="zeros" if zero_response else keras.initializers.GlorotUniform(seed=next(seeds)))
         self.z_layer.build((None, arch.latent_dim))
-        # small: the network is linear in it at the start (zero biases), so the z part starts as a
-        # faint random volume (~0.01) rather than an O(1) blob that the consensus must first cancel
-        # (measured: with stddev 1 the 64 px L reached only FSC 0.5 = 25 A in 200 s)
+        # unit variance: the network then starts as a random smooth volume that the data reshape;
+        # a small start (stddev 0.01) trained worse (one run each, the 128 px L cropped to 64 px, learning
+        # rate 1e-3, 200 s: FSC 0.5 = 68 vs 25 A)
         self.start_grid = self.add_weight(
             shape=(g, g, g, channels), name="start_grid",
-            initializer=keras.initializers.RandomNormal(stddev=0.01, seed=next(seeds)))
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=next(seeds)))
         widths = [channels]
         for _ in range(stages):
             widths.append(max(widths[-1] // 2, 4))
