@@ -276,9 +276,9 @@ def test_projector_registry_and_the_forward_model():
 
 
 def test_decoder_registry_builds_the_configured_decoder():
-    from cryovae_nb.model.decoders import DECODERS, DenseDecoder
+    from cryovae_nb.model.decoders import DECODERS, ConvDecoder, DenseDecoder
 
-    assert DECODERS == {"dense": DenseDecoder}
+    assert DECODERS == {"dense": DenseDecoder, "conv3d": ConvDecoder}
     model = build_model(tiny_config())
     assert isinstance(model.decoder, DenseDecoder)
     # the decoder's weights are the model's (trained, checkpointed)

@@ -16,7 +16,7 @@ KERNEL_WIDTHS = (2, 3, 4, 5, 6)  # = projectors.KERNEL_WIDTHS (kept import-free 
 
 # the keys of the registries projectors.PROJECTORS and decoders.DECODERS (kept free of TensorFlow)
 PROJECTORS = ("fourier", "real")
-DECODERS = ("dense",)
+DECODERS = ("dense", "conv3d")
 POSE_MODES = ("learned", "known")
 LIKELIHOODS = ("gaussian", "bernoulli")
 LINKS = ("sigmoid", "identity")
@@ -53,6 +53,12 @@ class ArchitectureConfig:
     decoder_layers: int = 20
     decoder_units: int = 200
     decoder: str = "dense"           # the decoder architecture (model/decoders.py); "dense": the seed's MLP
+                                     # (decoder_layers x decoder_units, then 200 n^3 weights); "conv3d":
+                                     # a consensus voxel grid + z through upsampling 3D convolutions (for >= 64 px)
+    decoder_grid: int = 8            # conv: side g of the coarsest grid z is mapped to
+    decoder_channels: int = 32       # conv: its channels (halved per upsampling, >= 4)
+    decoder_upsamplings: int = 2     # conv: x2 upsamplings to the side g 2^L of z's part (then
+                                     # interpolated to the box; the consensus grid is n^3)
     leaky_slope: float = 0.2         # negative slope of every leaky ReLU (tf.nn.leaky_relu default)
     output_activation: str = "leaky_relu"   # on the n^3 voxel layer; the thesis uses leaky ReLU
     volume_mask: float | None = 0.95  # spherical mask diameter as a fraction of the box; None = off
@@ -76,6 +82,14 @@ class ArchitectureConfig:
         w = "ArchitectureConfig"
         for name in ("box", "latent_dim", "encoder_units", "decoder_units"):
             _positive_int(f"{w}.{name}", getattr(self, name))
+        _positive_int(f"{w}.decoder_grid", self.decoder_grid)
+        _positive_int(f"{w}.decoder_channels", self.decoder_channels)
+        _positive_int(f"{w}.decoder_upsamplings", self.decoder_upsamplings, minimum=0)
+        side = self.decoder_grid * 2 ** min(self.decoder_upsamplings, 16)
+        if self.decoder == "conv3d" and side > 2 * self.box:
+            raise ConfigError(f"{w}: the conv decoder's grid ({self.decoder_grid} x 2^{self.decoder_upsamplings}"
+                              f" = {side}) must not exceed twice the box ({self.box}): lower "
+                              f"decoder_grid or decoder_upsamplings")
         for name in ("encoder_layers", "decoder_layers"):
             _positive_int(f"{w}.{name}", getattr(self, name), minimum=0)
         if self.box < 4:

@@ -1,0 +1,264 @@
+"""The decoders side by side: size, memory, speed and reconstruction quality at 40, 64 and 128 px.
+
+``throughput``: for each decoder and box, in a fresh process each (so peak RSS is that config's):
+the decoder's weights, the training step's images/s (known poses, linearised latents, the default
+model otherwise), the decoder alone (forward + backward, ms per volume), peak RSS at two batch
+sizes and from them the memory per image (the difference over the extra images).
+
+``quality``: the L-shape simulated at ``--box`` with random known poses, trained for ``--budget``
+seconds with each decoder (same data, same seed), then FSC 0.5 / 0.143 in Å of 10 held-out
+particles' decoded volumes against the truth (benchmarks/quality_lshape.py's evaluation).
+
+``resolution``: the L-shape simulated at ``--box`` (1 Å/px, edges blurred by 0.6 px: detail to
+Nyquist), preprocessed twice, at full size and Fourier-cropped to half the box (2 Å/px, Nyquist
+4 Å); the conv3d decoder trained on each for ``--budget`` seconds; FSC in Å against the truth
+(Fourier-cropped to the same grid). Shows what a larger box buys beyond the smaller one's Nyquist.
+
+    nice .venv/bin/python benchmarks/decoders.py throughput --boxes 40,64,128 --batch 8
+    nice .venv/bin/python benchmarks/decoders.py quality --box 64 --budget 240
+    nice .venv/bin/python benchmarks/decoders.py resolution --box 128 --budget 300
+
+Run uncompiled (``TrainConfig.jit`` False, ``--jit`` to change): on a CPU, XLA compiles 3D
+convolutions to a naive loop (the conv decoder's step is 10-170x slower; see decoders.py).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_one(box: int, decoder: str, batch: int, steps: int, jit: bool) -> dict:
+    """One config's figures, in this process (``throughput`` runs it in a fresh one)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from cryovae_nb.geometry import random_rotations
+    from cryovae_nb.model import ModelConfig, build_model
+    from cryovae_nb.model.batch import Batch
+    from cryovae_nb.training.steps import make_train_step
+
+    rng = np.random.default_rng(0)
+    cfg = ModelConfig().with_options(box=box, decoder=decoder, pose_mode="known")
+    t = time.perf_counter()
+    model = build_model(cfg)
+    build_s = time.perf_counter() - t
+    weights = int(sum(np.prod(v.shape) for v in model.decoder.trainable_variables))
+    images = tf.constant(rng.uniform(0, 1, (batch, box, box)).astype(np.float32))
+    rot = tf.constant(random_rotations(batch, rng).astype(np.float32))
+    data = Batch(images, rot, tf.zeros((batch, 2)), indices=np.arange(batch))
+    step = make_train_step(model, jit=jit)
+    t = time.perf_counter()
+    float(step(data, seed=[0, 0])["total"])
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(steps):
+        out = step(data, seed=[1, i])
+    float(out["total"])
+    rate = steps * batch / (time.perf_counter() - t)
+    rss = peak_rss_mib()
+    # the decoder alone: forward and backward of `batch` volumes
+    z = tf.constant(rng.standard_normal((batch, cfg.architecture.latent_dim)).astype(np.float32))
+
+    @tf.function(jit_compile=jit)
+    def fwd_bwd(z):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(model.decoder(z, training=True)))
+        return tape.gradient(loss, model.decoder.trainable_variables)
+
+    fwd_bwd(z)
+    t = time.perf_counter()
+    for _ in range(steps):
+        grads = fwd_bwd(z)
+    float(tf.reduce_sum(grads[-1]))
+    decoder_ms = 1000 * (time.perf_counter() - t) / (steps * batch)
+    return {"box": box, "decoder": decoder, "batch": batch, "weights": weights, "build_s": build_s,
+            "first_step_s": first_s, "images_per_s": rate, "decoder_ms_per_volume": decoder_ms,
+            "peak_rss_mib": rss}
+
+
+def throughput(args) -> None:
+    rows = []
+    for box in [int(b) for b in args.boxes.split(",")]:
+        for decoder in args.decoders.split(","):
+            res = {}
+            for batch in (args.batch // 2, args.batch):
+                cmd = [sys.executable, __file__, "one", "--box", str(box), "--decoder", decoder,
+                       "--batch", str(batch), "--steps", str(args.steps)] + (["--jit"] if args.jit else [])
+                t = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                if proc.returncode != 0:
+                    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                    res[batch] = {"error": f"exit {proc.returncode} after {time.perf_counter() - t:.0f} s: {tail}"}
+                    print(f"box {box} {decoder} batch {batch}: {res[batch]['error']}", flush=True)
+                    break
+                res[batch] = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(json.dumps(res[batch]), flush=True)
+            rows.append((box, decoder, res))
+    print(f"\nknown poses, linearised latents (latent 8), jit {args.jit}, {os.cpu_count()} cores; "
+          f"images/s and decoder ms at batch {args.batch}; memory per image = (peak RSS at batch "
+          f"{args.batch} - at {args.batch // 2}) / {args.batch - args.batch // 2}")
+    print(f"{'box':>4} {'decoder':>7} {'weights':>11} {'images/s':>9} {'dec ms/vol':>10} "
+          f"{'peak RSS MiB':>12} {'MiB/image':>9}")
+    for box, decoder, res in rows:
+        full, half = res.get(args.batch, {}), res.get(args.batch // 2, {})
+        if "images_per_s" not in full:
+            err = full.get("error") or half.get("error")
+            print(f"{box:4d} {decoder:>7} {'-':>11} did not run: {err}")
+            continue
+        per_image = (full["peak_rss_mib"] - half["peak_rss_mib"]) / (args.batch - args.batch // 2)
+        print(f"{box:4d} {decoder:>7} {full['weights']:11,d} {full['images_per_s']:9.1f} "
+              f"{full['decoder_ms_per_volume']:10.1f} {full['peak_rss_mib']:12.0f} {per_image:9.1f}")
+
+
+def simulate_lshape(workdir: Path, box: int, n: int, snr: float, crops: tuple[int, ...]) -> dict:
+    """The L at ``box`` (1 Å/px), random poses, cached in ``workdir``; preprocessed at each of
+    ``crops`` (Fourier-cropped when smaller than ``box``) -> {crop: STAR file}."""
+    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.synthetic import SimulationConfig, simulate
+
+    out = workdir / f"lshape_b{box}_n{n}_snr{snr}"
+    sim_star = out / "sim" / "particles.star"
+    if not sim_star.exists():
+        t = time.monotonic()
+        simulate(SimulationConfig(box=box, n_particles=n, snr=snr, seed=0), out / "sim", progress=False)
+        print(f"simulated {n} images of {box} px in {time.monotonic() - t:.0f} s", flush=True)
+    stars = {}
+    for crop in crops:
+        star = out / f"pre{crop}" / "particles.star"
+        if not star.exists():
+            preprocess_stack(sim_star, out / f"pre{crop}" / "particles",
+                             PreprocessConfig(box=None if crop == box else crop, spread=0.3,
+                                              mask_diameter=0.95), progress=False)
+        stars[crop] = star
+    return stars
+
+
+def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, budget: float,
+                    batch: int, jit: bool, run_dir: Path, learning_rate: float | None = None) -> dict:
+    """Train with known poses for ``budget`` s; FSC (Å) of 10 held-out decoded volumes vs ``truth``."""
+    from quality_lshape import evaluate  # the L-shape benchmark's evaluation: align, FSC
+
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
+
+    model = ModelConfig().with_options(box=box, decoder=decoder, pose_mode="known")
+    cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, batch_size=batch,
+                      max_steps=10**9, max_time_s=budget, log_every=10**6, sample_every=10**9,
+                      checkpoint_every=10**9, keep_checkpoints=1, test_fraction=0.05, n_test_eval=0,
+                      seed=0, jit=jit)
+    if learning_rate is not None:
+        cfg = dataclasses.replace(cfg, learning_rate=learning_rate)
+    trainer = Trainer(cfg, progress=False)
+    t = time.monotonic()
+    trainer.train()
+    dt = time.monotonic() - t
+    score = evaluate(trainer, truth, trainer.test_indices[:10], pixel)
+    return {"decoder": decoder, "box": box, "pixel_A": pixel, "train_s": round(dt), "steps": trainer.step,
+            "images_seen": trainer.step * batch, "images_per_s": trainer.step * batch / dt,
+            "fsc05_A": score["fsc05_px"] * pixel, "fsc0143_A": score["fsc0143_px"] * pixel,
+            "best05_A": score["best05_px"] * pixel, "correlation": score["correlation"]}
+
+
+def print_scores(rows) -> None:
+    print(f"{'decoder':>7} {'box':>4} {'Å/px':>5} {'train s':>7} {'steps':>6} {'images':>7} {'img/s':>6} "
+          f"{'FSC0.5 Å':>8} {'FSC0.143 Å':>10} {'corr':>5}")
+    for r in rows:
+        print(f"{r['decoder']:>7} {r['box']:4d} {r['pixel_A']:5.1f} {r['train_s']:7d} {r['steps']:6d} "
+              f"{r['images_seen']:7d} {r['images_per_s']:6.1f} {r['fsc05_A']:8.2f} {r['fsc0143_A']:10.2f} "
+              f"{r['correlation']:5.2f}", flush=True)
+
+
+def quality(args) -> None:
+    from cryovae_nb.synthetic import lshape_volume
+
+    workdir = Path(args.workdir)
+    star = simulate_lshape(workdir, args.box, args.n_particles, args.snr, (args.box,))[args.box]
+    truth = lshape_volume(args.box)
+    rows = []
+    for decoder in args.decoders.split(","):
+        rows.append(train_and_score(star, args.box, 1.0, truth, decoder, args.budget, args.batch_size,
+                                    args.jit, workdir / f"run_{decoder}_{args.box}_{int(time.time())}",
+                                    args.learning_rate))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\nL-shape, {args.n_particles} images, SNR {args.snr}, known poses, {args.budget:.0f} s each, "
+          f"batch {args.batch_size}, learning rate {args.learning_rate or 'default'}, jit {args.jit}:")
+    print_scores(rows)
+
+
+def resolution(args) -> None:
+    from cryovae_nb.synthetic import lshape_volume
+    from cryovae_nb.volumes import fourier_resample
+
+    workdir = Path(args.workdir)
+    half = args.box // 2
+    stars = simulate_lshape(workdir, args.box, args.n_particles, args.snr, (args.box, half))
+    truth = lshape_volume(args.box)
+    rows = []
+    for box in (half, args.box):
+        target = truth if box == args.box else fourier_resample(truth, box)
+        rows.append(train_and_score(stars[box], box, args.box / box, target, "conv3d", args.budget,
+                                    args.batch_size, args.jit, workdir / f"run_res_{box}_{int(time.time())}",
+                                    args.learning_rate))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\nL-shape simulated at {args.box} px (1 Å/px), {args.n_particles} images, SNR {args.snr}, "
+          f"known poses, conv3d decoder, {args.budget:.0f} s each, batch {args.batch_size}, learning rate "
+          f"{args.learning_rate or 'default'}; the {half} px "
+          f"run is the same data Fourier-cropped (Nyquist {2 * args.box / half:.0f} Å):")
+    print_scores(rows)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    one = sub.add_parser("one", help="one config's figures as JSON (throughput runs this)")
+    one.add_argument("--box", type=int, required=True)
+    one.add_argument("--decoder", required=True)
+    one.add_argument("--batch", type=int, default=8)
+    one.add_argument("--steps", type=int, default=3)
+    one.add_argument("--jit", action="store_true")
+    tp = sub.add_parser("throughput", help="the table of weights, memory and images/s")
+    tp.add_argument("--boxes", default="40,64,128")
+    tp.add_argument("--decoders", default="dense,conv3d")
+    tp.add_argument("--batch", type=int, default=8)
+    tp.add_argument("--steps", type=int, default=3, help="timed steps per config")
+    tp.add_argument("--timeout", type=float, default=900, help="seconds per config before giving up")
+    tp.add_argument("--jit", action="store_true")
+    for name in ("quality", "resolution"):
+        q = sub.add_parser(name)
+        q.add_argument("--box", type=int, default=64 if name == "quality" else 128)
+        q.add_argument("--budget", type=float, default=240.0, help="training seconds per run")
+        q.add_argument("--n-particles", type=int, default=4000)
+        q.add_argument("--snr", type=float, default=0.1 if name == "quality" else 1.0)
+        q.add_argument("--batch-size", type=int, default=8)
+        q.add_argument("--jit", action="store_true")
+        q.add_argument("--learning-rate", type=float, default=None, help="default: TrainConfig's")
+        q.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_decoders"))
+        if name == "quality":
+            q.add_argument("--decoders", default="dense,conv3d")
+    args = ap.parse_args(argv)
+    if args.what == "one":
+        from cryovae_nb.training.steps import configure_threads
+
+        configure_threads(None, 1)
+        print(json.dumps(measure_one(args.box, args.decoder, args.batch, args.steps, args.jit)))
+    else:
+        {"throughput": throughput, "quality": quality, "resolution": resolution}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
