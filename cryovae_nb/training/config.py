@@ -36,6 +36,8 @@ class TrainConfig:
     jit: bool = True                    # XLA-compile the steps: ~2x the images/s, a slow first step
                                         # (tens of s to compile); resume stays bit-exact (README)
     deterministic: bool = True          # tf.config.experimental.enable_op_determinism()
+    tf32_matmul: bool | None = None     # TensorFloat-32 matmuls; None: on where a GPU is present (devices.py)
+    check_memory: bool = True           # refuse to start when the memory model's estimate exceeds the device
 
     def validate(self) -> None:
         check_fields(self)
