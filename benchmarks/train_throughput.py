@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-jit", action="store_true", help="disable XLA compilation")
     ap.add_argument("--projectors", default="fourier,fourier+search,real",
                     help="comma-separated: real, fourier (default kernel) or fourier:WIDTH, each optionally +search")
+    ap.add_argument("--decoder", default="dense", help="ModelConfig decoder (model/decoders.py's DECODERS)")
     ap.add_argument("--pad", type=float, default=1.0, help="fourier_pad of the fast projector")
     ap.add_argument("--accuracy", action="store_true", help="print the projectors' accuracy first")
     ap.add_argument("--pose-mode", default="learned", choices=["learned", "known"])
@@ -114,8 +115,9 @@ def main(argv=None) -> None:
     shifts = tf.zeros((b, 2)) if args.pose_mode == "known" else None
     batch = Batch(images, rot, shifts, indices=np.arange(b))  # what the Trainer's loader hands over
     jit = not args.no_jit
-    print(f"box {n}, batch {b}, latent {args.latent}, jit {jit}, pose {args.pose_mode}, "
-          f"cores {os.cpu_count()}, TF {tf.__version__}")
+    gpus = tf.config.list_physical_devices("GPU")
+    print(f"box {n}, batch {b}, latent {args.latent}, decoder {args.decoder}, jit {jit}, pose {args.pose_mode}, "
+          f"cores {os.cpu_count()}, GPUs {len(gpus)}, TF {tf.__version__}")
     if args.accuracy:
         accuracy_table(n)
 
@@ -126,7 +128,7 @@ def main(argv=None) -> None:
         extra = {"fourier_kernel_width": int(width)} if width else {}
         if not plus:  # the thesis' step; "+search" keeps the config's default search
             extra["pose_search_deg"] = None
-        cfg = ModelConfig().with_options(box=n, latent_dim=args.latent, projector=kind,
+        cfg = ModelConfig().with_options(box=n, latent_dim=args.latent, projector=kind, decoder=args.decoder,
                                          fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
         model = build_model(cfg)
         step = make_train_step(model, jit=jit)
@@ -174,8 +176,9 @@ def main(argv=None) -> None:
                   f"{cli['whole'] / bare:.2f}   (target: steady >= 0.85)")
 
     # inference: encode images, decode volumes (batch b, compiled)
-    model = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent, pose_search_deg=None))
-    searching = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent))
+    model = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent, decoder=args.decoder,
+                                                   pose_search_deg=None))
+    searching = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent, decoder=args.decoder))
     enc = tf.function(lambda x: model.encode(Batch(x))["z_mean"], jit_compile=jit)
     enc_search = tf.function(lambda x: searching.encode(Batch(x))["quaternion"], jit_compile=jit)
     dec = tf.function(lambda z: model.decode(z), jit_compile=jit)
@@ -208,7 +211,7 @@ def time_cli(args) -> dict:
         preprocess_stack(ds.star, tmp / "pre" / "particles", PreprocessConfig(), progress=False)
         cfg = TrainConfig(data=str(tmp / "pre" / "particles.star"), run_dir=str(tmp / "run"),
                           model=ModelConfig().with_options(box=args.box, latent_dim=args.latent,
-                                                           pose_mode=args.pose_mode),
+                                                           pose_mode=args.pose_mode, decoder=args.decoder),
                           batch_size=args.batch, max_steps=args.cli_steps)
         save_config(cfg, tmp / "train.json")
         t = time.perf_counter()
