@@ -95,6 +95,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pose-mode", default="learned", choices=["learned", "known"])
     ap.add_argument("--cli-steps", type=int, default=0,
                     help="also time `cryovae train` (defaults) end to end for this many steps (0: off)")
+    ap.add_argument("--cli-before", action="store_true",
+                    help="with --cli-steps: also time the command with the defaults before issue #13 (jit off)")
     args = ap.parse_args(argv)
 
     from cryovae_nb.training.steps import configure_threads
@@ -139,10 +141,12 @@ def main(argv=None) -> None:
         steps[name], rates[name] = step, []
         rss[name] = peak_rss_mib()
 
-    cli = None
+    cli = {}
     for r in range(args.rounds):  # alternate, so both projectors see the same machine load
-        if args.cli_steps and r == args.rounds // 2:  # the command between the two halves of the rounds
-            cli = time_cli(args)
+        if args.cli_steps and r == args.rounds // 2:  # the commands between the two halves of the rounds
+            cli["defaults"] = time_cli(args)
+            if args.cli_before:
+                cli["jit off (before #13)"] = time_cli(args, jit=False)
         for name, step in steps.items():
             t = time.perf_counter()
             for i in range(args.steps):
@@ -160,20 +164,19 @@ def main(argv=None) -> None:
         print(f"  {names[0]} / {other}: {statistics.median(per_round):.2f}x  (per round: "
               + " ".join(f"{x:.2f}" for x in per_round) + ")")
     print(f"peak RSS (whole run): {peak_rss_mib():.0f} MiB")
-    if cli is not None:
-        # the bare step of the model the command trains: the search's row for learned poses
-        same = next((k for k in rates if (k == "fourier+search") == (args.pose_mode == "learned")
-                     and k.startswith("fourier")), None)
-        print(f"\n`cryovae train` (TrainConfig defaults, box {n}, batch {b}, {args.pose_mode} poses, "
-              f"{cli['steps']} steps):")
-        print(f"  steady (log records {cli['first']}..{cli['last']} steps: loading, step, logging, "
-              f"evaluation) {cli['steady']:8.1f} images/s")
-        print(f"  whole command ({cli['wall_s']:.0f} s: start-up and compiling {cli['startup_s']:.0f} s, "
-              f"final checkpoint) {cli['whole']:8.1f} images/s")
+    # the bare step of the model the command trains: the search's row for learned poses
+    same = next((k for k in rates if (k == "fourier+search") == (args.pose_mode == "learned")
+                 and k.startswith("fourier")), None)
+    for label, c in cli.items():
+        print(f"\n`cryovae train`, {label} (box {n}, batch {b}, {args.pose_mode} poses, {c['steps']} steps):")
+        print(f"  steady (log records {c['first']}..{c['last']} steps: loading, step, logging, "
+              f"evaluation) {c['steady']:8.1f} images/s")
+        print(f"  whole command ({c['wall_s']:.0f} s: start-up and compiling {c['startup_s']:.0f} s, "
+              f"final checkpoint) {c['whole']:8.1f} images/s")
         if same is not None:
             bare = statistics.median(rates[same])
-            print(f"  steady / bare {same} step: {cli['steady'] / bare:.2f}   whole / bare: "
-                  f"{cli['whole'] / bare:.2f}   (target: steady >= 0.85)")
+            print(f"  steady / bare {same} step: {c['steady'] / bare:.2f}   whole / bare: "
+                  f"{c['whole'] / bare:.2f}   (target: steady >= 0.85)")
 
     # inference: encode images, decode volumes (batch b, compiled)
     model = build_model(ModelConfig().with_options(box=n, latent_dim=args.latent, decoder=args.decoder,
@@ -195,9 +198,10 @@ def main(argv=None) -> None:
         print(f"inference {name}: {reps * b / (time.perf_counter() - t):.0f} {unit}")
 
 
-def time_cli(args) -> dict:
+def time_cli(args, **options) -> dict:
     """``cryovae train`` with TrainConfig's defaults (but the batch, the latent size and the pose
-    mode of the bare step) on a simulated stack, run as a user runs it; its rates from its log."""
+    mode of the bare step, and ``options``) on a simulated stack, run as a user runs it; its
+    rates from its log."""
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, simulate
@@ -212,7 +216,7 @@ def time_cli(args) -> dict:
         cfg = TrainConfig(data=str(tmp / "pre" / "particles.star"), run_dir=str(tmp / "run"),
                           model=ModelConfig().with_options(box=args.box, latent_dim=args.latent,
                                                            pose_mode=args.pose_mode, decoder=args.decoder),
-                          batch_size=args.batch, max_steps=args.cli_steps)
+                          batch_size=args.batch, max_steps=args.cli_steps, **options)
         save_config(cfg, tmp / "train.json")
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cryovae_nb.cli", "train", "--config", str(tmp / "train.json"),
