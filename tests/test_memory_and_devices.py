@@ -148,8 +148,8 @@ def test_apply_device_policy_fills_what_the_config_leaves_open(monkeypatch, gpus
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: fake if kind == "GPU" else [])
     before = tf.config.experimental.tensor_float_32_execution_enabled()
     try:
-        cfg = apply_device_policy(TrainConfig(tf32_matmul=asked))
-        assert cfg.tf32_matmul is want
+        policy = apply_device_policy(TrainConfig(tf32_matmul=asked))
+        assert policy == DevicePolicy("gpu" if gpus else "cpu", jit=True, tf32_matmul=want)
         assert tf.config.experimental.tensor_float_32_execution_enabled() is want
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(before)

@@ -1,8 +1,8 @@
 """How a run uses the device it finds: XLA and reduced-precision matmuls where a GPU is present.
 
 `device_policy(gpus)` is the decision, a pure function of the device list (a test fakes it);
-`apply_device_policy(config)` reads TensorFlow's list, fills in the `TrainConfig` options left to
-the policy (``None``) and switches TensorFloat-32 accordingly.
+`apply_device_policy(config)` reads TensorFlow's list and switches TensorFloat-32 as the
+`TrainConfig` asks, or as the policy chooses where it leaves it open (``None``).
 
 Why TensorFloat-32 and not Keras' float16 policy: TF32 runs the dense layers' matmuls (nearly all
 of a step's FLOPs) on the tensor cores of Ampere and later GPUs with float32 storage and range, so
@@ -34,14 +34,13 @@ def device_policy(gpus: list) -> DevicePolicy:
     return DevicePolicy("cpu", jit=True, tf32_matmul=False)
 
 
-def apply_device_policy(config):
-    """``config`` (a `TrainConfig`) with ``tf32_matmul`` filled in when it is left to the device
-    (``None``), after setting TensorFlow's TensorFloat-32 switch to match. (``TrainConfig.jit``
-    defaults to the policy's ``jit``, the same on every device, so it needs no filling in.)"""
+def apply_device_policy(config) -> DevicePolicy:
+    """Set TensorFlow's TensorFloat-32 switch for a run of ``config`` (a `TrainConfig`): its
+    ``tf32_matmul``, or the device's choice when that is ``None``. Returns what is in effect (the
+    config itself is left as written, so a run folder records what the user asked for)."""
     import tensorflow as tf  # heavy: only a process about to train gets here
 
-    if config.tf32_matmul is None:
-        policy = device_policy(tf.config.list_physical_devices("GPU"))
-        config = dataclasses.replace(config, tf32_matmul=policy.tf32_matmul)
-    tf.config.experimental.enable_tensor_float_32_execution(bool(config.tf32_matmul))
-    return config
+    policy = device_policy(tf.config.list_physical_devices("GPU"))
+    tf32 = policy.tf32_matmul if config.tf32_matmul is None else bool(config.tf32_matmul)
+    tf.config.experimental.enable_tensor_float_32_execution(tf32)
+    return dataclasses.replace(policy, jit=bool(config.jit), tf32_matmul=tf32)

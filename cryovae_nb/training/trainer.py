@@ -177,7 +177,7 @@ class Trainer:
                                    None if known is None else known.shifts)
 
         # model --------------------------------------------------------------------------
-        self.config = cfg = apply_device_policy(cfg)
+        self.device_policy = apply_device_policy(cfg)  # XLA, TF32 in effect on this device
         # the memory model, before any weight exists where it can count them from the config
         self.memory = memory.check_memory(cfg.model, cfg) if cfg.check_memory and cfg.model.architecture.decoder \
             == "dense" else None
