@@ -22,16 +22,17 @@ from cryovae_nb.errors import ConfigError
 MIB = 2**20
 
 # The process without a model: Python, TensorFlow, Keras, numpy/scipy/pandas and XLA's runtime,
-# plus what compiling the two steps takes (measured: a box-12 model peaks here).
-RUNTIME_BYTES = 900 * MIB
+# plus what compiling the two steps takes. Fitted, with VOLUME_COPIES, to five measured runs
+# (box 24 and 40, batch 120 and 240, known and learned poses; README), checked on others.
+RUNTIME_BYTES = 760 * MIB
 # Live float32 copies of each trainable weight during a step: the weight, Adam's two moments,
 # the gradient, the updated value XLA writes before it replaces the old one, and the copy a
 # checkpoint (and its finiteness check) reads out to numpy.
 WEIGHT_COPIES = 6
-# Live float32 copies of one image's decoded volume (n^3) in a training step: the decoder's output,
-# the masked volume, the zero-padded one and its Fourier transform (complex, 2 floats each, on
-# pad^3 n^3), the gradients of each on the way back.
-VOLUME_COPIES = 8
+# Live float32 copies of one image's decoded volume (n^3, and its padded transform on pad^3 n^3)
+# in a training step: the decoder's output, the masked volume, the transform (complex: 2 floats)
+# and their gradients on the way back, less what XLA fuses away (measured: 6, not 8).
+VOLUME_COPIES = 6
 # The search's live float32 values per projection it compares: the slice (complex), the projected
 # image, its low-passed and normalised copies, and for the local rounds the cross-correlation.
 SEARCH_COPIES = 6
