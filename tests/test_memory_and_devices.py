@@ -87,6 +87,12 @@ def test_refusal_names_the_estimate_the_memory_and_what_to_change():
     assert "decoder" in msg
     assert memory.check_memory(cfg, train, available=(est.total, "host RAM available")) == est
     assert memory.check_memory(cfg, train, available=(None, "unknown")) == est  # unknown: not refused
+    # a GPU holds the tensors; the runtime and the loader stay in host memory
+    gpu = memory.GPU_MEMORY + " (H100)"
+    assert est.on_gpu == est.total - est.runtime - est.loader
+    assert memory.check_memory(cfg, train, available=(est.on_gpu, gpu)) == est
+    with pytest.raises(ConfigError, match=f"needs about {est.on_gpu / MIB:,.0f} MiB .* memory of GPU 0 "):
+        memory.check_memory(cfg, train, available=(est.on_gpu - 1, gpu))
 
 
 def test_meminfo_is_read_from_proc(tmp_path):

@@ -56,6 +56,11 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.runtime + self.weights + self.state + self.volumes + self.search + self.loader
 
+    @property
+    def on_gpu(self) -> int:
+        """What a GPU holds: the tensors, not the runtime's host memory nor the loader's batches."""
+        return self.weights + self.state + self.volumes + self.search
+
     def describe(self) -> str:
         parts = ("runtime", "weights", "state", "volumes", "search", "loader")
         return ", ".join(f"{p} {getattr(self, p) / MIB:.0f}" for p in parts if getattr(self, p)) + " MiB"
@@ -133,6 +138,8 @@ def _grid_size(step_deg: float) -> int:
 
 # ---- what the device has -----------------------------------------------------------------------
 
+GPU_MEMORY = "memory of GPU 0"  # how available_memory() names a GPU's memory
+
 def available_memory() -> tuple[int | None, str]:
     """(bytes, what they are) of the device training will run on: the first GPU's total memory
     when TensorFlow sees a GPU, else the host's available RAM (psutil, else /proc/meminfo).
@@ -162,7 +169,7 @@ def _gpu_memory() -> tuple[int, str] | None:
     total = _nvidia_total_memory()
     if total is None:
         return None
-    return total, f"memory of GPU 0 ({details.get('device_name', 'GPU')})"
+    return total, f"{GPU_MEMORY} ({details.get('device_name', 'GPU')})"
 
 
 def _nvidia_total_memory() -> int | None:
@@ -195,12 +202,14 @@ def _meminfo_available(path: str = "/proc/meminfo") -> tuple[int | None, str]:
 def check_memory(model_config, train_config, n_params: int | None = None,
                  available: tuple[int | None, str] | None = None) -> MemoryEstimate:
     """The estimate, or a `ConfigError` when it exceeds the device's memory (``available``:
-    ``available_memory()``'s pair; unknown memory is not refused). The message names the
+    ``available_memory()``'s pair; unknown memory is not refused; against a GPU's memory only
+    the part on the GPU counts, `MemoryEstimate.on_gpu`). The message names the
     estimate, the memory and what to change; ``TrainConfig.check_memory = False`` (``cryovae train
     --no-memory-check``) skips it."""
     est = estimate_peak_memory(model_config, train_config, n_params)
     have, what = available_memory() if available is None else available
-    if have is not None and est.total > have:
+    need = est.on_gpu if what.startswith(GPU_MEMORY) else est.total
+    if have is not None and need > have:
         arch = model_config.architecture
         advice = [f"batch_size {train_config.batch_size} -> {max(1, train_config.batch_size // 2)}"]
         if est.weights > est.volumes:
@@ -208,7 +217,7 @@ def check_memory(model_config, train_config, n_params: int | None = None,
                           f"fewer weights than {arch.decoder!r} ({est.n_params / 1e6:.0f} M)")
         else:
             advice.append(f"a smaller box than {arch.box} px (preprocess --box)")
-        raise ConfigError(f"training needs about {est.total / MIB:,.0f} MiB ({est.describe()}) but the "
+        raise ConfigError(f"training needs about {need / MIB:,.0f} MiB ({est.describe()}) but the "
                           f"{what} is {have / MIB:,.0f} MiB: try " + " or ".join(advice)
                           + "; or start anyway with --no-memory-check (TrainConfig.check_memory: false)")
     return est
