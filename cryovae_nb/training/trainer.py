@@ -36,10 +36,9 @@ from cryovae_nb.model.batch import Batch
 from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import build_model
-from cryovae_nb.training import rundir
+from cryovae_nb.training import memory, rundir
 from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.devices import apply_device_policy
-from cryovae_nb.training import memory
 from cryovae_nb.training.data import BatchReader, EpochOrder, Prefetcher, make_split, read_split
 from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, json_value, make_checkpoint
 from cryovae_nb.training.steps import make_eval_step, make_optimizer, make_train_step
