@@ -20,7 +20,7 @@ $(PY):
 
 # Reinstall only when pyproject.toml changes.
 $(STAMPS)/deps: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[cpu,test]"  # .[gpu,test] on a GPU machine, never both
 	@mkdir -p $(STAMPS) && touch $@
 
 deps: $(STAMPS)/deps

@@ -218,6 +218,8 @@ ONE_PLACE = {
     "make_decoder": "cryovae_nb.model.decoders",
     "make_projector": "cryovae_nb.model.projectors",
     "Batch": "cryovae_nb.model.batch",
+    "estimate_peak_memory": "cryovae_nb.training.memory",  # the trainer and benchmarks/memory_model.py
+    "device_policy": "cryovae_nb.training.devices",
 }
 # Names that must not come back (the duplicates and the cycle's workaround they replaced).
 GONE = ["load_split", "spherical_mask", "circular_mask", "resample_volume", "centered_coords", "_centred",

@@ -21,7 +21,8 @@ def _reqs(lines):
 
 def test_binder_lists_the_same_dependencies_as_pyproject(repo_root):
     project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
-    want = _reqs(project["dependencies"])
+    # binder is a CPU machine: the runtime dependencies and the cpu extra's TensorFlow
+    want = _reqs(project["dependencies"] + project["optional-dependencies"]["cpu"])
     have = _reqs((repo_root / "binder" / "requirements.txt").read_text().splitlines())
     front_ends = {k for k in have if k[0] in ("jupyterlab", "notebook")}
     assert {k: v for k, v in have.items() if k not in front_ends} == want
@@ -62,3 +63,26 @@ def test_unknown_command_is_a_clear_usage_error():
     out = subprocess.run([sys.executable, "-m", "cryovae_nb.cli", "frobnicate"], capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_cpu_and_gpu_extras_never_install_two_tensorflows(repo_root):
+    """tensorflow-cpu and tensorflow own the same tensorflow/ folder: the base dependencies name
+    neither, each extra names one, and `make` installs the cpu one."""
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def tf_names(reqs):
+        return {Requirement(r).name for r in reqs if Requirement(r).name.startswith("tensorflow")}
+
+    assert tf_names(project["dependencies"]) == set()
+    linux = {"sys_platform": "linux"}
+    for extra, want in (("cpu", {"tensorflow-cpu"}), ("gpu", {"tensorflow"})):
+        on_linux = {Requirement(r).name for r in extras[extra]
+                    if Requirement(r).marker is None or Requirement(r).marker.evaluate(linux)}
+        assert on_linux & {"tensorflow", "tensorflow-cpu"} == want, extra
+    assert "and-cuda" in "".join(extras["gpu"])
+    for extra in set(extras) - {"cpu", "gpu"}:
+        assert tf_names(extras[extra]) == set(), extra
+    make = (repo_root / "Makefile").read_text()
+    installs = re.findall(r'pip install[^\n]*-e "\.\[([^\]]*)\]"', make)
+    assert installs and all("cpu" in i.split(",") and "gpu" not in i.split(",") for i in installs), installs

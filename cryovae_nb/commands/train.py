@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="start a new run; the run folder's previous run is moved to previous-N")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="start even when the estimated peak memory exceeds the device's")
     # data-parallel training (cryovae_nb.training.horovod); implied when started by horovodrun/mpirun
     parser.add_argument("--horovod", action="store_true", help="one Horovod rank (one process without Horovod)")
     parser.add_argument("--scale-lr", action="store_true", help="with --horovod: learning rate x number of ranks")
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "pose_mode", None) is not None:  # the model's option (its architecture)
         model = data.setdefault("model", {})
         model.setdefault("pose", {})["mode"] = args.pose_mode
+    if getattr(args, "no_memory_check", False):
+        data["check_memory"] = False
     cfg = from_dict(TrainConfig, data)
     output_dir(cfg.run_dir, "--run-dir")
     # heavy: TensorFlow and the model load here, once the arguments are known to be good

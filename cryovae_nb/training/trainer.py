@@ -35,10 +35,11 @@ from cryovae_nb.model.batch import Batch
 from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import build_model
-from cryovae_nb.training import rundir
+from cryovae_nb.training import memory, rundir
 from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.data import (BatchReader, EpochOrder, Prefetcher, make_split, model_for_data,
                                       particle_optics, read_split)
+from cryovae_nb.training.devices import apply_device_policy
 from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, json_value, make_checkpoint
 from cryovae_nb.training.steps import make_eval_step, make_optimizer, make_train_step
 
@@ -177,10 +178,17 @@ class Trainer:
                                    particle_optics(self.particles, cfg.data) if cfg.model.loss.ctf else None)
 
         # model --------------------------------------------------------------------------
+        self.device_policy = apply_device_policy(cfg)  # XLA, TF32 in effect on this device
+        # the memory model, before any weight exists where it can count them from the config
+        self.memory = memory.check_memory(cfg.model, cfg) if cfg.check_memory and cfg.model.architecture.decoder \
+            == "dense" else None
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
         self.model = build_model(cfg.model, seed=cfg.seed)
+        if cfg.check_memory and self.memory is None:  # other decoders: their weights counted
+            n_params = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
+            self.memory = memory.check_memory(cfg.model, cfg, n_params=n_params)
         self.optimizer = make_optimizer(self.model, cfg.learning_rate)  # built
         self._train_step = make_train_step(self.model, self.optimizer, jit=cfg.jit,
                                            grad_reducer=self.hooks.grad_reducer)
