@@ -53,7 +53,8 @@ def _check_value(where: str, v, hint):
                 errors.append(e)
         if len(errors) == 1 and "finite" in str(errors[0]):
             raise errors[0]  # the right type, a wrong value: say that, not the type
-        want = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+        want = " or ".join("null" if a is type(None) else "true or false" if a is bool else _type_name(a)
+                           for a in args)
         raise ConfigError(f"{where} must be {want}, got {v!r} ({type(v).__name__})")
     if hint is tuple or origin is tuple:
         if not isinstance(v, (list, tuple)):

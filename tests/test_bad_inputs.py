@@ -90,7 +90,7 @@ CASES = [
          "{TMP}/bad.yaml: ArchitectureConfig.latent_dim must be an integer (int), got 2.5 (float)",
          files={"bad.yaml": "model:\n  architecture:\n    latent_dim: 2.5\n"}),
     Case("train", ("--config", "{TMP}/bad.yaml", "--run-dir", "{TMP}/run"),
-         "{TMP}/bad.yaml: TrainConfig.jit must be true or false, got 'yes please' (str)",
+         "{TMP}/bad.yaml: TrainConfig.jit must be true or false or null, got 'yes please' (str)",
          files={"bad.yaml": "jit: yes please\n"}),
     Case("train", ("--config", "{TMP}/bad.yaml", "--run-dir", "{TMP}/run"),
          "{TMP}/bad.yaml: TrainConfig: unknown option(s) ['batchsize']; known: [...]",

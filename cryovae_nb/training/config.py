@@ -33,8 +33,9 @@ class TrainConfig:
     n_sample_volumes: int = 2           # of those, how many volumes are written as MRC
     seed: int = 0                       # the split, the epoch order and the model's initial weights
     prefetch: int = 4                   # batches read ahead by the loader thread
-    jit: bool = True                    # XLA-compile the steps: ~1.3x the images/s on 2 CPU cores, a
-                                        # slow first step (minutes to compile); resume stays bit-exact
+    jit: bool | None = None             # XLA-compile the steps; None: the device policy's choice
+                                        # (devices.py: on, ~1.3x the images/s on 2 CPU cores, but off
+                                        # for the conv3d decoder on a CPU); resume stays bit-exact
     deterministic: bool = True          # tf.config.experimental.enable_op_determinism()
     tf32_matmul: bool | None = None     # TensorFloat-32 matmuls; None: on where a GPU is present (devices.py)
     check_memory: bool = True           # refuse to start when the memory model's estimate exceeds the device

@@ -85,8 +85,6 @@ def dense_parameter_count(model_config) -> int:
     if model_config.loss.image_offset:
         heads += h + 1
     dec, w = stack(latent, arch.decoder_units, arch.decoder_layers)
-    if _linearized(model_config) and arch.decoder_layers:
-        dec -= latent * arch.decoder_units + arch.decoder_units  # dec0 is frozen at zero (decoders.py)
     return enc + heads + dec + w * n**3 + n**3
 
 

@@ -190,9 +190,9 @@ class Trainer:
             n_params = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
             self.memory = memory.check_memory(cfg.model, cfg, n_params=n_params)
         self.optimizer = make_optimizer(self.model, cfg.learning_rate)  # built
-        self._train_step = make_train_step(self.model, self.optimizer, jit=cfg.jit,
+        self._train_step = make_train_step(self.model, self.optimizer, jit=self.device_policy.jit,
                                            grad_reducer=self.hooks.grad_reducer)
-        self._eval_step = make_eval_step(self.model, jit=cfg.jit)
+        self._eval_step = make_eval_step(self.model, jit=self.device_policy.jit)
         self._checkpoint = make_checkpoint(self.model, self.optimizer)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.metrics = MetricsLog(self.run_dir / rundir.METRICS_FILE, enabled=self.is_chief)
