@@ -77,10 +77,10 @@ def latents(trainer, batch: int = 500):
 def truth_volume(t: float, box: int, sim_box: int):
     """The hinge at ``t`` as the model's box sees it: simulated at ``sim_box``, Fourier-cropped."""
     from cryovae_nb.synthetic import hinge_volume
-    from cryovae_nb.volumes import fourier_crop
+    from cryovae_nb.volumes import fourier_resample
 
     v = hinge_volume(sim_box, t)
-    return v if sim_box == box else fourier_crop(v, box)
+    return v if sim_box == box else fourier_resample(v, box)
 
 
 def score(trainer, truth: dict, box: int, sim_box: int) -> dict:
