@@ -372,7 +372,10 @@ def test_train_encode_and_select_end_to_end_back_to_the_original(tmp_path):
     cfg = TrainConfig(data=str(pre_star), run_dir=str(tmp_path / "run"), model=model, batch_size=4,
                       learning_rate=1e-3, max_steps=3, log_every=3, sample_every=100, checkpoint_every=3,
                       n_test_eval=2)
-    Trainer(cfg, progress=False).train()
+    trainer = Trainer(cfg, progress=False)
+    # the data carry CTF columns: preprocessing standardised them and the model follows (#12)
+    assert trainer.config.model.loss.ctf and trainer.config.model.loss.link == "identity"
+    trainer.train()
 
     assert cli.main(["encode", str(tmp_path / "run"), str(pre_star), "-o", str(tmp_path / "enc.npz"),
                      "--original-star", str(tmp_path / "relion" / "learned")]) == 0
