@@ -135,16 +135,19 @@ def main(argv=None) -> int:
 
 
     from cryovae_nb.model import ModelConfig
+    from cryovae_nb.model.config import OPTION_NAMES
     from cryovae_nb.synthetic import lshape_volume
     from cryovae_nb.training.config import TrainConfig
     from cryovae_nb.training.trainer import Trainer
 
     star = prepare_data(args)
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}"
-    options = ("learning_rate", "likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
+    options = ("likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
                "pose_refine_band", "pose_distill")
     chosen = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+    # the learning rate is the trainer's (TrainConfig), not the model's
+    trainer_options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
     if args.pose_search_deg == 0:
         chosen["pose_search_deg"] = None
     model = ModelConfig.preset(args.preset, box=args.box, latent_dim=args.latent_dim, projector=args.projector,
@@ -152,14 +155,18 @@ def main(argv=None) -> int:
     cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, batch_size=args.batch_size,
                       max_steps=10**9,
                       log_every=100, sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1,
-                      test_fraction=0.02, n_test_eval=240, seed=args.seed, jit=not args.no_jit)
+                      test_fraction=0.02, n_test_eval=240, seed=args.seed,
+                      jit=False if args.no_jit else None, **trainer_options)
     trainer = Trainer(cfg, progress=False)
     truth = lshape_volume(args.box)
     held_out = trainer.test_indices[:10]
     pixel = 1.0  # FSC in pixels: pixel size 1
     print(f"mode {args.mode}, box {args.box}, {len(trainer.particles)} images, batch {args.batch_size}, "
-          f"preset {args.preset}: " + ", ".join(f"{k} {getattr(model, k)}" for k in options)
-          + f", projector {args.projector}, jit {not args.no_jit}, budget {args.budget:.0f} s")
+          f"preset {args.preset}: " + ", ".join(f"{k} {getattr(getattr(model, OPTION_NAMES[k][0]), OPTION_NAMES[k][1])}"
+                                                for k in options)
+          + f", learning rate {cfg.learning_rate}, projector {args.projector}, "
+            f"jit {trainer.device_policy.jit if hasattr(trainer, 'device_policy') else cfg.jit}, "
+            f"budget {args.budget:.0f} s")
     print(f"{'train_s':>8} {'step':>7} {'img/s':>7} {'test_recon':>10} {'FSC0.5_px':>9} {'FSC0.143_px':>11} "
           f"{'best0.5':>7} {'corr':>5} {'mirr':>4}")
     every = args.eval_every or max(args.budget / 6, 30.0)
