@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     from cryovae_nb.training.trainer import Trainer
 
     star = prepare_data(args)
-    run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}"
+    run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}_{os.getpid()}"  # two at once: apart
     options = ("likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
                "pose_refine_band", "pose_distill")
