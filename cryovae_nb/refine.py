@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cryovae_nb.analysis.fsc import fsc
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import grid_rotations, matrix_to_quaternion, quaternion_to_matrix
 from cryovae_nb.volumes import diameter_mask
@@ -328,19 +329,6 @@ def local_search(images: np.ndarray, volume: np.ndarray, rotations: np.ndarray, 
 
 # ---------------------------------------------------------------- half-maps and the loop
 
-def shell_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """FSC of two maps per integer shell 0 .. n/2 (cycles per box)."""
-    n = a.shape[0]
-    A, B = np.fft.fftn(a), np.fft.fftn(b)
-    k = np.fft.fftfreq(n) * n
-    r = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
-    nb = n // 2 + 1
-    keep = r < nb
-    num = np.bincount(r[keep], (A * np.conj(B)).real[keep], nb)
-    den = np.sqrt(np.bincount(r[keep], (np.abs(A) ** 2)[keep], nb) * np.bincount(r[keep], (np.abs(B) ** 2)[keep], nb))
-    return num / np.maximum(den, 1e-30)
-
-
 def fsc_radius(curve: np.ndarray, threshold: float) -> float:
     """The last shell (cycles per box) before the FSC first drops below ``threshold``."""
     below = np.nonzero(curve[1:] < threshold)[0]
@@ -403,7 +391,7 @@ def refine_poses(images: np.ndarray, volume: np.ndarray, config: RefineConfig = 
                 max_shift=config.max_shift, chunk=config.chunk)
         halves = [reconstruct(images[half == h], R[half == h], S[half == h], wiener=config.wiener)
                   for h in (0, 1)]
-        curve = shell_fsc(*halves)
+        curve = fsc(*halves).curve
         r05, r0143 = fsc_radius(curve, 0.5), fsc_radius(curve, 0.143)
         full = 0.5 * (halves[0] + halves[1])
         out = RefineResult(R.copy(), S.copy(), fsc_weighted(full, curve, n / 2), tuple(halves), half)

@@ -7,6 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cryovae_nb import refine as rf
+from cryovae_nb.analysis.fsc import fsc
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import random_rotations, rotation_angle_deg
 from cryovae_nb.projection import project_reference
@@ -43,7 +44,7 @@ def test_reconstruction_at_known_poses_matches_the_map(clean):
     vol, rot, sh, imgs = clean
     rec = rf.reconstruct(imgs, rot, sh, wiener=1e-3)
     assert np.corrcoef(rec.ravel(), vol.ravel())[0, 1] > 0.99
-    curve = rf.shell_fsc(rec, vol)
+    curve = fsc(rec, vol).curve
     assert curve[1:9].min() > 0.95                  # to 3 px, from 160 views of a 24 px map
     # the wrong poses do not: the same images at other rotations
     wrong = rf.reconstruct(imgs, rot[::-1], sh, wiener=1e-3)
