@@ -227,7 +227,7 @@ class CryoVAE(keras.Model):
                                 link=self.config.loss.link)
         return images, volumes
 
-    def linearized_posterior(self, batch: Batch, offset=None, noise_var=None):
+    def linearized_posterior(self, batch: Batch, offset=None, noise_var=None, ctf=None):
         """Each `Batch` image's latent posterior under the decoder linearised about the prior mean,
         at its known pose: ``(z_mean, z_logvar)`` ``(B, latent)``, no gradient (``latent_inference =
         "linearized"``).
@@ -253,7 +253,7 @@ class CryoVAE(keras.Model):
         # projections per image cheap
         rot_k, shift_k = tf.repeat(rotations[None], d + 1, 0), tf.repeat(shifts[None], d + 1, 0)
         proj = self.projector.project_features(vols, rot_k, shift_k, band=cfg.latent.band * n)
-        ctf = self.ctf_of(batch)
+        ctf = self.ctf_of(batch) if ctf is None else ctf   # compute_losses passes the step's
         if ctf is not None:                                                        # (1, B, ...): per image
             proj = multiply_spectrum(proj, ctf[None])
         if offset is not None and self.offset_layer is not None:
@@ -272,7 +272,7 @@ class CryoVAE(keras.Model):
         z_var = tf.linalg.diag_part(tf.linalg.cholesky_solve(chol, eye))
         return tf.stop_gradient(z_mean), tf.stop_gradient(tf.math.log(z_var))
 
-    def covariance_statistics(self, batch: Batch, offset=None, noise_var=None):
+    def covariance_statistics(self, batch: Batch, offset=None, noise_var=None, ctf=None):
         """One `Batch`'s step of the principal-volume estimate (``latent_inference="linearized"``):
         ``(H U, variance)`` with ``U`` the current basis ``(d, n, n, n)``, ``H = mean_i Q_i^T (r_i
         r_i^T - var I) Q_i`` the images' residual covariance taken back into the volume (``Q_i``:
@@ -289,7 +289,7 @@ class CryoVAE(keras.Model):
         v0 = tf.stop_gradient(self.decode(tf.zeros([1, d])))
         # Why project_fourier whatever ModelConfig.projector: differentiable in the volume and
         # cheap (trilinear taps, the band only); the seed's code did so with the real projector too
-        ctf = self.ctf_of(batch)
+        ctf = self.ctf_of(batch) if ctf is None else ctf   # compute_losses passes the step's
 
         def imaged(p):  # the microscope's filter on (..., B, n, n) projections, if the model has one
             return p if ctf is None else multiply_spectrum(p, ctf)
@@ -344,13 +344,13 @@ class CryoVAE(keras.Model):
         mode = self.config.latent.inference
         return mode == "linearized" or (mode == "auto" and self.config.pose.mode == "known")
 
-    def _posterior(self, h, batch: Batch, offset, noise_var=None):
+    def _posterior(self, h, batch: Batch, offset, noise_var=None, ctf=None):
         if not self.linearized:
             return self.z_mean_layer(h), self.z_logvar_layer(h)
         if batch.rotations is None:
             raise InputError("this model infers latents from the known poses (latent_inference="
                              "'linearized'): pass the poses (rotations, shifts)")
-        return self.linearized_posterior(batch, offset, noise_var)
+        return self.linearized_posterior(batch, offset, noise_var, ctf)
 
     def _hidden(self, images, training):
         images = tf.convert_to_tensor(images, tf.float32)
@@ -393,11 +393,12 @@ class CryoVAE(keras.Model):
         images = tf.convert_to_tensor(batch.images, tf.float32)
         h = self._hidden(images, training)
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
+        ctf = self.ctf_of(batch)  # once per step: the posterior, the loss and the covariance use it
         if self.linearized:
             # before the first update there is no residual yet: the images' own variance bounds it
             mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
             v0 = tf.reduce_mean(tf.square(images - mean))
-            z_mean, z_logvar = self._posterior(h, batch, offset, self.noise_variance(fallback=v0))
+            z_mean, z_logvar = self._posterior(h, batch, offset, self.noise_variance(fallback=v0), ctf)
         else:
             z_mean, z_logvar = self.z_mean_layer(h), self.z_logvar_layer(h)
         z = z_mean
@@ -414,7 +415,6 @@ class CryoVAE(keras.Model):
             p = self.pose(h if cfg.pose.input == "hidden" else z)
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
-        ctf = self.ctf_of(batch)
         pose_term = tf.constant(0.0)
         if learned and cfg.pose.search_deg is not None:
             q, found_shifts, head_won = self.search_pose(images, volumes, p["quaternion"], shifts,
@@ -459,7 +459,7 @@ class CryoVAE(keras.Model):
                         + cfg.pose.distill * pose_term)
         out.update(recon_per_sample=recon, kl_per_dim=kl_dims, residual=residual, noise_var=noise_var)
         if self.linearized and training:
-            out["pc_update"], out["pc_variance"] = self.covariance_statistics(batch, offset, noise_var)
+            out["pc_update"], out["pc_variance"] = self.covariance_statistics(batch, offset, noise_var, ctf)
         out["z_mean"] = z_mean
         return out
 
