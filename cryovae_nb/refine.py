@@ -37,7 +37,7 @@ import numpy as np
 
 from cryovae_nb.analysis.fsc import fsc
 from cryovae_nb.errors import InputError
-from cryovae_nb.geometry import grid_rotations, matrix_to_quaternion, quaternion_to_matrix
+from cryovae_nb.geometry import grid_rotations, matrix_to_quaternion, quaternion_to_matrix, rotation_angle_deg
 from cryovae_nb.volumes import diameter_mask
 
 PAD = 2  # the Fourier grids are 2x oversampled: trilinear interpolation stays within ~1 %
@@ -444,8 +444,7 @@ def pose_error(rotations: np.ndarray, truth: np.ndarray, inlier_deg: float = 20.
                 g = np.linalg.eigh(qs.T @ qs)[1][:, -1]
             G = quaternion_to_matrix(g)
             fit = G @ T if side == "left" else T @ G
-            cos = (np.trace(np.swapaxes(fit, -1, -2) @ R, axis1=-2, axis2=-1) - 1) / 2
-            err = np.rad2deg(np.arccos(np.clip(cos, -1, 1)))
+            err = rotation_angle_deg(fit, R)
             row = {"median_deg": float(np.median(err)), "frac_within_10": float(np.mean(err < 10)),
                    "frac_within_5": float(np.mean(err < 5)), "side": side, "mirrored": mirrored,
                    "G": G}
