@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
 from cryovae_nb.errors import InputError
-from cryovae_nb.selection import Selection, write_selection
+
+if TYPE_CHECKING:
+    from cryovae_nb.selection import Selection
 
 
 def as_latents(latents) -> np.ndarray:
@@ -168,6 +172,8 @@ def write_cluster_selections(particles, labels, out) -> dict[int, Selection]:
     """Each k-means cluster's particles (rows of ``particles``, the preprocessed ones the latents
     came from) as a subset of the original STAR: ``OUT_cluster{k}.star`` + ``_indices.npy``.
     Empty clusters write nothing."""
+    from cryovae_nb.selection import write_selection  # starfile and preprocessing: only when writing
+
     labels = np.asarray(labels).ravel()
     if len(labels) != len(particles):
         raise InputError(f"{len(labels)} cluster labels for {len(particles)} particles")

@@ -4,11 +4,15 @@ user's original STAR file (``write_screen_selections``, ``cryovae_nb.selection``
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
 from cryovae_nb.errors import InputError
-from cryovae_nb.selection import Selection, write_selection
+
+if TYPE_CHECKING:
+    from cryovae_nb.selection import Selection
 
 
 def robust_z(x) -> np.ndarray:
@@ -77,6 +81,8 @@ def write_screen_selections(particles, screen: pd.DataFrame, out) -> dict[str, S
     """The screening's verdict as subsets of the original STAR: ``OUT_keep.star`` and
     ``OUT_reject.star`` (each with its ``_indices.npy``); a side with no particles writes nothing.
     ``screen`` is ``screen_particles``' table, one row per particle of ``particles``."""
+    from cryovae_nb.selection import write_selection  # starfile and preprocessing: only when writing
+
     keep = screen["keep"].to_numpy(dtype=bool)
     if len(keep) != len(particles):
         raise InputError(f"screening table has {len(keep)} rows for {len(particles)} particles")
