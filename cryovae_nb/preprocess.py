@@ -458,6 +458,11 @@ def _with_provenance(particles: Particles, recorded: dict | None, cfg: Preproces
     (a subset of a preprocessed STAR, preprocessed again) keep it: the user's file stays the
     original. In-memory particles (no file) record nothing."""
     if recorded is not None and SOURCE_INDEX in particles.df.columns:
+        if cfg.coarsen > 1:
+            # the record holds one coarsening of the original box: a second one, after the first
+            # pass's crop or coarsening, would map learned shifts back to the original wrongly
+            raise InputError("this set was already preprocessed: coarsen its original STAR instead "
+                             f"({recorded.get('cryovaeSourceStar')})", particles.source)
         particles.provenance = recorded
         return particles
     if particles.source is None:

@@ -218,6 +218,10 @@ def test_subsets_and_a_second_preprocessing_keep_the_users_file_as_the_original(
     sel = write_selection(again, [0, 1], tmp_path / "sel")
     np.testing.assert_array_equal(sel.indices, [1, 2])  # rows 1, 2 of the user's file (0 was dropped)
     _check_subset(original, sel.star, np.array([1, 2]))
+    # a coarsening on top of the first pass could not be mapped back to the original box
+    with pytest.raises(InputError, match="coarsen its original STAR"):
+        preprocess_stack(kept, tmp_path / "coarse" / "p", PreprocessConfig(coarsen=2), progress=False)
+    assert not (tmp_path / "coarse" / "p.star").exists()
 
 
 def test_original_shifts_inverts_downsample_shifts():
