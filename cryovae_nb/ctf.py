@@ -17,7 +17,7 @@ has a negative CTF. This equals cryoDRGN's ``sqrt(1-w^2) sin(g) - w cos(g)`` wit
 recorded (protein dark), which the simulator writes and the CTF model (model/forward.py) expects.
 RELION writes ``-sin(gamma)`` too, but its gamma is -chi (it negates the defocus internally), so
 its CTF is ours negated, matching its extracted particles, whose contrast it inverts (protein
-white): such particles need ``--invert`` for the CTF model (cryoDRGN inverts them by default).
+white): such particles are inverted for the CTF model, which preprocessing detects (contrast.py).
 Defocus is positive for underfocus (RELION's rlnDefocusU/V), Cs in mm, phase shift and the
 astigmatism angle in degrees, B in Å^2.
 

@@ -177,7 +177,7 @@ class PreprocessConfig:
 
     coarsen: int = 1                         # average coarsen x coarsen blocks (1: off)
     box: int | None = None                   # Fourier-crop to this box after coarsening (None: off)
-    invert: bool = False                     # negate the images
+    invert: bool | str = "auto"              # negate the images: True, False or "auto" (contrast.py decides)
     phase_flip: bool = False                 # CTF phase flip (needs CTF columns in the STAR file)
     normalise: str = "auto"                  # auto | tanh | standardise | zscore | minmax | none
     spread: float = 0.3                      # tanh spread (lambda of eq. 2.12)
@@ -208,6 +208,8 @@ class PreprocessConfig:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
                                   or not np.isfinite(v)):
                 bad(f"{name} must be a finite number, got {v!r}")
+        if not (isinstance(self.invert, (bool, np.bool_)) or self.invert == "auto"):
+            bad(f"invert must be true, false or 'auto', got {self.invert!r}")
         if not self.spread > 0:
             bad(f"spread must be positive, got {self.spread!r}")
         if self.background_radius is not None and not self.background_radius >= 0:
@@ -269,6 +271,19 @@ def resolved_normalisation(cfg: PreprocessConfig, ctf, flipped: bool = False) ->
     if cfg.normalise != "auto":
         return cfg.normalise
     return "standardise" if ctf is not None and not cfg.phase_flip and not flipped else "tanh"
+
+
+def resolved_invert(cfg: PreprocessConfig, particles, flipped: bool = False) -> bool:
+    """``cfg.invert``, with ``"auto"`` decided by looking at the images (``contrast.detect_contrast``);
+    when they cannot tell, the images are kept as they are, with a warning that says so."""
+    if cfg.invert != "auto":
+        return bool(cfg.invert)
+    from cryovae_nb.contrast import detect_contrast
+
+    check = detect_contrast(particles, already_flipped=flipped)
+    if check.invert is None:
+        warnings.warn(f"{particles.source or 'input'}: {check.describe()}", stacklevel=3)
+    return bool(check.invert)
 
 
 def _ctf_arrays(ctf, source) -> dict[str, np.ndarray]:
@@ -360,7 +375,8 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
     source = particles.source or "input"
     flags = particles.df.get("rlnCtfDataArePhaseFlipped")
     was_flipped = flags is not None and bool((np.asarray(flags, dtype=float) == 1).any())
-    cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, particles.ctf, was_flipped))  # recorded
+    cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, particles.ctf, was_flipped),
+                              invert=resolved_invert(cfg, particles, was_flipped))  # both recorded
     plan = _plan(cfg, particles.box, cfg.pixel_size or particles.pixel_size, source)
     star = output_star(output)
     inputs = {Path(p).resolve() for p in particles.images.paths}

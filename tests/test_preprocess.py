@@ -3,6 +3,7 @@ against the same functions applied in memory, on real RELION files and on failur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import shutil
 
@@ -392,9 +393,11 @@ def test_config_round_trip_and_validation(stack, tmp_path):
     save_config(cfg, tmp_path / "pp.yaml")
     assert load_config(PreprocessConfig, tmp_path / "pp.yaml") == cfg
     preprocess_stack(stack[0], tmp_path / "o", cfg, progress=False)
-    assert load_config(PreprocessConfig, output_paths(tmp_path / "o")["config"]) == cfg
+    # the settings file records what was done: invert "auto" as the images decided it
+    recorded = load_config(PreprocessConfig, output_paths(tmp_path / "o")["config"])
+    assert recorded.invert in (True, False) and recorded == dataclasses.replace(cfg, invert=recorded.invert)
     for bad in ({"coarsen": 0}, {"normalise": "l2"}, {"test_fraction": 1.0}, {"chunk_size": 0},
-                {"box": -4}, {"mask_soft_edge": -1.0}):
+                {"box": -4}, {"mask_soft_edge": -1.0}, {"invert": "yes"}, {"invert": 1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             from_dict(PreprocessConfig, bad)
 

@@ -5,6 +5,8 @@ import argparse
 
 from cryovae_nb.argcheck import (nonnegative_float, nonnegative_int, number, output_file, positive_float,
                                  positive_int)
+from cryovae_nb.contrast import detect_contrast
+from cryovae_nb.io import read_particles
 from cryovae_nb.preprocess import NORMALISE_METHODS, PreprocessConfig, output_paths, preprocess_stack
 
 HELP = "coarsen / crop, normalise, mask a stack; write .mrcs + .star"
@@ -21,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--coarsen", type=positive_int, default=d.coarsen,
                    help="average c x c pixel blocks (default 1: off)")
     p.add_argument("--box", type=positive_int, default=None, help="Fourier-crop to this box (after coarsening)")
-    p.add_argument("--invert", action="store_true", help="invert the contrast")
+    contrast = p.add_mutually_exclusive_group()
+    contrast.add_argument("--invert", dest="invert", action="store_const", const=True, default="auto",
+                          help="invert the contrast (default: decided from the images, see --no-invert)")
+    contrast.add_argument("--no-invert", dest="invert", action="store_const", const=False,
+                          help="keep the contrast as it is (default: decided from the images; particles "
+                               "that are bright after phase flipping by their CTF are kept)")
     p.add_argument("--phase-flip", action="store_true", help="CTF phase flip (needs CTF columns)")
     # --normalize: the American spelling users' scripts already pass; one option, two spellings
     p.add_argument("--normalise", "--normalize", choices=NORMALISE_METHODS, default=d.normalise)
@@ -41,12 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output_file(args.output, "-o/--output")
-    cfg = PreprocessConfig(coarsen=args.coarsen, box=args.box, invert=args.invert,
+    particles = read_particles(args.input, datadir=args.datadir)
+    invert = args.invert
+    if invert == "auto":  # decided here, not in preprocess_stack, so that the user reads the evidence
+        check = detect_contrast(particles)
+        print(check.describe())
+        invert = bool(check.invert)
+    cfg = PreprocessConfig(coarsen=args.coarsen, box=args.box, invert=invert,
                            phase_flip=args.phase_flip, normalise=args.normalise, spread=args.spread,
                            background_radius=args.background_radius, mask_diameter=args.mask or None,
                            mask_soft_edge=args.mask_soft_edge, test_fraction=args.test_fraction,
                            seed=args.seed, chunk_size=args.chunk_size, pixel_size=args.pixel_size)
-    out = preprocess_stack(args.input, args.output, cfg, datadir=args.datadir, progress=not args.no_progress)
+    out = preprocess_stack(particles, args.output, cfg, progress=not args.no_progress)
     paths = output_paths(args.output)
     print(f"wrote {len(out)} images of {out.box} px at {out.pixel_size:g} Å/px: "
           f"{paths['stack']}, {paths['star']}, {paths['split']}")
