@@ -164,6 +164,43 @@ def test_real_files(tmp_path, shared_data):
         np.testing.assert_array_equal(back.images[:2], src.images[rows[:2]])
 
 
+@pytest.mark.parametrize("star", ["empiar_10076_7.star", "relion31.star", "relion5.star"])
+def test_real_files_train_encode_and_select(tmp_path, shared_data, star):
+    """Issue #12's whole path on files other software wrote: preprocess -> a few steps of the CTF
+    model -> ``cryovae encode`` -> a selection by latent region, exported as rows of the original."""
+    from cryovae_nb.inference import Encoding
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
+
+    path = shared_data / star
+    datadir = shared_data / "toy_datadir" if star == "relion5.star" else None
+    src = read_particles(path, datadir=datadir)
+    before = _sha(path)
+    box = min(32, src.box)
+    pre = preprocess_stack(src, tmp_path / "pre" / "p", PreprocessConfig(box=box, test_fraction=0.2), progress=False)
+    model = ModelConfig().with_options(box=box, latent_dim=2, encoder_layers=1, encoder_units=16,
+                                       decoder_layers=1, decoder_units=16,
+                                       pose_mode="known" if src.poses is not None else "learned")
+    cfg = TrainConfig(data=str(pre.source), run_dir=str(tmp_path / "run"), model=model, batch_size=4,
+                      learning_rate=1e-3, max_steps=2, log_every=2, sample_every=100, checkpoint_every=2,
+                      n_test_eval=1)
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.config.model.loss.ctf and trainer.config.model.loss.link == "identity"
+    trainer.train()
+    assert cli.main(["encode", str(tmp_path / "run"), str(pre.source), "-o", str(tmp_path / "enc.npz")]) == 0
+    z = Encoding.load(tmp_path / "enc.npz").z_mean
+    assert z.shape == (len(src), 2) and np.isfinite(z).all()
+    rows = np.sort(np.argsort(z[:, 0], kind="stable")[len(src) // 2:])  # one side of the latent map
+    assert 0 < len(rows) < len(src)
+    sel = write_selection(pre, rows, tmp_path / "region")
+    _check_subset(path, sel.star, rows)
+    np.testing.assert_array_equal(np.load(sel.indices_file, allow_pickle=False), rows)
+    back = read_particles(sel.star, datadir=datadir or path.parent)
+    np.testing.assert_array_equal(back.images[np.arange(2)], src.images[rows[:2]])
+    assert _sha(path) == before
+
+
 def test_changed_or_missing_original_is_refused_in_one_line(tmp_path):
     original = relion31_star(tmp_path / "project")
     pre = preprocess_stack(original, tmp_path / "pre" / "p", PreprocessConfig(box=16), progress=False)
