@@ -533,8 +533,8 @@ def preprocess_images(images, cfg: PreprocessConfig | None = None, *, pixel_size
                       ctf=None) -> np.ndarray:
     """The pipeline's per-image steps on an in-memory array (notebooks, small data).
 
-    ``pixel_size`` (Å) and ``ctf`` (a ``CTFParams`` with one entry per image) are needed only for
-    phase flipping.
+    ``pixel_size`` (Å) and ``ctf`` (a ``CTFParams`` with one entry per image) are needed for
+    phase flipping, and for ``invert="auto"`` to judge CTF-modulated images.
     """
     cfg = PreprocessConfig() if cfg is None else cfg
     cfg.validate()
@@ -542,6 +542,12 @@ def preprocess_images(images, cfg: PreprocessConfig | None = None, *, pixel_size
     single = x.ndim == 2
     x = x[None] if single else x
     cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, ctf))
+    if cfg.invert == "auto":  # judged on these images alone (the pipeline judges a sample of the stack)
+        from cryovae_nb.contrast import centre_contrast, contrast_check
+
+        half = None if ctf is None or pixel_size is None else compute_ctf(
+            x.shape[-1], pixel_size, **_ctf_arrays(ctf, "images"), half=True)
+        cfg = dataclasses.replace(cfg, invert=bool(contrast_check(centre_contrast(x, half)).invert))
     plan = _plan(cfg, x.shape[-1], pixel_size if pixel_size is not None else 1.0, "images")
     arrays = None
     if cfg.phase_flip:

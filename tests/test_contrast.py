@@ -13,7 +13,7 @@ from cryovae_nb.cli import main as cli_main
 from cryovae_nb.contrast import Z_DECISIVE, centre_contrast, contrast_check, detect_contrast
 from cryovae_nb.ctf import compute_ctf, phase_flip
 from cryovae_nb.io import read_particles, write_stack
-from cryovae_nb.preprocess import PreprocessConfig, output_paths, preprocess_stack
+from cryovae_nb.preprocess import PreprocessConfig, output_paths, preprocess_images, preprocess_stack
 from cryovae_nb.config import load_config
 from cryovae_nb.synthetic import SimulationConfig, simulate
 from cryovae_nb.volumes import radius_grid
@@ -85,6 +85,13 @@ def test_auto_preprocessing_undoes_the_inversion(simulated, tmp_path):
     d = preprocess_stack(ds.star, tmp_path / "d", PreprocessConfig(box=16, invert=True), progress=False)
     np.testing.assert_allclose(c.images[idx], d.images[idx], atol=1e-5)
     assert not np.allclose(c.images[idx], a.images[idx], atol=1e-2)
+    # the in-memory path (notebook 01's preview) judges the images it is given
+    src, neg = read_particles(ds.star), read_particles(negated)
+    cfg = PreprocessConfig(box=16)
+    np.testing.assert_allclose(
+        preprocess_images(neg.images[idx], cfg, pixel_size=neg.pixel_size, ctf=neg.ctf),
+        preprocess_images(src.images[idx], PreprocessConfig(box=16, invert=False), pixel_size=src.pixel_size,
+                          ctf=src.ctf), atol=1e-5)
 
 
 def test_phase_flipped_data_are_judged_as_they_are(tmp_path):
