@@ -330,6 +330,13 @@ def test_train_encode_and_reconstruct_with_the_ctf_model(ctf_data, tmp_path):
     assert spec[near_zero].mean() < 0.2 * spec[np.abs(ctf) > 0.5].mean()
     with pytest.raises(InputError, match="CTF"):
         run.encode(np.zeros((2, 16, 16), np.float32), progress=False)
+    # the screening feature goes through the same forward model: with the Gaussian likelihood each
+    # particle's error is an affine function of its squared residual against the CTF'd image
+    from cryovae_nb.tutorial.evaluation import reconstruction_errors
+
+    errors = reconstruction_errors(run, std, np.arange(8))
+    sse = ((images - predicted) ** 2).sum(axis=(1, 2))
+    assert errors.shape == (8,) and np.corrcoef(errors, sse)[0, 1] > 0.99
 
 
 def test_the_ctf_is_computed_at_the_fourier_cropped_pixel_size(ctf_data, tmp_path):

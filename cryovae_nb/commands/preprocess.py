@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
                            seed=args.seed, chunk_size=args.chunk_size, pixel_size=args.pixel_size)
     out = preprocess_stack(particles, args.output, cfg, progress=not args.no_progress)
     paths = output_paths(args.output)
-    print(f"wrote {len(out)} images of {out.box} px at {out.pixel_size:g} Å/px: "
+    print(f"wrote {len(out)} images of {out.box} px at {out.pixel_size:g} Å/px (Nyquist {2 * out.pixel_size:g} Å): "
           f"{paths['stack']}, {paths['star']}, {paths['split']}")
     return 0

@@ -19,6 +19,7 @@ from cryovae_nb.heterogeneity import motion_recovery, state_volumes
 from cryovae_nb.io import read_volume
 from cryovae_nb.model.batch import Batch
 from cryovae_nb.synthetic import SimulationConfig, hinge_volume, load_truth
+from cryovae_nb.training.data import particle_optics
 from cryovae_nb.tutorial.workspace import TutorialData, reference_level, truth_table
 from cryovae_nb.volumes import fourier_resample
 
@@ -314,27 +315,8 @@ def fsc_summary(result) -> dict:
             "nyquist_A": result.nyquist, "pixel_size_A": px}
 
 
-def reconstruct_particles(run, particles, indices) -> tuple[np.ndarray, np.ndarray]:
-    """(images, projections of their reconstructed volumes in their poses) for particle rows,
-    projections through the sigmoid like the loss sees them (comparable with tanh-normalised
-    images). Known-pose runs use the particles' poses."""
-    idx = np.asarray(indices)
-    sub = particles.subset(idx)
-    images = np.asarray(sub.images[np.arange(len(idx))], np.float32)
-    enc = run.encode(sub, progress=False)
-    volumes = run.decode(enc.z_mean)
-    rot, sh = enc.rotations.astype(np.float32), enc.shifts.astype(np.float32)
-    proj = run.model.project(volumes, rot, sh)
-    # plus the per-image offset the loss adds (ModelConfig.image_offset), as Trainer.reconstruct
-    batch = Batch(images, indices=idx)
-    if run.config.model.pose.mode == "known":
-        batch = batch.replace(rotations=rot, shifts=sh)
-    proj = np.asarray(run.model.add_offset(proj, run.model.encode(batch).get("offset")))
-    return images, 1.0 / (1.0 + np.exp(-proj))
-
-
 def reconstruction_errors(run, particles, indices=None, batch_size: int = 256) -> np.ndarray:
-    """Per-particle reconstruction error (sigmoid cross-entropy summed over pixels, z = z_mean)
+    """Per-particle reconstruction error (the training loss's data term summed over pixels, z = z_mean)
     of a trained run: the feature ``analysis.screen.screen_particles`` flags bad particles with.
     Known-pose runs use the particles' poses, learned-pose runs the encoder's."""
     model = run.model
@@ -342,10 +324,12 @@ def reconstruction_errors(run, particles, indices=None, batch_size: int = 256) -
     poses = particles.poses if run.config.model.pose.mode == "known" else None
     if run.config.model.pose.mode == "known" and poses is None:
         raise InputError("the run used known poses but the particles have none", run.config.data)
+    optics = particle_optics(particles) if run.config.model.loss.ctf else None  # the CTF model's
     out = []
     for s in range(0, len(idx), batch_size):
         b = idx[s:s + batch_size]
-        batch = Batch(np.asarray(particles.images[b], np.float32), indices=b)
+        batch = Batch(np.asarray(particles.images[b], np.float32), indices=b,
+                      optics=None if optics is None else optics[b])
         if poses is not None:
             batch = batch.replace(rotations=np.asarray(poses.rotations[b], np.float32),
                                   shifts=np.asarray(poses.shifts[b], np.float32))
