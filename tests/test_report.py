@@ -220,7 +220,7 @@ def test_a_rerun_reuses_what_is_done(analysed, trained):
 
 
 def test_bad_inputs_are_one_line(hinge_run, trained, tmp_path, capsys):
-    with pytest.raises(InputError, match=r"no column rlnNoSuch .*particles\.star"):
+    with pytest.raises(InputError, match=r"particles\.star: no column rlnNoSuch "):
         report(trained, tmp_path / "r", ReportOptions(colour_by=("rlnNoSuch",), embeddings=("pca",)), progress=False)
     assert not (tmp_path / "r").exists()  # nothing published
     for argv, expected in (([str(hinge_run / "run"), "--k", "0"], "--k"),
