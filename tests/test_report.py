@@ -232,6 +232,12 @@ def test_bad_inputs_are_one_line(hinge_run, trained, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("cryovae analyze: error:") and expected in err[0], err
     with pytest.raises(InputError, match="--k"):
         ReportOptions(k=0)
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a report folder"):  # never replaced
+        report(trained, mine, ReportOptions(embeddings=("pca",)), progress=False)
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 def test_report_of_particles_without_an_original_skips_selections_with_a_note(trained, tmp_path):

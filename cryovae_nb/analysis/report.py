@@ -110,8 +110,12 @@ def report(run, out: str | os.PathLike | None = None, options: ReportOptions | N
     out = Path(out) if out is not None else default_out(run)
     if out.exists() and not out.is_dir():
         raise InputError("the report folder is a file", out)
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
+        # the folder is replaced whole: never a folder of the user's that is not a report
+        raise InputError(f"is not empty and holds no {REPORT_FILE} (not a report folder); give a new "
+                         "or empty folder", out)
     data = Path(run.config.data)
-    enc_key = _key(str(Path(run.checkpoint).resolve()), int(run.step), file_sha256(data))
+    enc_key = _key(_checkpoint_identity(Path(run.checkpoint)), int(run.step), file_sha256(data))
     key = _key(enc_key, options.to_dict(), None if notebooks is None else str(notebooks))
     done = _read_done(out, key)
     if done is not None and not force:
@@ -126,6 +130,14 @@ def report(run, out: str | os.PathLike | None = None, options: ReportOptions | N
         write_json_atomic(tmp / REPORT_FILE, summary)
     summary["out"] = str(out)
     return summary
+
+
+def _checkpoint_identity(checkpoint: Path) -> list:
+    """The checkpoint's path and its files' sizes and times: a run restarted into the same folder
+    writes a checkpoint of the same name with other weights, which must not reuse the cache."""
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else [checkpoint]
+    return [str(checkpoint.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files
+                                          if p.exists()]
 
 
 def _read_done(out: Path, key: str) -> dict | None:
@@ -305,6 +317,9 @@ def _original_table(particles, star, notes):
         if star is not None:
             raise InputError("STAR file not found", path)
         notes.append("coloured by the preprocessed STAR's columns (no original STAR recorded or found)")
+        return particles.df, particles.source
+    if star is None and file_sha256(path) != str(particles.provenance["cryovaeSourceSha256"]):
+        notes.append(f"coloured by the preprocessed STAR's columns: {path} changed since preprocessing")
         return particles.df, particles.source
     try:
         blocks = starfile.read(path, always_dict=True)
