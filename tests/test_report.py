@@ -256,3 +256,36 @@ def test_report_of_particles_without_an_original_skips_selections_with_a_note(tr
     assert any("notebooks not copied" in n for n in s["notes"])
     assert "clusters" not in s["selections"] and (tmp_path / "r" / "selections" / "kmeans_labels.npy").is_file()
     assert s["fsc"] is None  # no truth found without the original, and no --reference
+
+
+def test_learned_pose_run_of_a_cli_layout(tmp_path):
+    """`cryovae analyze --checkpoint --out --no-umap` on a learned-pose run whose data is `p.star`
+    (the command-line layout, not the tutorial's): the volumes are brought to one hand, and the
+    copied notebooks see the set under the project file's name particles.star."""
+    from cryovae_nb.model import ModelConfig
+    from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
+    from cryovae_nb.synthetic import SimulationConfig, simulate
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
+    from cryovae_nb.tutorial.project import check_folders, read_project
+
+    ds = simulate(SimulationConfig(box=16, n_particles=120, snr=1.0, pixel_size=2.5, seed=2), tmp_path / "sim",
+                  progress=False)
+    preprocess_stack(ds.star, tmp_path / "pre" / "p", PreprocessConfig(), progress=False)
+    model = ModelConfig().with_options(box=16, latent_dim=3, encoder_layers=1, encoder_units=32,
+                                       decoder_layers=1, decoder_units=32, pose_mode="learned")
+    Trainer(TrainConfig(data=str(tmp_path / "pre" / "p.star"), run_dir=str(tmp_path / "run"), model=model,
+                        batch_size=40, max_steps=4, log_every=4, sample_every=100, checkpoint_every=4,
+                        n_test_eval=20), progress=False).train()
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("step_*")
+    out = tmp_path / "report"
+    assert cli.main(["analyze", str(tmp_path / "run"), "--checkpoint", str(ckpt), "--out", str(out),
+                     "--no-umap", "--k", "2", "--steps", "3"]) == 0
+    s = json.loads((out / "report.json").read_text())
+    assert s["step"] == 4 and len(s["series"]["kmeans"]) == 2 and len(s["series"]["pc2"]) == 3
+    assert read_volume(out / s["series"]["pc1"][0])[1] == pytest.approx(2.5)
+    assert not any(f.startswith("latent/umap") for f in s["files"])
+    project = read_project(out)
+    assert project.preprocessed_star.resolve() == (tmp_path / "pre" / "p.star").resolve()
+    check_folders(project)
+    assert len(read_particles(project.preprocessed_star)) == 120  # its stack found through the links
