@@ -289,3 +289,27 @@ def test_learned_pose_run_of_a_cli_layout(tmp_path):
     assert project.preprocessed_star.resolve() == (tmp_path / "pre" / "p.star").resolve()
     check_folders(project)
     assert len(read_particles(project.preprocessed_star)) == 120  # its stack found through the links
+
+
+def test_colours_are_the_original_rows_of_each_particle(trained, hinge_run, tmp_path):
+    from cryovae_nb.analysis.report import _colour_columns
+
+    particles = trained.particles.subset(np.arange(len(trained.particles))[::-1])  # another order
+    notes = []
+    colours = _colour_columns(particles, ReportOptions(colour_by=("rlnAngleTilt",)), notes)
+    original = starfile.read(hinge_run / "simulated" / "particles.star", always_dict=True)["particles"]
+    rows = particles.source_rows()
+    values, categorical = colours["rlnAngleTilt"]
+    np.testing.assert_array_equal(values, original["rlnAngleTilt"].to_numpy()[rows])
+    assert not categorical and "rlnOpticsGroup" not in colours  # one optics group: nothing to colour
+    from cryovae_nb.synthetic import load_truth
+
+    t, _ = colours["true hinge parameter t"]
+    np.testing.assert_array_equal(t, load_truth(hinge_run / "simulated")["t"][rows])
+    # a --star of another length that records no rows is refused, naming it
+    short = tmp_path / "short.star"
+    starfile.write({"particles": original.iloc[:10]}, short)
+    plain = read_particles(trained.config.data)
+    plain.provenance = None
+    with pytest.raises(InputError, match=r"short\.star: holds 10 particles"):
+        _colour_columns(plain, ReportOptions(star=str(short)), [])
