@@ -292,11 +292,11 @@ def test_learned_pose_run_of_a_cli_layout(tmp_path):
 
 
 def test_colours_are_the_original_rows_of_each_particle(trained, hinge_run, tmp_path):
-    from cryovae_nb.analysis.report import _colour_columns
+    from cryovae_nb.analysis.report_parts import colour_columns
 
     particles = trained.particles.subset(np.arange(len(trained.particles))[::-1])  # another order
     notes = []
-    colours = _colour_columns(particles, ReportOptions(colour_by=("rlnAngleTilt",)), notes)
+    colours = colour_columns(particles, ReportOptions(colour_by=("rlnAngleTilt",)), notes)
     original = starfile.read(hinge_run / "simulated" / "particles.star", always_dict=True)["particles"]
     rows = particles.source_rows()
     values, categorical = colours["rlnAngleTilt"]
@@ -312,4 +312,4 @@ def test_colours_are_the_original_rows_of_each_particle(trained, hinge_run, tmp_
     plain = read_particles(trained.config.data)
     plain.provenance = None
     with pytest.raises(InputError, match=r"short\.star: holds 10 particles"):
-        _colour_columns(plain, ReportOptions(star=str(short)), [])
+        colour_columns(plain, ReportOptions(star=str(short)), [])
