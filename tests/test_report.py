@@ -211,18 +211,23 @@ def test_a_rerun_reuses_what_is_done(analysed, trained):
     # other options: rebuilt, but the encoding, the UMAP and the reconstruction errors are reused
     (umap_cache,) = (out / "cache").glob("umap-*.npz")
     umap_stamp = umap_cache.stat().st_mtime_ns
+    (out / "landscape").mkdir()
+    (out / "landscape" / "mine.txt").write_text("kept")
     three = report(run, out, ReportOptions(k=3), notebooks=notebooks_dir(), progress=False)
     assert run.calls["encode"] == 0 and run.calls["reconstruct"] == 1  # only the worst particles' images
     assert run.calls["decode"] > 0 and three["cluster_sizes"] != summary["cluster_sizes"]
     assert len(three["cluster_sizes"]) == 3 and len(list((out / "volumes" / "kmeans").glob("*.mrc"))) == 3
     assert (out / "cache" / umap_cache.name).stat().st_mtime_ns == umap_stamp
+    # what a notebook wrote into the report survives the rebuild
+    assert (out / "landscape" / "mine.txt").read_text() == "kept"
     assert not list(out.parent.glob(".*tmp*"))  # published by renaming: no temporary folder left
 
 
 def test_bad_inputs_are_one_line(hinge_run, trained, tmp_path, capsys):
+    run = _Counting(trained)
     with pytest.raises(InputError, match=r"particles\.star: no column rlnNoSuch "):
-        report(trained, tmp_path / "r", ReportOptions(colour_by=("rlnNoSuch",), embeddings=("pca",)), progress=False)
-    assert not (tmp_path / "r").exists()  # nothing published
+        report(run, tmp_path / "r", ReportOptions(colour_by=("rlnNoSuch",), embeddings=("pca",)), progress=False)
+    assert not (tmp_path / "r").exists() and run.calls["encode"] == 0  # before any work; nothing published
     for argv, expected in (([str(hinge_run / "run"), "--k", "0"], "--k"),
                            ([str(hinge_run), "--no-umap"], "not a training run directory"),
                            ([str(hinge_run / "run"), "--reference", str(tmp_path / "no.mrc")], "no.mrc"),

@@ -25,7 +25,8 @@ does: decoded as they are, they show each motion at a fraction of its size.
 Re-running is cheap: the encoding, the UMAP and the reconstruction errors are cached as .npz
 (``cache/``, keyed by the checkpoint and the data), and a report whose checkpoint, data and options
 are unchanged is returned as it is. The folder is built beside the old one and renamed into place
-(``atomic.atomic_path``), so a reader sees the previous report or the new one, never half of one.
+(``atomic.atomic_path``), so a reader sees the previous report or the new one, never half of one;
+what the copied notebooks or the user added to the previous folder is carried into the new one.
 
 The run is duck-typed (``inference.TrainedRun``: ``encode``, ``decode``, ``reconstruct``,
 ``particles``, ``pixel_size``, ``checkpoint``, ``config``) so this module never imports the model.
@@ -123,6 +124,7 @@ def report(run, out: str | os.PathLike | None = None, options: ReportOptions | N
         summary = _build(run, tmp, out.resolve(), options, enc_key, notebooks, progress)
         summary["key"] = key
         write_json_atomic(tmp / REPORT_FILE, summary)
+        _keep_additions(out, tmp)
     summary["out"] = str(out)
     return summary
 
@@ -157,6 +159,34 @@ def _carry_cache(old: Path, new: Path) -> None:
                 shutil.copy2(f, new / f.name)
 
 
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _keep_additions(old: Path, new: Path) -> None:
+    """What the user or the copied notebooks added to the previous report (``landscape/``,
+    ``evaluate/``, their own files) into the new one, and a notebook changed since the report
+    was written as ``NAME.edited.ipynb``: rebuilding replaces the report, never the user's work.
+    Linked or copied (not moved), so a failure before the new folder is published loses nothing."""
+    if not (old / REPORT_FILE).is_file():
+        return
+    written = json.loads((old / REPORT_FILE).read_text()).get("files", [])
+    ours = {Path(f).parts[0] for f in written} | {"cache", REPORT_FILE}
+    stamp = (old / REPORT_FILE).stat().st_mtime
+    for entry in old.iterdir():
+        target = new / entry.name
+        if entry.name not in ours and not target.exists():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, target)
+        elif entry.suffix == ".ipynb" and entry.stat().st_mtime > stamp:
+            _link_or_copy(entry, new / f"{entry.stem}.edited.ipynb")
+
+
 class _Parts:
     """Each part's wall time (report.json ``timings_s``; benchmarks/analyze_report.py prints them)."""
 
@@ -173,7 +203,7 @@ class _Parts:
         return result
 
 
-PARTS = ("encode", "embed", "kmeans", "colours", "scatter", "volumes", "movies", "nearest", "screen",
+PARTS = ("colours", "encode", "embed", "kmeans", "scatter", "volumes", "movies", "nearest", "screen",
          "fsc", "selections", "pages")
 
 
@@ -187,6 +217,8 @@ def _build(run, tmp: Path, final: Path, o: ReportOptions, enc_key: str, notebook
         e = run.encode(particles, progress=progress)
         return {"z_mean": np.asarray(e.z_mean, np.float32), "z_logvar": np.asarray(e.z_logvar, np.float32)}
 
+    # first: a column asked for that the STAR file lacks fails before minutes of encoding
+    colours = part("colours", parts.colour_columns, particles, o, notes)
     enc = part("encode", parts.cached_arrays, cache, f"encoding-{enc_key}", encode)
     z, z_logvar = enc["z_mean"], enc["z_logvar"]
 
@@ -202,7 +234,6 @@ def _build(run, tmp: Path, final: Path, o: ReportOptions, enc_key: str, notebook
 
     pca, embedded = part("embed", embeddings)
     labels, centres = part("kmeans", kmeans, z, min(o.k, len(z)), seed=o.seed)
-    colours = part("colours", parts.colour_columns, particles, o, notes)
     colours = {"k-means cluster": (labels, True), **colours}
     written = part("scatter", parts.scatters, tmp / "latent", embedded, colours, pca.explained_variance_ratio)
 
@@ -232,10 +263,10 @@ def _build(run, tmp: Path, final: Path, o: ReportOptions, enc_key: str, notebook
     }
 
     def pages():
-        files = report_pages.chimerax_script(tmp / "report.cxc", series, tmp, vols, run.pixel_size)
+        levels = report_pages.chimerax_script(tmp / "report.cxc", series, tmp, vols, run.pixel_size)
         summary["notebooks"] = report_pages.notebook_copies(tmp, final, run, particles, notebooks, o, notes)
         report_pages.index_html(tmp / "index.html", summary)
-        return files
+        return levels
 
     summary["chimerax_levels"] = part("pages", pages)
     part.bar.close()

@@ -97,8 +97,11 @@ def notebook_copies(folder: Path, final: Path, run, particles, source, options, 
         declared = set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", "".join(nb["cells"][at[0]]["source"]), re.M))
         text = "# set by cryovae analyze for this run\n" + "\n".join(
             f"{k} = {v!r}" for k, v in values.items() if k in declared)
-        nb["cells"].insert(at[0] + 1, {"cell_type": "code", "execution_count": None, "outputs": [],
-                                       "metadata": {"tags": ["injected-parameters"]}, "source": text})
+        cell = {"cell_type": "code", "execution_count": None, "outputs": [],
+                "metadata": {"tags": ["injected-parameters"]}, "source": text}
+        if "id" in nb["cells"][at[0]]:  # nbformat 4.5 gives every cell an id
+            cell["id"] = "cryovae-analyze-parameters"
+        nb["cells"].insert(at[0] + 1, cell)
         write_text_atomic(folder / name, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         written.append(name)
     return written
