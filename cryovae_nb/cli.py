@@ -18,7 +18,7 @@ from cryovae_nb import __version__
 from cryovae_nb.errors import CryoVAEError
 
 # the command modules, in the order `cryovae --help` lists them (each: HELP, add_arguments, run)
-COMMANDS = ("simulate", "preprocess", "train", "encode", "select", "generate", "fsc", "launch", "demo")
+COMMANDS = ("simulate", "preprocess", "train", "encode", "select", "analyze", "generate", "fsc", "launch", "demo")
 
 
 def _command(name: str):

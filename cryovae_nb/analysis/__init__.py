@@ -12,6 +12,9 @@ file imports nothing, so importing one subject never pulls in another's dependen
   module imports the model.
 * ``screen`` -- ``screen_particles``: flag empty or broken particles (thesis §3.4.4);
   ``write_screen_selections`` writes keep / reject as subsets of the original STAR.
+* ``report`` -- ``report(run)``: the report folder ``cryovae analyze`` writes (latent maps, cluster
+  and PC volumes, movies, screening, FSC, selections, ChimeraX script, index.html, notebooks);
+  its parts in ``report_parts``, its pictures in ``report_figures``, its text files in ``report_pages``.
 * Selections go back to RELION through ``cryovae_nb.selection.write_selection``.
 * ``cryovae fsc`` is cryovae_nb.commands.fsc.
 
