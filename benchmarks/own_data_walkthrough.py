@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +86,14 @@ def main(argv=None) -> int:
         print(f"{name}: {times[name]:.0f} s", flush=True)
 
     project = work / "project"
+    # the cluster user's path: the report folder of the run, from the command line
+
+    run_dir = next(project.glob("run_*"))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cryovae_nb.cli", "analyze", str(run_dir), "--reference", reference],
+                   check=True, cwd=work, stdout=subprocess.DEVNULL)
+    times["cryovae analyze"] = time.perf_counter() - t
+    print(f"cryovae analyze: {times['cryovae analyze']:.0f} s", flush=True)
     verdict = next((ln for ln in texts["01_preprocess.ipynb"].splitlines() if ln.startswith("contrast")), "?")
     config = json.loads(next(project.glob("run_*/config.json")).read_text())
     loss = config["model"]["loss"]
