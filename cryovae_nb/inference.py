@@ -144,6 +144,17 @@ class TrainedRun:
                              "(or Particles), not bare images")
         return particle_optics(data)
 
+    @staticmethod
+    def _batch(images, idx, poses, optics) -> Batch:
+        """The model's batch of the particles at rows ``idx``: their images, CTF (``optics``) and,
+        given ``poses``, their known poses."""
+        batch = Batch(np.asarray(images[idx], np.float32), indices=idx,
+                      optics=None if optics is None else optics[idx])
+        if poses is not None:
+            batch = batch.replace(rotations=np.asarray(poses.rotations[idx], np.float32),
+                                  shifts=np.asarray(poses.shifts[idx], np.float32))
+        return batch
+
     # ---- encode / decode --------------------------------------------------------------------
 
     def encode(self, data, *, progress: bool = True) -> Encoding:
@@ -165,14 +176,10 @@ class TrainedRun:
         use_known = self.config.model.pose.mode == "known" and known is not None
         out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
         for start in tqdm(range(0, n, self.batch_size), desc="encode", unit="batch", disable=not progress):
-            sl = slice(start, start + self.batch_size)
-            batch = Batch(np.asarray(images[sl], np.float32), indices=np.arange(n)[sl],
-                          optics=None if optics is None else optics[sl])
             # a known-pose model may read the poses to infer the latent (latent_inference=
             # "linearized"): give it the known ones whenever the data carries them
-            if use_known:
-                batch = batch.replace(rotations=np.asarray(known.rotations[sl], np.float32),
-                                      shifts=np.asarray(known.shifts[sl], np.float32))
+            batch = self._batch(images, np.arange(start, min(start + self.batch_size, n)),
+                                known if use_known else None, optics)
             enc = self.model.encode(batch)
             for k in out:
                 out[k].append(np.asarray(enc[k]))
@@ -192,11 +199,7 @@ class TrainedRun:
         images, known = self._as_images(data)
         optics = self._optics(data)
         idx = np.asarray(indices, np.int64).ravel()
-        batch = Batch(np.asarray(images[idx], np.float32), indices=idx,
-                      optics=None if optics is None else optics[idx])
-        if self.config.model.pose.mode == "known" and known is not None:
-            batch = batch.replace(rotations=np.asarray(known.rotations[idx], np.float32),
-                                  shifts=np.asarray(known.shifts[idx], np.float32))
+        batch = self._batch(images, idx, known if self.config.model.pose.mode == "known" else None, optics)
         predicted, _ = self.model.reconstruct(batch)
         return batch.images, np.asarray(predicted)
 
