@@ -178,6 +178,8 @@ def latent_vs_truth(run, data: TutorialData, *, z=None, z_logvar=None, indices=N
         idx = np.arange(len(z)) if indices is None else np.asarray(indices, np.int64)
         if len(idx) != len(z):
             raise InputError(f"{len(z)} latents but {len(idx)} particle indices")
+        if z_logvar is not None and np.shape(z_logvar) != z.shape:
+            raise InputError(f"z_logvar of shape {np.shape(z_logvar)} does not match the latents' {z.shape}")
     t = t_all[idx]
     if np.ptp(t) == 0:
         return None
