@@ -199,3 +199,14 @@ def test_demo_without_the_notebook_runner_is_one_line_before_any_work(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "nbclient" in lines[0] and ".[cpu,notebooks]" in lines[0], out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_tutorial_notebooks_say_how_much_memory_they_need(repo_root):
+    """binder gives 2 GB in all and a TensorFlow kernel takes up to 1.5 GB: each notebook says its
+    figure (benchmarks/notebook_memory.py) in its first cell, where a user reads before running."""
+    import json
+
+    for name in ("01_preprocess", "02_train", "04_evaluate", "05_latent_landscape"):
+        first = json.loads((repo_root / "notebooks" / f"{name}.ipynb").read_text())["cells"][0]
+        text = "".join(first["source"])
+        assert first["cell_type"] == "markdown" and re.search(r"\*\*Memory:\*\*[^\n]*\d GB", text), name
