@@ -46,7 +46,7 @@ horovod: $(STAMPS)/horovod
 # apt-get runs as root, or through sudo where it needs no password or can ask on a terminal.
 # Without any of these (or without apt-get) `make test` goes on and the browser tests skip with
 # the reason; no stamp is written, so the next `make test` tries again.
-CHROMIUM ?= /usr/bin/chromium
+CHROMIUM ?= /usr/bin/chromium  # where tests/test_browser.py looks for it
 $(STAMPS)/browser:
 	@set -e; \
 	if [ -x $(CHROMIUM) ]; then :; \

@@ -146,8 +146,14 @@ def test_make_demo_installs_the_notebook_runner_and_no_test_extras(repo_root, tm
     assert test_only <= test and not demo & test_only, demo & test_only
     assert set(RUNNER_MODULES) <= demo and set(RUNNER_MODULES) <= test
     assert "tensorflow-cpu" in demo
-    # the demo itself is one command; the stamps make a second `make demo` skip the install
-    assert "cryovae_nb.cli demo" in _dry_run(repo_root, tmp_path, "demo")
+    # a second `make demo` (venv and stamp newer than pyproject.toml) installs nothing
+    venv = tmp_path / "fresh-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    (venv / ".stamps").mkdir()
+    (venv / ".stamps" / "runtime").touch()
+    again = _dry_run(repo_root, tmp_path, "demo")
+    assert "pip install" not in again and "cryovae_nb.cli demo" in again, again
 
 
 def test_browser_target_without_root_or_sudo_goes_on_and_says_the_tests_skip(repo_root):
