@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryovae_nb.errors import ConfigError
 from cryovae_nb.tutorial.demo import DemoSettings, demo, format_summary
+from cryovae_nb.tutorial.notebooks import check_runner_installed
 from cryovae_nb.tutorial.workspace import TUTORIAL_PHANTOM
 
 HELP = "run the tutorial path on the embedded synthetic hinge data (a moving L)"
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.no_notebooks:
+        check_runner_installed()  # before minutes of training, not after
     s = DemoSettings.quick() if args.quick else DemoSettings()
     if args.budget is not None:
         s.budget_s, s.steps, s.notebook_steps = float(args.budget), None, None

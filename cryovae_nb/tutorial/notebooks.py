@@ -2,13 +2,25 @@
 ``parameters`` (papermill style), execute top to bottom, optionally save as HTML."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 from cryovae_nb.atomic import write_text_atomic
-from cryovae_nb.errors import InputError
+from cryovae_nb.errors import ConfigError, InputError
 
 NOTEBOOKS = ("01_preprocess.ipynb", "02_train.ipynb", "04_evaluate.ipynb", "05_latent_landscape.ipynb")
+# what executing them needs: pyproject's `notebooks` extra (JupyterLab is not among them)
+RUNNER_MODULES = ("nbformat", "nbclient", "nbconvert", "ipykernel")
+
+
+def check_runner_installed() -> None:
+    """One line naming what is missing, before any work (``make demo`` installs the extra; a bare
+    ``pip install .[cpu]`` does not)."""
+    missing = [m for m in RUNNER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"executing the tutorial notebooks needs {', '.join(missing)}: "
+                          "pip install -e '.[cpu,notebooks]' (or skip them with --no-notebooks)")
 
 
 def notebooks_dir() -> Path | None:
@@ -21,6 +33,7 @@ def execute_notebook(path: str | os.PathLike, parameters: dict, cwd: str | os.Pa
                      timeout: int = 900, html: str | os.PathLike | None = None):
     """Run a tutorial notebook top to bottom with ``parameters`` injected after its cell tagged
     ``parameters`` (papermill style); optionally write it as HTML. Raises on the first error."""
+    check_runner_installed()
     import nbformat
     from nbclient import NotebookClient
 
