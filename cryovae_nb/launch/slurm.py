@@ -44,7 +44,7 @@ _SBATCH_TOKEN = re.compile(r"[A-Za-z0-9_.:,=+/@%\-\[\]]+")  # used with fullmatc
 
 @dataclasses.dataclass
 class SlurmOptions:
-    """Resources and environment of a Slurm job (one task per GPU).
+    """Resources and environment of a Slurm job (one task per GPU, or ``tasks_per_node`` on CPUs).
 
     launcher="horovodrun" starts the ranks with ``horovodrun --gloo`` over the allocated hosts
     (works with the Gloo-only Horovod that ``scripts/install_horovod.sh`` builds; needs
@@ -54,6 +54,7 @@ class SlurmOptions:
 
     nodes: int = 1
     gpus_per_node: int = 4
+    tasks_per_node: int | None = None  # ranks per node; None: one per GPU (one on a CPU-only node)
     cpus_per_task: int = 4
     mem: str | None = "64G"          # per node; None leaves the cluster default
     time: str = "24:00:00"
@@ -71,8 +72,10 @@ class SlurmOptions:
 
     def validate(self) -> None:
         check_fields(self)
-        for name in ("nodes", "gpus_per_node", "cpus_per_task"):
+        for name in ("nodes", "gpus_per_node", "cpus_per_task", "tasks_per_node"):
             v = getattr(self, name)
+            if name == "tasks_per_node" and v is None:
+                continue
             # bool is an int: nodes=True would render "--nodes=True"
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1):
                 raise ConfigError(f"SlurmOptions.{name} must be a positive integer, got {v!r}")
@@ -90,8 +93,12 @@ class SlurmOptions:
                 raise ConfigError(f"SlurmOptions.setup_commands: one command per entry, got {line!r}")
 
     @property
+    def ranks_per_node(self) -> int:
+        return self.tasks_per_node if self.tasks_per_node is not None else max(self.gpus_per_node, 1)
+
+    @property
     def ntasks(self) -> int:
-        return self.nodes * max(self.gpus_per_node, 1)
+        return self.nodes * self.ranks_per_node
 
 
 def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
@@ -108,7 +115,7 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
     job_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", opts.job_name) or "cryovae"
     q = shlex.quote
     lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={opts.nodes}",
-             f"#SBATCH --ntasks-per-node={max(opts.gpus_per_node, 1)}",
+             f"#SBATCH --ntasks-per-node={opts.ranks_per_node}",
              f"#SBATCH --cpus-per-task={opts.cpus_per_task}"]
     if opts.gpus_per_node:
         lines.append(f"#SBATCH --gres=gpu:{opts.gpus_per_node}" if opts.gres
@@ -143,7 +150,7 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
         srun = " ".join(q(a) for a in ("--kill-on-bad-exit=1", *opts.srun_args))
         lines.append(f"srun {srun} {cmd}")
     else:
-        slots = max(opts.gpus_per_node, 1)
+        slots = opts.ranks_per_node
         # the horovodrun beside the job's python, so no venv activation is needed to find it
         hvdrun = Path(str(train_cmd[0])).parent / "horovodrun"
         hvdrun = q(str(hvdrun)) if Path(str(train_cmd[0])).is_absolute() and hvdrun.exists() else "horovodrun"
