@@ -222,6 +222,21 @@ def test_slurm_script_carries_resources_and_is_valid_bash(tmp_path):
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
+def test_cpu_ranks_per_node_without_gpus(tmp_path, fake_slurm):
+    """tasks_per_node: N ranks on a CPU node (no GPU request), horovodrun over N slots per host."""
+    opts = L.SlurmOptions(nodes=2, gpus_per_node=0, tasks_per_node=3, cpus_per_task=1, mem=None)
+    assert opts.ntasks == 6
+    script = L.render_slurm_script(["python", "-m", "cryovae_nb.training"], tmp_path / "run", opts)
+    assert "#SBATCH --ntasks-per-node=3" in script and "--gpus" not in script and "--gres" not in script
+    assert 'sed "s/$/:3/"' in script and '-np "$SLURM_NTASKS"' in script
+    # unset: one rank per GPU, as before
+    gpu = L.render_slurm_script(["python"], tmp_path / "run", L.SlurmOptions(gpus_per_node=4))
+    assert "#SBATCH --ntasks-per-node=4" in gpu and "#SBATCH --gpus-per-node=4" in gpu
+    with pytest.raises(ConfigError, match="tasks_per_node must be a positive integer"):
+        L.SlurmOptions(tasks_per_node=0).validate()
+    assert L.check_backend("slurm") is None  # the stand-ins are on PATH
+
+
 @pytest.mark.parametrize("field,value", [("partition", "gpu; rm -rf ~"), ("account", "a b"),
                                          ("time", "1:00\n#SBATCH --x"), ("mem", "$(reboot)")])
 def test_unsafe_sbatch_values_are_refused(tmp_path, field, value):
@@ -297,6 +312,8 @@ def test_rejected_submission_and_missing_sbatch_raise_launch_error(tmp_path, fak
         L.launch({"data": "x"}, tmp_path / "run", backend="slurm")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "empty" / "python"))
+    assert L.check_backend("slurm") == ("sbatch, squeue, scancel not found on PATH: backend='slurm' submits "
+                                        "from a Slurm login node (SUBMIT = False / dry_run=True shows the script)")
     with pytest.raises(LaunchError, match="sbatch not found"):
         L.launch({"data": "x"}, tmp_path / "run2", backend="slurm")
 
@@ -406,6 +423,11 @@ def test_metrics_skips_a_torn_last_line_and_attach_needs_a_job(tmp_path):
 
 def test_local_launch_without_horovodrun_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "find_executable", lambda name: None)
+    # what the notebook asks before launching: one line each, nothing started
+    assert "horovodrun not found: install Horovod with `make horovod`" in L.check_backend("local")
+    assert "mpirun not found on PATH" in L.check_backend("mpirun")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        L.check_backend("pbs")
     with pytest.raises(LaunchError, match="horovodrun not found"):
         L.launch({"data": "x"}, tmp_path / "run", backend="local", np=2)
     with pytest.raises(LaunchError, match="mpirun not found"):
@@ -458,6 +480,9 @@ class InlineBackend:
     def describe(self, job):
         return "inline run"
 
+    def missing(self):
+        return None
+
 
 # A "python" for the training command: reads the config, writes two metrics records, prints its
 # arguments and $INLINE_ENV, exits with the config's "rc".
@@ -486,6 +511,7 @@ def test_a_backend_added_to_the_registry_runs_through_launch_and_its_job(tmp_pat
                                   str(run_dir / "launch_config.json"), "--run-dir", str(run_dir), "--horovod"])
     assert not run_dir.exists()
 
+    assert L.check_backend("inline") is None
     job = L.launch({"data": "parts.star"}, run_dir, backend="inline", python=str(trainer),
                    train_args=["--max-steps", "2"], env={"INLINE_ENV": "env passed"})
     assert json.loads((run_dir / "job.json").read_text())["backend"] == "inline"

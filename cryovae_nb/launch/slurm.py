@@ -211,6 +211,13 @@ class SlurmBackend:
     def dry_run(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> str:
         return self._script(train_cmd, run_dir, request)
 
+    def missing(self) -> str | None:
+        absent = [c for c in ("sbatch", "squeue", "scancel") if find_executable(c) is None]
+        if absent:
+            return (f"{', '.join(absent)} not found on PATH: backend='slurm' submits from a Slurm login node "
+                    "(SUBMIT = False / dry_run=True shows the script)")
+        return None
+
     def start(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> dict[str, Any]:
         return _submit(self._script(train_cmd, run_dir, request), run_dir, train_cmd, request.env)
 
