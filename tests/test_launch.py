@@ -538,7 +538,7 @@ def test_a_backend_added_to_the_registry_runs_through_launch_and_its_job(tmp_pat
 # the tutorial notebook: a real local 2-process job, watched, and the Slurm script it would submit
 
 NOTEBOOK = "03_cluster_training.ipynb"
-NB_PARAMS = {"WORKDIR": "wd", "STAR_FILE": None, "SIM_BOX": 16, "SIM_PARTICLES": 120, "SEED": 0,
+NB_PARAMS = {"WORKDIR": "wd", "STAR_FILE": None, "BACKEND": "local", "SUBMIT": True, "SIM_BOX": 16, "SIM_PARTICLES": 120, "SEED": 0,
              "NP": 2, "BATCH_SIZE": 8, "MAX_STEPS": 12, "LOG_EVERY": 3, "SAMPLE_EVERY": 6,
              "CHECKPOINT_EVERY": 6, "LATENT_DIM": 3, "ENCODER_LAYERS": 1, "ENCODER_UNITS": 32,
              "DECODER_LAYERS": 1, "DECODER_UNITS": 32, "WAIT_TIMEOUT_S": 400, "MONITOR_POLL_S": 0.5,
@@ -576,7 +576,8 @@ def test_notebook_launches_watches_and_shows_the_slurm_script(repo_root, tmp_pat
                      if o.get("output_type") == "stream")
     run_dir = tmp_path / "wd" / "cluster_run"
     job = L.attach(run_dir)
-    assert job.status() == "completed" and "job completed" in text
+    assert job.status() == "completed" and "job completed | monitor: COMPLETED" in text
+    assert "'step': 12, 'max_steps': 12" in text  # the monitor's step of max
     train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in train if r["split"] == "train"]
     assert [r["step"] for r in train] == [3, 6, 9, 12] and {r["ranks"] for r in train} == {2}

@@ -26,9 +26,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from cryovae_nb.config import load_config
 from cryovae_nb.errors import CryoVAEError, InputError, LaunchError
 from cryovae_nb.io import read_volume
 from cryovae_nb.launch import Job, attach
+from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.rundir import CONFIG_FILE, JOB_FILE, RunFolder
 from cryovae_nb.widgets.images import comparison_png, normalise01, png_bytes, tile, upscale
 
@@ -58,7 +60,7 @@ class TrainingMonitor(W.VBox):
         self.queue_state: str | None = None
         self._job_error: str | None = None
         self.max_steps: int | None = None
-        self._config_stamp: int | None = None
+        self._config_stamp: tuple | None = None   # where max_steps was read from, and that file's mtime
         self._last_train: list[dict] = []       # the two newest training records (the step rate)
         self.volume_path: Path | None = None
         self.metrics = tuple(metrics)
@@ -223,17 +225,25 @@ class TrainingMonitor(W.VBox):
             self.queue_state, self._job_error = "UNKNOWN", str(e).splitlines()[0]
 
     def _read_max_steps(self) -> None:
-        path = self.run_dir / CONFIG_FILE
-        try:
-            stamp = path.stat().st_mtime_ns
-        except FileNotFoundError:
+        """The job's own max_steps: its ``--max-steps``, else its ``--config`` file's; without a job,
+        the run's config.json. (A resumed run keeps the config.json it started with, so that file
+        alone would show the first submission's target after a resubmission with a higher one.)"""
+        cmd = [str(a) for a in (self.job.command or [])] if self.job is not None else []
+        if "--max-steps" in cmd[:-1]:
+            key, read = ("arg", cmd[cmd.index("--max-steps") + 1]), None
+        elif "--config" in cmd[:-1]:
+            path = Path(cmd[cmd.index("--config") + 1])
+            key, read = (str(path), _mtime(path)), lambda: load_config(TrainConfig, path).max_steps
+        else:
+            path = self.run_dir / CONFIG_FILE
+            key, read = (str(path), _mtime(path)), lambda: RunFolder(self.run_dir).config().max_steps
+        if key == self._config_stamp or key[1] is None:
             return
-        if stamp != self._config_stamp:  # the Trainer rewrites it when a resumed run starts
-            try:
-                self.max_steps = int(RunFolder(self.run_dir).config().max_steps)
-                self._config_stamp = stamp
-            except (CryoVAEError, ValueError):
-                pass  # mid-write or unreadable: the next refresh tries again
+        try:
+            self.max_steps = int(key[1]) if read is None else int(read())
+            self._config_stamp = key
+        except (CryoVAEError, ValueError):
+            pass  # mid-write or unreadable: the next refresh tries again
 
     def _read_latest_volume(self) -> None:
         newest = None
@@ -325,6 +335,13 @@ class TrainingMonitor(W.VBox):
         if self.polling:
             parts.append("polling")
         self.status.value = " &middot; ".join(parts)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _duration(seconds: float) -> str:
