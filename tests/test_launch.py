@@ -353,6 +353,24 @@ def test_status_queries_use_squeue_then_sacct(tmp_path, fake_slurm, monkeypatch)
     assert job.log_path.name == f"slurm-{job.job_id}.out" and job.log_path.exists()
 
 
+@pytest.mark.parametrize("cancelled,finished,rc,want", [
+    (False, 20, 0, "completed"), (False, 20, 1, "failed"),
+    (True, 20, 0, "cancelled"),    # scancel's SIGTERM, and horovodrun exited 0 on it
+    (True, 20, 143, "cancelled"),
+    (True, 9, 0, "completed"),     # it had finished before the cancel was asked for
+])
+def test_without_accounting_the_exit_record_and_the_cancel_decide(tmp_path, fake_slurm, cancelled, finished, rc, want):
+    """A job gone from squeue on a cluster without sacct: exit.json, read with the job's cancel."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    info = {"backend": "slurm", "job_id": "4242", "started": 5, "log": str(run_dir / "slurm-4242.out")}
+    if cancelled:
+        info.update(cancelled=True, cancelled_at=10.5)
+    (run_dir / "job.json").write_text(json.dumps(info))
+    (run_dir / EXIT_FILE).write_text(json.dumps({"returncode": rc, "finished": finished}))
+    assert L.attach(run_dir).status() == want  # the stand-ins know no job 4242: squeue and sacct say nothing
+
+
 # ---------------------------------------------------------------------------------------------
 # local supervisor (no Horovod needed: any command)
 

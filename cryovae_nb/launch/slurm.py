@@ -230,8 +230,11 @@ class SlurmBackend:
                 state = r.stdout.strip().split()[0] if r.stdout.strip() else ""
         if not state:  # no accounting: the script's own exit record
             rec = job.exit_record()
-            if rec is None:
-                return "failed" if not job.info.get("cancelled") else "cancelled"
+            cancelled = job.info.get("cancelled")
+            # scancel's SIGTERM can end the script with any code (horovodrun exits 0 on it): a job
+            # cancelled before its exit record was written was cancelled, whatever the code says
+            if rec is None or (cancelled and rec.get("finished", 0) >= int(job.info.get("cancelled_at", 0))):
+                return "cancelled" if cancelled else "failed"
             return "completed" if rec.get("returncode") == 0 else "failed"
         state = state.rstrip("+").upper()
         for ours, theirs in _SLURM_STATES.items():
