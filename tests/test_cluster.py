@@ -112,6 +112,29 @@ def test_monitor_shows_queue_state_step_of_max_rate_eta_and_newest_volume(tmp_pa
     assert mon.job.pid == job2.pid and mon.max_steps == 250 and "step 20 of 250" in mon.status.value
 
 
+def test_monitor_follows_a_resume_that_rewrote_the_metrics_past_their_old_length(tmp_path):
+    """A resubmitted job truncates metrics.jsonl to its checkpoint (an atomic replace) and appends;
+    by the monitor's next read the new file can be longer than the old, so its size cannot show
+    the change: the monitor starts over on the new file instead of reading from mid-line."""
+    from cryovae_nb.atomic import write_text_atomic
+    from cryovae_nb.widgets import TrainingMonitor
+
+    def rec(step, t):
+        return json.dumps({"step": step, "split": "train", "total": 1.0 / step, "recon": 1.0, "kl": 0.1,
+                           "averaging": 0.0, "images_per_s": 10.0, "ranks": 2, "time": t}) + "\n"
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(rec(s, s) for s in (1, 2, 3, 4)))
+    mon = TrainingMonitor(tmp_path)
+    assert mon.history["train"]["total"][0] == [1, 2, 3, 4]
+    resumed = "".join(rec(s, s) for s in (1, 2)) + "".join(rec(s, 10 + s) for s in (3, 4, 5, 6, 7))
+    assert len(resumed) > path.stat().st_size
+    write_text_atomic(path, resumed)
+    assert mon.refresh() == 7
+    assert mon.history["train"]["total"][0] == [1, 2, 3, 4, 5, 6, 7]
+    assert mon.progress["step"] == 7 and "step 7" in mon.status.value
+
+
 def test_monitor_says_when_the_queue_cannot_be_asked(tmp_path, monkeypatch):
     from cryovae_nb.widgets import TrainingMonitor
 

@@ -8,9 +8,9 @@ projections, step)`` -- or from a run directory written by any process (a Horovo
 run): ``run_dir/metrics.jsonl`` (one JSON record a line: step, split, recon, kl, averaging,
 total, ...; test records also kl_per_dim, active_dims and, when the latent carries no
 information, latent_collapsed), ``run_dir/samples/step_XXXXXXX.png`` and the volumes beside it
-(``samples/step_XXXXXXX/particle_*.mrc``), ``run_dir/config.json`` (max_steps) and, where the run
-was started by ``cryovae_nb.launch``, ``run_dir/job.json``; read by ``refresh()`` or a background
-poll.
+(``samples/step_XXXXXXX/particle_*.mrc``) and, where the run was started by ``cryovae_nb.launch``,
+``run_dir/job.json`` (its max_steps from the job's command and config file; else from
+``run_dir/config.json``); read by ``refresh()`` or a background poll.
 """
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ class TrainingMonitor(W.VBox):
 
     With a run directory, ``job`` is the launched job (default: the one ``job.json`` names, picked
     up again after each resubmission) and ``queue_state`` its state in Slurm's words (``PENDING``,
-    ``RUNNING``, ``COMPLETED``, ``FAILED``, ``CANCELLED``; None without a job). ``progress`` holds
-    the newest training step, ``max_steps`` (the run's config.json), images/s over all ranks and
+    ``RUNNING``, ``COMPLETED``, ``FAILED``, ``CANCELLED``, or ``UNKNOWN`` when the queue cannot be
+    asked; None without a job). ``progress`` holds the newest training step, ``max_steps`` (this
+    job's target: a resubmission may raise it), images/s over all ranks and
     the ETA in seconds (from the step rate of the last two training records), and ``volume`` shows
     three orthogonal projections of the newest decoded volume the Trainer wrote (``volume_path``).
     """
