@@ -47,9 +47,10 @@ class SlurmOptions:
     """Resources and environment of a Slurm job (one task per GPU, or ``tasks_per_node`` on CPUs).
 
     launcher="horovodrun" starts the ranks with ``horovodrun --gloo`` over the allocated hosts
-    (works with the Gloo-only Horovod that ``scripts/install_horovod.sh`` builds; needs
-    password-less ssh between nodes when nodes > 1). launcher="srun" starts them with ``srun``,
-    which needs a Horovod built with MPI (HOROVOD_WITH_MPI=1) and usually srun_args=("--mpi=pmix",).
+    (works with any Horovod build; needs password-less ssh between nodes when nodes > 1).
+    launcher="srun" starts them with ``srun``, which needs a Horovod built with MPI (what
+    ``scripts/install_horovod.sh`` builds where Open MPI's mpicxx is installed) and usually
+    srun_args=("--mpi=pmix",).
     """
 
     nodes: int = 1
