@@ -610,3 +610,26 @@ def test_notebook_launches_watches_and_shows_the_slurm_script(repo_root, tmp_pat
                  "module load cuda/12.2", "--horovod"):
         assert want in text
     assert not (tmp_path / "wd" / "cluster_run_slurm").exists()
+
+
+def test_notebook_without_sbatch_says_so_in_one_line_and_starts_nothing(repo_root, tmp_path, monkeypatch):
+    """BACKEND = "slurm" on a machine without Slurm: the script is shown, the launch cell prints why
+    nothing can be submitted, and the cells after it run without a job."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from notebook_runner import run_notebook
+
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # the kernel inherits it: no sbatch, squeue, scancel
+    params = {**NB_PARAMS, "BACKEND": "slurm", "SUBMIT": True, "SLURM_GPUS_PER_NODE": 0,
+              "SLURM_TASKS_PER_NODE": 2, "SLURM_MEM": None}
+    nb = run_notebook(repo_root / "notebooks" / NOTEBOOK, params, tmp_path, timeout=600)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream")
+    assert ("cannot launch with BACKEND = 'slurm': sbatch, squeue, scancel not found on PATH: backend='slurm' "
+            "submits from a Slurm login node") in text
+    assert "#SBATCH --ntasks-per-node=2" in text and "#SBATCH --nodes=3" in text  # the script it would submit
+    run_dir = tmp_path / "wd" / "cluster_run"
+    assert not (run_dir / "job.json").exists() and not list(run_dir.glob("slurm-*.out"))
