@@ -255,6 +255,7 @@ def test_dry_run_returns_script_without_submitting(tmp_path, fake_slurm):
     assert "-np 3 -H localhost:3 --gloo --gloo-timeout-seconds 300" in cmdline and "--horovod" in cmdline
     mpi = L.launch({"data": "x"}, tmp_path / "run", backend="mpirun", np=8, hosts="n1:4,n2:4", dry_run=True)
     assert mpi.split()[1:6] == ["-np", "8", "-H", "n1:4,n2:4", "-bind-to"] and mpi.endswith("--horovod")
+    assert ("--allow-run-as-root" in mpi.split()) == (os.geteuid() == 0)
     with pytest.raises(ConfigError, match="unknown option.*gpus"):
         L.launch({"data": "x"}, tmp_path / "run", backend="slurm", dry_run=True, slurm={"gpus": 4})
 
