@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast deps horovod browser benchmarks clean help
+.PHONY: demo test test-fast deps horovod cluster-tools browser benchmarks clean help
 
 help:
 	@echo "make demo   - set up .venv and run the tutorial path on the embedded synthetic hinge data (a moving L)"
@@ -35,8 +35,23 @@ $(STAMPS)/deps: $(STAMPS)/runtime pyproject.toml
 
 deps: $(STAMPS)/deps
 
-# Horovod 0.28.1 compiled against the installed TensorFlow (flags recorded in docs/design.md).
-$(STAMPS)/horovod: $(STAMPS)/deps scripts/install_horovod.sh
+# Debian's Slurm (slurm-wlm, with munge) and Open MPI for the real cluster tests: a one-node Slurm
+# (tests/local_slurm.py) and two MPI ranks of Horovod. Installed before Horovod so that it is built
+# with MPI as well as Gloo. Without root or sudo it says so and the tests that need them skip.
+# No stamp without them: a later `make test` with root tries again.
+CLUSTER_PKGS := slurm-wlm munge openmpi-bin libopenmpi-dev
+$(STAMPS)/cluster-tools:
+	@if command -v sbatch >/dev/null && command -v mpicxx >/dev/null && [ -x /usr/sbin/munged ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLUSTER_PKGS) >/dev/null; \
+	elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLUSTER_PKGS) >/dev/null; \
+	else echo "cluster-tools: not root (and no password-less sudo): $(CLUSTER_PKGS) not installed; the Slurm and MPI tests skip"; exit 0; fi && \
+	mkdir -p $(STAMPS) && touch $@
+
+cluster-tools: $(STAMPS)/cluster-tools
+
+# Horovod 0.28.1 compiled against the installed TensorFlow (flags recorded in docs/design.md),
+# with MPI where cluster-tools installed Open MPI.
+$(STAMPS)/horovod: $(STAMPS)/deps $(STAMPS)/cluster-tools scripts/install_horovod.sh
 	bash scripts/install_horovod.sh $(PY)
 	@touch $@
 
@@ -67,7 +82,7 @@ browser: $(STAMPS)/browser
 demo: runtime
 	$(PY) -m cryovae_nb.cli demo --out demo_output
 
-test: deps horovod browser
+test: deps cluster-tools horovod browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Without Horovod or Chromium (their tests skip with a reason).

@@ -222,6 +222,21 @@ def test_slurm_script_carries_resources_and_is_valid_bash(tmp_path):
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
+def test_cpu_ranks_per_node_without_gpus(tmp_path, fake_slurm):
+    """tasks_per_node: N ranks on a CPU node (no GPU request), horovodrun over N slots per host."""
+    opts = L.SlurmOptions(nodes=2, gpus_per_node=0, tasks_per_node=3, cpus_per_task=1, mem=None)
+    assert opts.ntasks == 6
+    script = L.render_slurm_script(["python", "-m", "cryovae_nb.training"], tmp_path / "run", opts)
+    assert "#SBATCH --ntasks-per-node=3" in script and "--gpus" not in script and "--gres" not in script
+    assert 'sed "s/$/:3/"' in script and '-np "$SLURM_NTASKS"' in script
+    # unset: one rank per GPU, as before
+    gpu = L.render_slurm_script(["python"], tmp_path / "run", L.SlurmOptions(gpus_per_node=4))
+    assert "#SBATCH --ntasks-per-node=4" in gpu and "#SBATCH --gpus-per-node=4" in gpu
+    with pytest.raises(ConfigError, match="tasks_per_node must be a positive integer"):
+        L.SlurmOptions(tasks_per_node=0).validate()
+    assert L.check_backend("slurm") is None  # the stand-ins are on PATH
+
+
 @pytest.mark.parametrize("field,value", [("partition", "gpu; rm -rf ~"), ("account", "a b"),
                                          ("time", "1:00\n#SBATCH --x"), ("mem", "$(reboot)")])
 def test_unsafe_sbatch_values_are_refused(tmp_path, field, value):
@@ -240,6 +255,7 @@ def test_dry_run_returns_script_without_submitting(tmp_path, fake_slurm):
     assert "-np 3 -H localhost:3 --gloo --gloo-timeout-seconds 300" in cmdline and "--horovod" in cmdline
     mpi = L.launch({"data": "x"}, tmp_path / "run", backend="mpirun", np=8, hosts="n1:4,n2:4", dry_run=True)
     assert mpi.split()[1:6] == ["-np", "8", "-H", "n1:4,n2:4", "-bind-to"] and mpi.endswith("--horovod")
+    assert ("--allow-run-as-root" in mpi.split()) == (os.geteuid() == 0)
     with pytest.raises(ConfigError, match="unknown option.*gpus"):
         L.launch({"data": "x"}, tmp_path / "run", backend="slurm", dry_run=True, slurm={"gpus": 4})
 
@@ -297,6 +313,8 @@ def test_rejected_submission_and_missing_sbatch_raise_launch_error(tmp_path, fak
         L.launch({"data": "x"}, tmp_path / "run", backend="slurm")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "empty" / "python"))
+    assert L.check_backend("slurm") == ("sbatch, squeue, scancel not found on PATH: backend='slurm' submits "
+                                        "from a Slurm login node (SUBMIT = False / dry_run=True shows the script)")
     with pytest.raises(LaunchError, match="sbatch not found"):
         L.launch({"data": "x"}, tmp_path / "run2", backend="slurm")
 
@@ -334,6 +352,24 @@ def test_status_queries_use_squeue_then_sacct(tmp_path, fake_slurm, monkeypatch)
     assert sb[0] == "--parsable" and sb[-1] == str((tmp_path / "run" / "job.sbatch").resolve())
     assert f"--output={(tmp_path / 'run').resolve()}/slurm-%j.out" in sb
     assert job.log_path.name == f"slurm-{job.job_id}.out" and job.log_path.exists()
+
+
+@pytest.mark.parametrize("cancelled,finished,rc,want", [
+    (False, 20, 0, "completed"), (False, 20, 1, "failed"),
+    (True, 20, 0, "cancelled"),    # scancel's SIGTERM, and horovodrun exited 0 on it
+    (True, 20, 143, "cancelled"),
+    (True, 9, 0, "completed"),     # it had finished before the cancel was asked for
+])
+def test_without_accounting_the_exit_record_and_the_cancel_decide(tmp_path, fake_slurm, cancelled, finished, rc, want):
+    """A job gone from squeue on a cluster without sacct: exit.json, read with the job's cancel."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    info = {"backend": "slurm", "job_id": "4242", "started": 5, "log": str(run_dir / "slurm-4242.out")}
+    if cancelled:
+        info.update(cancelled=True, cancelled_at=10.5)
+    (run_dir / "job.json").write_text(json.dumps(info))
+    (run_dir / EXIT_FILE).write_text(json.dumps({"returncode": rc, "finished": finished}))
+    assert L.attach(run_dir).status() == want  # the stand-ins know no job 4242: squeue and sacct say nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +442,11 @@ def test_metrics_skips_a_torn_last_line_and_attach_needs_a_job(tmp_path):
 
 def test_local_launch_without_horovodrun_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "find_executable", lambda name: None)
+    # what the notebook asks before launching: one line each, nothing started
+    assert "horovodrun not found: install Horovod with `make horovod`" in L.check_backend("local")
+    assert "mpirun not found on PATH" in L.check_backend("mpirun")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        L.check_backend("pbs")
     with pytest.raises(LaunchError, match="horovodrun not found"):
         L.launch({"data": "x"}, tmp_path / "run", backend="local", np=2)
     with pytest.raises(LaunchError, match="mpirun not found"):
@@ -458,6 +499,9 @@ class InlineBackend:
     def describe(self, job):
         return "inline run"
 
+    def missing(self):
+        return None
+
 
 # A "python" for the training command: reads the config, writes two metrics records, prints its
 # arguments and $INLINE_ENV, exits with the config's "rc".
@@ -486,6 +530,7 @@ def test_a_backend_added_to_the_registry_runs_through_launch_and_its_job(tmp_pat
                                   str(run_dir / "launch_config.json"), "--run-dir", str(run_dir), "--horovod"])
     assert not run_dir.exists()
 
+    assert L.check_backend("inline") is None
     job = L.launch({"data": "parts.star"}, run_dir, backend="inline", python=str(trainer),
                    train_args=["--max-steps", "2"], env={"INLINE_ENV": "env passed"})
     assert json.loads((run_dir / "job.json").read_text())["backend"] == "inline"
@@ -512,7 +557,7 @@ def test_a_backend_added_to_the_registry_runs_through_launch_and_its_job(tmp_pat
 # the tutorial notebook: a real local 2-process job, watched, and the Slurm script it would submit
 
 NOTEBOOK = "03_cluster_training.ipynb"
-NB_PARAMS = {"WORKDIR": "wd", "STAR_FILE": None, "SIM_BOX": 16, "SIM_PARTICLES": 120, "SEED": 0,
+NB_PARAMS = {"WORKDIR": "wd", "STAR_FILE": None, "BACKEND": "local", "SUBMIT": True, "SIM_BOX": 16, "SIM_PARTICLES": 120, "SEED": 0,
              "NP": 2, "BATCH_SIZE": 8, "MAX_STEPS": 12, "LOG_EVERY": 3, "SAMPLE_EVERY": 6,
              "CHECKPOINT_EVERY": 6, "LATENT_DIM": 3, "ENCODER_LAYERS": 1, "ENCODER_UNITS": 32,
              "DECODER_LAYERS": 1, "DECODER_UNITS": 32, "WAIT_TIMEOUT_S": 400, "MONITOR_POLL_S": 0.5,
@@ -550,7 +595,8 @@ def test_notebook_launches_watches_and_shows_the_slurm_script(repo_root, tmp_pat
                      if o.get("output_type") == "stream")
     run_dir = tmp_path / "wd" / "cluster_run"
     job = L.attach(run_dir)
-    assert job.status() == "completed" and "job completed" in text
+    assert job.status() == "completed" and "job completed | monitor: COMPLETED" in text
+    assert "'step': 12, 'max_steps': 12" in text  # the monitor's step of max
     train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in train if r["split"] == "train"]
     assert [r["step"] for r in train] == [3, 6, 9, 12] and {r["ranks"] for r in train} == {2}
@@ -565,3 +611,26 @@ def test_notebook_launches_watches_and_shows_the_slurm_script(repo_root, tmp_pat
                  "module load cuda/12.2", "--horovod"):
         assert want in text
     assert not (tmp_path / "wd" / "cluster_run_slurm").exists()
+
+
+def test_notebook_without_sbatch_says_so_in_one_line_and_starts_nothing(repo_root, tmp_path, monkeypatch):
+    """BACKEND = "slurm" on a machine without Slurm: the script is shown, the launch cell prints why
+    nothing can be submitted, and the cells after it run without a job."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from notebook_runner import run_notebook
+
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # the kernel inherits it: no sbatch, squeue, scancel
+    params = {**NB_PARAMS, "BACKEND": "slurm", "SUBMIT": True, "SLURM_GPUS_PER_NODE": 0,
+              "SLURM_TASKS_PER_NODE": 2, "SLURM_MEM": None}
+    nb = run_notebook(repo_root / "notebooks" / NOTEBOOK, params, tmp_path, timeout=600)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream")
+    assert ("cannot launch with BACKEND = 'slurm': sbatch, squeue, scancel not found on PATH: backend='slurm' "
+            "submits from a Slurm login node") in text
+    assert "#SBATCH --ntasks-per-node=2" in text and "#SBATCH --nodes=3" in text  # the script it would submit
+    run_dir = tmp_path / "wd" / "cluster_run"
+    assert not (run_dir / "job.json").exists() and not list(run_dir.glob("slurm-*.out"))

@@ -62,11 +62,29 @@ class Backend(Protocol):
     def describe(self, job: Job) -> str:
         """The job in a message, e.g. 'local job (pid 4242)' or 'Slurm job 1234'."""
 
+    def missing(self) -> str | None:
+        """What this machine lacks for start() (a launcher not installed), in one line; None: ready."""
+
+
+def check_backend(backend: str) -> str | None:
+    """Why ``launch(..., backend=backend)`` cannot start here (one line), or None; starts nothing.
+
+    A notebook asks before launching, so a missing horovodrun / mpirun / sbatch is a sentence,
+    not a traceback.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
+    return BACKENDS[backend].missing()
+
 
 class _SupervisedBackend:
     """A launcher process (horovodrun, mpirun) on this machine, under the supervisor."""
 
-    missing = ""  # the error when the launcher is not installed
+    launcher = ""     # the executable started
+    not_found = ""    # the error when it is not installed
+
+    def missing(self) -> str | None:
+        return None if find_executable(self.launcher) else self.not_found
 
     def launcher_command(self, train_cmd: list[str], request: LaunchRequest) -> tuple[list[str], str | None]:
         """The launcher's command line, and the launcher's path (None: not found)."""
@@ -84,7 +102,7 @@ class _SupervisedBackend:
     def start(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> dict[str, Any]:
         cmd, exe = self._checked_command(train_cmd, request)
         if exe is None:
-            raise LaunchError(self.missing)
+            raise LaunchError(self.not_found)
         return start_supervised(cmd, run_dir, request.env)
 
     def status(self, job: Job) -> str:
@@ -115,7 +133,8 @@ class _SupervisedBackend:
 class LocalBackend(_SupervisedBackend):
     """``horovodrun -np N -H localhost:N --gloo`` here, in the background."""
 
-    missing = "horovodrun not found: install Horovod with `make horovod` (scripts/install_horovod.sh)"
+    launcher = "horovodrun"
+    not_found = "horovodrun not found: install Horovod with `make horovod` (scripts/install_horovod.sh)"
 
     def launcher_command(self, train_cmd: list[str], request: LaunchRequest) -> tuple[list[str], str | None]:
         exe = find_executable("horovodrun")
@@ -126,7 +145,9 @@ class LocalBackend(_SupervisedBackend):
 class MpirunBackend(_SupervisedBackend):
     """``mpirun -np N`` (hosts / hostfile) for clusters without Slurm."""
 
-    missing = "mpirun not found on PATH (load your MPI module)"
+    launcher = "mpirun"
+    not_found = ("mpirun not found on PATH: load your MPI module, or install Open MPI (apt-get install openmpi-bin "
+                 "libopenmpi-dev) and rebuild Horovod with MPI (`make horovod`)")
 
     def launcher_command(self, train_cmd: list[str], request: LaunchRequest) -> tuple[list[str], str | None]:
         exe = find_executable("mpirun")

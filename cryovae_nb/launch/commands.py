@@ -48,6 +48,8 @@ def mpirun_command(np_: int, train_cmd: Sequence[str], *, hosts: str | None = No
     elif hosts:
         cmd += ["-H", hosts]
     cmd += ["-bind-to", "none", "-map-by", "slot"]
+    if os.name == "posix" and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")  # Open MPI refuses root (containers, cloud images) unless told
     for var in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
         if var in os.environ:
             cmd += ["-x", var]

@@ -50,6 +50,10 @@ class Job:
     def _backend(self) -> Backend:
         return BACKENDS[self.backend]
 
+    def describe(self) -> str:
+        """The job in a message: 'local job (pid 4242)', 'Slurm job 1234'."""
+        return self._backend.describe(self)
+
     def __repr__(self) -> str:
         return f"<Job {self.backend} {self._backend.ident(self)} {self.run_dir} status={self.status()!r}>"
 
@@ -124,7 +128,7 @@ class Job:
         rec = self.exit_record() or {}
         rc = rec.get("returncode")
         how = f"exit code {rc}" if rc is not None else "no exit record (killed?)"
-        return (f"{self.run_dir}: {self._backend.describe(self)} failed ({how}); last lines of {self.log_path}:\n"
+        return (f"{self.run_dir}: {self.describe()} failed ({how}); last lines of {self.log_path}:\n"
                 f"{self.logs(30)}")
 
     def cancel(self, grace: float = 10.0) -> None:

@@ -44,16 +44,18 @@ _SBATCH_TOKEN = re.compile(r"[A-Za-z0-9_.:,=+/@%\-\[\]]+")  # used with fullmatc
 
 @dataclasses.dataclass
 class SlurmOptions:
-    """Resources and environment of a Slurm job (one task per GPU).
+    """Resources and environment of a Slurm job (one task per GPU, or ``tasks_per_node`` on CPUs).
 
     launcher="horovodrun" starts the ranks with ``horovodrun --gloo`` over the allocated hosts
-    (works with the Gloo-only Horovod that ``scripts/install_horovod.sh`` builds; needs
-    password-less ssh between nodes when nodes > 1). launcher="srun" starts them with ``srun``,
-    which needs a Horovod built with MPI (HOROVOD_WITH_MPI=1) and usually srun_args=("--mpi=pmix",).
+    (works with any Horovod build; needs password-less ssh between nodes when nodes > 1).
+    launcher="srun" starts them with ``srun``, which needs a Horovod built with MPI (what
+    ``scripts/install_horovod.sh`` builds where Open MPI's mpicxx is installed) and usually
+    srun_args=("--mpi=pmix",).
     """
 
     nodes: int = 1
     gpus_per_node: int = 4
+    tasks_per_node: int | None = None  # ranks per node; None: one per GPU (one on a CPU-only node)
     cpus_per_task: int = 4
     mem: str | None = "64G"          # per node; None leaves the cluster default
     time: str = "24:00:00"
@@ -71,8 +73,10 @@ class SlurmOptions:
 
     def validate(self) -> None:
         check_fields(self)
-        for name in ("nodes", "gpus_per_node", "cpus_per_task"):
+        for name in ("nodes", "gpus_per_node", "cpus_per_task", "tasks_per_node"):
             v = getattr(self, name)
+            if name == "tasks_per_node" and v is None:
+                continue
             # bool is an int: nodes=True would render "--nodes=True"
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1):
                 raise ConfigError(f"SlurmOptions.{name} must be a positive integer, got {v!r}")
@@ -90,8 +94,12 @@ class SlurmOptions:
                 raise ConfigError(f"SlurmOptions.setup_commands: one command per entry, got {line!r}")
 
     @property
+    def ranks_per_node(self) -> int:
+        return self.tasks_per_node if self.tasks_per_node is not None else max(self.gpus_per_node, 1)
+
+    @property
     def ntasks(self) -> int:
-        return self.nodes * max(self.gpus_per_node, 1)
+        return self.nodes * self.ranks_per_node
 
 
 def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
@@ -108,7 +116,7 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
     job_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", opts.job_name) or "cryovae"
     q = shlex.quote
     lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --nodes={opts.nodes}",
-             f"#SBATCH --ntasks-per-node={max(opts.gpus_per_node, 1)}",
+             f"#SBATCH --ntasks-per-node={opts.ranks_per_node}",
              f"#SBATCH --cpus-per-task={opts.cpus_per_task}"]
     if opts.gpus_per_node:
         lines.append(f"#SBATCH --gres=gpu:{opts.gpus_per_node}" if opts.gres
@@ -143,7 +151,7 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
         srun = " ".join(q(a) for a in ("--kill-on-bad-exit=1", *opts.srun_args))
         lines.append(f"srun {srun} {cmd}")
     else:
-        slots = max(opts.gpus_per_node, 1)
+        slots = opts.ranks_per_node
         # the horovodrun beside the job's python, so no venv activation is needed to find it
         hvdrun = Path(str(train_cmd[0])).parent / "horovodrun"
         hvdrun = q(str(hvdrun)) if Path(str(train_cmd[0])).is_absolute() and hvdrun.exists() else "horovodrun"
@@ -204,6 +212,13 @@ class SlurmBackend:
     def dry_run(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> str:
         return self._script(train_cmd, run_dir, request)
 
+    def missing(self) -> str | None:
+        absent = [c for c in ("sbatch", "squeue", "scancel") if find_executable(c) is None]
+        if absent:
+            return (f"{', '.join(absent)} not found on PATH: backend='slurm' submits from a Slurm login node "
+                    "(SUBMIT = False / dry_run=True shows the script)")
+        return None
+
     def start(self, train_cmd: list[str], run_dir: Path, request: LaunchRequest) -> dict[str, Any]:
         return _submit(self._script(train_cmd, run_dir, request), run_dir, train_cmd, request.env)
 
@@ -216,8 +231,11 @@ class SlurmBackend:
                 state = r.stdout.strip().split()[0] if r.stdout.strip() else ""
         if not state:  # no accounting: the script's own exit record
             rec = job.exit_record()
-            if rec is None:
-                return "failed" if not job.info.get("cancelled") else "cancelled"
+            cancelled = job.info.get("cancelled")
+            # scancel's SIGTERM can end the script with any code (horovodrun exits 0 on it): a job
+            # cancelled before its exit record was written was cancelled, whatever the code says
+            if rec is None or (cancelled and rec.get("finished", 0) >= int(job.info.get("cancelled_at", 0))):
+                return "cancelled" if cancelled else "failed"
             return "completed" if rec.get("returncode") == 0 else "failed"
         state = state.rstrip("+").upper()
         for ours, theirs in _SLURM_STATES.items():

@@ -452,14 +452,20 @@ class MetricsReader:
         self.path = Path(path)
         self._offset = 0      # bytes consumed
         self._lines = 0       # lines consumed
+        self._file = None     # (device, inode) of the file read
 
     def read(self) -> tuple[list[dict], bool]:
-        """``(new records, restarted)``; ``restarted``: the file shrank (a new run replaced it), and
-        the records are those of the new file from its start."""
+        """``(new records, restarted)``; ``restarted``: the file shrank or was replaced (a new run,
+        or a resume that rewrote it up to its checkpoint), and the records are those of the new
+        file from its start."""
         if not self.path.exists():
             return [], False
         with open(self.path, "rb") as fh:
-            restarted = os.fstat(fh.fileno()).st_size < self._offset
+            st = os.fstat(fh.fileno())
+            # a resume replaces the file (atomically: a new inode) and may outgrow the old one
+            # before the next read: the size alone cannot tell, and the old offset would land mid-line
+            restarted = st.st_size < self._offset or (self._file is not None and self._file != (st.st_dev, st.st_ino))
+            self._file = (st.st_dev, st.st_ino)
             if restarted:
                 self._offset, self._lines = 0, 0
             fh.seek(self._offset)
