@@ -212,7 +212,7 @@ def test_tutorial_notebooks_say_how_much_memory_they_need(repo_root):
     figure (benchmarks/notebook_memory.py) in its first cell, where a user reads before running."""
     import json
 
-    for name in ("01_preprocess", "02_train", "04_evaluate", "05_latent_landscape"):
+    for name in ("01_preprocess", "02_train", "03_cluster_training", "04_evaluate", "05_latent_landscape"):
         first = json.loads((repo_root / "notebooks" / f"{name}.ipynb").read_text())["cells"][0]
         text = "".join(first["source"])
         assert first["cell_type"] == "markdown" and re.search(r"\*\*Memory:\*\*[^\n]*\d GB", text), name
