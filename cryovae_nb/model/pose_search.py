@@ -26,6 +26,19 @@ sum_k CTF(k)^2 |P(k)|^2 are each one matrix product of (B, c) by (R, c). Why exa
 the CTF near zero at the lowest frequencies, the projections' own norms (their low-frequency power)
 would decide the ranking, and measured half the poses off by ~180 degrees.
 
+How candidates are scored (``ModelConfig.pose.search_scoring``). ``"real_space"`` (the default):
+each candidate is projected, inverse-transformed, normalised inside the mask disc, transformed
+again and cross-correlated with the image by FFT (its best whole-pixel shift). ``"fourier"``
+(opt-in): the band's Fourier components are correlated directly -- by Parseval the zero-mean
+inner product and the norms of band-limited images are sums over their components, and moving
+the projection by s multiplies it by a phase, so every whole-pixel shift within ``max_shift`` is
+one matrix product of ``I conj(P)`` (:func:`shifted_scores`), with no transform per candidate;
+the slices are the projector's trilinear feature path (``project_features``); the second local
+round tries 7 rotations (+-step/4 about each axis, :func:`axis_perturbations`) instead of 27; the
+winner's shift is refined to a quarter pixel. With the CTF it multiplies the candidates' band
+components, in both stages. Measured (benchmarks/train_throughput.py, README): the ab initio
+step ~1.6x faster.
+
 No gradient flows through the search. Inference (``CryoVAE.encode``) runs the same search without
 sampling. Scores are normalised cross-correlations inside the mask disc: cheap and indifferent to
 the tanh contrast. One volume serves the batch: with heterogeneous particles the search matches
