@@ -11,6 +11,8 @@ the training time. Targets on 2 CPU cores: known poses <= 3 px at 0.143 within 1
     .venv/bin/python benchmarks/quality_lshape.py --mode learned --budget 600 --learning-rate 1e-4
     # the thesis' pose head alone: --pose-search-deg 0 (with --symmetrized-loss: cryoAI's loss)
     # the seed's loss, for comparison: --preset seed (each option also as --x / --no-x)
+    # the pose search's scoring, old vs new in one run (two processes at once, issue #13):
+    #   --pose-search-scoring real_space   /   --pose-search-scoring fourier
     # smaller/faster variants: --n-particles 20000 (random poses) --box 32 --learning-rate 1e-4
 
 The simulated, preprocessed data are cached in --workdir and reused by later runs.
@@ -125,6 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pose-search-band", type=float, default=None, help="search band, cycles/px")
     ap.add_argument("--pose-refine-band", type=float, default=None, help="local refinement band, cycles/px")
     ap.add_argument("--pose-distill", type=float, default=None, help="weight of head -> searched pose")
+    ap.add_argument("--pose-search-scoring", choices=["real_space", "fourier"], default=None,
+                    help="how the search scores candidates (ModelConfig.pose.search_scoring): the images "
+                         "normalised in the disc with FFT shifts (real_space) or the band's Fourier components")
     ap.add_argument("--projector", default="fourier", choices=["fourier", "real"])
     ap.add_argument("--no-jit", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -144,7 +149,7 @@ def main(argv=None) -> int:
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}_{os.getpid()}"  # two at once: apart
     options = ("likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
-               "pose_refine_band", "pose_distill")
+               "pose_refine_band", "pose_distill", "pose_search_scoring")
     chosen = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
     # the learning rate is the trainer's (TrainConfig), not the model's
     trainer_options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}

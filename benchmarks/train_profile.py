@@ -7,6 +7,7 @@ TrainConfig's defaults (50 steps, one evaluation of 480 held-out images, one log
 checkpoint per 1,000 steps).
 
     .venv/bin/python benchmarks/train_profile.py [--box 40 --batch 120 --pose-mode known --rounds 3]
+        [--pose-mode learned --pose-search-scoring fourier]
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def main(argv=None) -> None:
     ap.add_argument("--box", type=int, default=40)
     ap.add_argument("--batch", type=int, default=120)
     ap.add_argument("--pose-mode", default="known", choices=["learned", "known"])
+    ap.add_argument("--pose-search-scoring", choices=["real_space", "fourier"], default=None,
+                    help="learned poses: how the search scores candidates (ModelConfig.pose.search_scoring)")
     ap.add_argument("--steps", type=int, default=5, help="train steps per timed round")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
@@ -42,7 +45,8 @@ def main(argv=None) -> None:
         ds = simulate(SimulationConfig(box=args.box, n_particles=6000, snr=1.0, seed=0), tmp / "sim", progress=False)
         preprocess_stack(ds.star, tmp / "pre" / "p", PreprocessConfig(), progress=False)
         base = TrainConfig(data=str(tmp / "pre" / "p.star"), run_dir="", batch_size=args.batch,
-                           model=ModelConfig().with_options(box=args.box, pose_mode=args.pose_mode))
+                           model=ModelConfig().with_options(box=args.box, pose_mode=args.pose_mode, **(
+                               {"pose_search_scoring": args.pose_search_scoring} if args.pose_search_scoring else {})))
         trainers = {jit: Trainer(dataclasses.replace(base, run_dir=str(tmp / f"run{jit}"), jit=jit), progress=False)
                     for jit in (True, False)}
         times = {(jit, phase): [] for jit in trainers for phase in ("step", "eval", "log", "checkpoint")}

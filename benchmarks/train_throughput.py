@@ -18,7 +18,11 @@ search) and the whole command's (start-up, compiling, the final checkpoint inclu
 A projector is ``real``, ``fourier`` (the configured default kernel) or ``fourier:W`` (kernel
 width W: 2 = trilinear, 3..6 = Kaiser-Bessel); these time the thesis' step (pose head alone). A
 ``+search`` suffix (``fourier+search``) adds the global pose search that learned-pose training
-does by default (ModelConfig.pose_search_deg = 15), so its cost is measured in the same run.
+does by default (ModelConfig.pose_search_deg = 15), so its cost is measured in the same run;
+``+search=fourier`` / ``+search=real_space`` pick how it scores candidates
+(``ModelConfig.pose.search_scoring``), so the two searches are timed side by side:
+
+    .venv/bin/python benchmarks/train_throughput.py --projectors fourier+search=real_space,fourier+search=fourier
 """
 from __future__ import annotations
 
@@ -125,11 +129,13 @@ def main(argv=None) -> None:
 
     steps, rates, rss = {}, {}, {}
     for name in args.projectors.split(","):
-        spec, plus, _ = name.partition("+search")
+        spec, plus, scoring = name.partition("+search")
         kind, _, width = spec.partition(":")
         extra = {"fourier_kernel_width": int(width)} if width else {}
         if not plus:  # the thesis' step; "+search" keeps the config's default search
             extra["pose_search_deg"] = None
+        if scoring:  # "+search=fourier": the search scoring candidates so (ModelConfig.pose.search_scoring)
+            extra["pose_search_scoring"] = scoring.lstrip("=")
         cfg = ModelConfig().with_options(box=n, latent_dim=args.latent, projector=kind, decoder=args.decoder,
                                          fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
         model = build_model(cfg)
@@ -137,7 +143,7 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         out = step(batch, seed=[0, 0])
         float(out["total"])
-        print(f"{name:10s} compile + first step {time.perf_counter() - t:.1f} s")
+        print(f"{name:24s} compile + first step {time.perf_counter() - t:.1f} s")
         steps[name], rates[name] = step, []
         rss[name] = peak_rss_mib()
 
@@ -156,7 +162,7 @@ def main(argv=None) -> None:
 
     print("\ntraining throughput (median of rounds):")
     for name, rs in rates.items():
-        print(f"  {name:10s} {statistics.median(rs):8.1f} images/s   rounds: "
+        print(f"  {name:24s} {statistics.median(rs):8.1f} images/s   rounds: "
               + " ".join(f"{x:.0f}" for x in rs) + f"   peak RSS after its first step {rss[name]:.0f} MiB")
     names = list(rates)
     for other in names[1:]:  # ratios per round: both saw the same machine load
@@ -165,7 +171,7 @@ def main(argv=None) -> None:
               + " ".join(f"{x:.2f}" for x in per_round) + ")")
     print(f"peak RSS (whole run): {peak_rss_mib():.0f} MiB")
     # the bare step of the model the command trains: the search's row for learned poses
-    same = next((k for k in rates if (k == "fourier+search") == (args.pose_mode == "learned")
+    same = next((k for k in rates if ("+search" in k) == (args.pose_mode == "learned")
                  and k.startswith("fourier")), None)
     for label, c in cli.items():
         print(f"\n`cryovae train`, {label} (box {n}, batch {b}, {args.pose_mode} poses, {c['steps']} steps):")

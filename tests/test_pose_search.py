@@ -170,3 +170,167 @@ def test_search_options_are_validated(bad):
 
 def test_seed_preset_has_no_search():
     assert ModelConfig.preset("seed").pose.search_deg is None
+
+
+# -- the Fourier-space scoring (pose.search_scoring="fourier") ---------------------------------
+def test_spectral_correlation_is_the_normalised_correlation_of_the_low_passed_images():
+    """Parseval: the band components' correlation equals numpy's zero-mean, unit-norm inner
+    product of the images low-passed to the band (real space, every pixel)."""
+    n, band = 16, 5.0
+    rng = np.random.default_rng(7)
+    images, proj = rng.normal(size=(3, n, n)), rng.normal(size=(4, n, n))
+    k = np.fft.fftfreq(n) * n
+    keep = k[:, None] ** 2 + k[None, :] ** 2 <= band**2
+
+    def low(x):  # numpy: the band kept, the mean removed, unit norm
+        y = np.real(np.fft.ifft2(np.fft.fft2(x) * keep))
+        y = y - y.mean(axis=(-2, -1), keepdims=True)
+        return y.reshape(len(y), -1) / np.linalg.norm(y.reshape(len(y), -1), axis=1, keepdims=True)
+
+    want = low(images) @ low(proj).T
+    weight = tf.constant(pose_search.band_components(n, band)[1])
+    got = pose_search.spectral_correlation(pose_search.band_spectrum(images.astype(np.float32), band),
+                                           pose_search.band_spectrum(proj.astype(np.float32), band), weight)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    # a CTF of ones is no CTF; the CTF path (ctf_correlation) agrees
+    ones = np.ones((3, n, n // 2 + 1), np.float32)
+    np.testing.assert_allclose(pose_search.ctf_correlation(images.astype(np.float32), proj.astype(np.float32),
+                                                           ones, band).numpy(), want, atol=1e-5)
+
+
+def test_shifted_scores_are_inner_products_with_moved_projections():
+    """Whole-pixel shifts: numpy's inner product with the band-limited projection rolled by s;
+    fractional shifts: with the projection moved by a Fourier phase (numpy), the same convention
+    as the projector's shifts (the image is the projection moved by +s)."""
+    n, band = 16, 6.0
+    rng = np.random.default_rng(8)
+    img, proj = rng.normal(size=(n, n)), rng.normal(size=(n, n))
+    k = np.fft.fftfreq(n) * n
+    keep = (k[:, None] ** 2 + k[None, :] ** 2 <= band**2) & ~((k[:, None] == 0) & (k[None, :] == 0))
+
+    def low(x, s=(0.0, 0.0)):  # band-limited, zero-mean, moved by s = (x, y) px
+        ramp = np.exp(-2j * np.pi * (k[None, :] * s[0] + k[:, None] * s[1]) / n)
+        return np.real(np.fft.ifft2(np.fft.fft2(x) * keep * ramp))
+
+    shifts = np.array([[0, 0], [1, 0], [0, -2], [2, 1], [0.5, -0.25], [-1.75, 1.5]], np.float32)
+    want = [np.sum(low(img) * low(proj, s)) for s in shifts]
+    weight = tf.constant(pose_search.band_components(n, band)[1])
+    i, p = (pose_search.band_spectrum(x[None].astype(np.float32), band) for x in (img, proj))
+    products = tf.cast(weight, tf.complex64) * i * tf.math.conj(p)                  # (1, c)
+    freqs = tf.constant(pose_search._band_frequencies(n, band))
+    np.testing.assert_allclose(pose_search.shifted_scores(products, freqs, tf.constant(shifts), n).numpy()[0]
+                               / n**2, want, rtol=1e-4, atol=1e-4)
+    per_image = pose_search.shifted_scores(products, freqs, tf.constant(shifts[None]), n)  # (1, S, 2) form
+    np.testing.assert_allclose(per_image.numpy()[0] / n**2, want, rtol=1e-4, atol=1e-4)
+    # the whole-pixel shift list is the window's, signed
+    listed = pose_search.shift_list(8, 1.0)
+    assert sorted(map(tuple, listed.tolist())) == [(-1, 0), (0, -1), (0, 0), (0, 1), (1, 0)]
+
+
+def test_axis_perturbations():
+    local = pose_search.axis_perturbations(10.0)
+    angles = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(local), np.eye(3))
+    assert local.shape == (7, 4) and np.isclose(angles[0], 0.0, atol=1e-3)
+    np.testing.assert_allclose(angles[1:], 5.0, rtol=1e-4)
+
+
+def test_fourier_scoring_recovers_poses_and_subpixel_shifts():
+    """The recovery test with shifts off the pixel grid, both scorings on the same images: the
+    Fourier scoring finds the rotations about as well (its last round tries 7 rotations, not 27)
+    and the shifts to a quarter pixel, where the whole-pixel search is up to 0.7 px off."""
+    n = 24
+    rng = np.random.default_rng(4)
+    truth = lshape_volume(n).astype(np.float32)
+    R = geometry.random_rotations(40, rng).astype(np.float32)
+    shifts = rng.uniform(-2, 2, (40, 2)).astype(np.float32)
+    vols = np.repeat(truth[None], 40, 0)
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (40, 1))
+    found = {}
+    for scoring in ("real_space", "fourier"):
+        model = build_model(small(box=n, pose_refine_band=0.35, pose_search_scoring=scoring))
+        images = model.project(vols, R, shifts).numpy()
+        q, s, head_won = model.search_pose(images, vols, head, np.round(shifts))
+        assert not head_won.numpy().any()
+        err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), R)
+        found[scoring] = err, np.abs(s.numpy() - shifts).max(axis=1)
+    (err, off), (err0, off0) = found["fourier"], found["real_space"]
+    assert np.median(err) < 6.0 and np.mean(err < 10.0) >= np.mean(err0 < 10.0) - 0.1, (np.sort(err), np.sort(err0))
+    assert np.mean(off <= 0.25) >= 0.8 and off.max() <= 0.75 and np.median(off) < np.median(off0), np.sort(off)
+    # the head's rotation competes and wins given the truth
+    q, s, head_won = model.search_pose(images, vols, geometry.matrix_to_quaternion(R).astype(np.float32),
+                                       np.zeros_like(shifts))
+    assert head_won.numpy().mean() >= 0.9
+
+
+def test_fourier_scoring_step_is_deterministic_and_differs_from_real_space():
+    n = 16
+    images = np.random.default_rng(5).random((8, n, n)).astype(np.float32)
+
+    def run(scoring):
+        m = build_model(small(box=n, pose_search_scoring=scoring))
+        step = make_train_step(m)
+        for i in range(2):
+            out = step(Batch(images), seed=tf.constant([i, 1]))
+        return {k: float(v) for k, v in out.items()}, [v.numpy() for v in m.trainable_variables]
+
+    (o1, w1), (o2, w2), (o3, _) = run("fourier"), run("fourier"), run("real_space")
+    for x, y in zip(w1, w2):
+        np.testing.assert_array_equal(x, y)
+    assert o1 == o2 and o1 != o3
+
+
+def test_search_scoring_is_validated():
+    with pytest.raises(ConfigError, match="search_scoring"):
+        small(pose_search_scoring="fft").validate()
+
+
+def test_fourier_scoring_with_ctf_finds_the_true_pose():
+    """tests/test_ctf_model.py's CTF recovery test with search_scoring="fourier": the CTF
+    multiplies each candidate's band components (no inverse transform), and the poses are found."""
+    from cryovae_nb.ctf import apply_ctf, compute_ctf
+    from cryovae_nb.model.batch import Optics
+    from cryovae_nb.model.forward import ctf_spectrum
+    from cryovae_nb.projection import project_reference
+
+    n, k = 24, 40
+    cfg = ModelConfig.preset("ctf", box=n, pose_search_deg=15.0, pose_refine_band=0.35, latent_dim=2,
+                             encoder_layers=1, encoder_units=16, decoder_layers=1, decoder_units=16,
+                             pose_search_scoring="fourier")
+    model = build_model(cfg, seed=0)
+    rng = np.random.default_rng(4)
+    truth = lshape_volume(n).astype(np.float32)
+    rot = geometry.random_rotations(k, rng).astype(np.float32)
+    shifts = rng.integers(-2, 3, (k, 2)).astype(np.float32)
+    params = [(d, d * 0.9, 40.0, 300.0, 2.7, 0.1, 0.0, 0.0) for d in rng.uniform(10000, 25000, k)]
+    ctf = np.stack([compute_ctf(n, 4.0, *p)[0] for p in params])
+    images = apply_ctf(project_reference(truth, rot, shifts), ctf)
+    optics = Optics(*np.asarray(params, np.float32).T, np.full(k, 4.0, np.float32))
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (k, 1))
+    vols = np.repeat(truth[None], k, 0)
+    q, found, _ = model.search_pose(images, vols, head, shifts, ctf=ctf_spectrum(optics, n))
+    err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), rot)
+    assert np.median(err) < 6.0 and np.mean(err < 10.0) >= 0.8, np.sort(err)
+    assert np.mean(np.abs(found.numpy() - shifts).max(axis=1) <= 0.5) >= 0.85
+    q0, _, _ = model.search_pose(images, vols, head, shifts)                     # blind to the CTF
+    err0 = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q0.numpy()), rot)
+    assert np.mean(err0 < 10.0) < np.mean(err < 10.0) - 0.1, (np.sort(err0), np.sort(err))
+
+
+@pytest.mark.parametrize("scoring", ["real_space", "fourier"])
+def test_a_background_inside_the_mask_disc_does_not_steer_the_search(scoring):
+    """Tanh-normalised images sit on a background inside the mask disc (0 outside): both scorings
+    remove the in-disc mean, so a strong one leaves the poses found (the Fourier scoring, before
+    it did, put them a median 120 degrees off on the L at SNR 0.1)."""
+    n = 24
+    model = build_model(small(box=n, pose_refine_band=0.35, pose_search_scoring=scoring))
+    rng = np.random.default_rng(9)
+    truth = lshape_volume(n).astype(np.float32)
+    R = geometry.random_rotations(40, rng).astype(np.float32)
+    vols = np.repeat(truth[None], 40, 0)
+    clean = model.project(vols, R).numpy()
+    disc = model._disc.numpy()
+    images = (clean + 3.0 * clean.std() * disc) * disc
+    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (40, 1))
+    q, _, _ = model.search_pose(images, vols, head, np.zeros((40, 2), np.float32))
+    err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), R)
+    assert np.median(err) < 6.0 and np.mean(err < 10.0) >= 0.75, np.sort(err)

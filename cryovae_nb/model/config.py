@@ -22,6 +22,7 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 LINKS = ("sigmoid", "identity")
 POSE_INPUTS = ("hidden", "latent")
 SEARCH_REFERENCES = ("own", "mean")
+SEARCH_SCORINGS = ("real_space", "fourier")
 LATENT_INFERENCES = ("auto", "linearized", "encoder")
 OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
 
@@ -173,6 +174,11 @@ class PoseConfig:
                                      # latent need not carry the pose; "latent": the seed's (z)
     search_reference: str = "own"    # local pose refinement against each image's own decoded volume;
                                      # "mean": the batch's mean volume (the global stage always is)
+    search_scoring: str = "real_space"  # how the search scores a candidate (model/pose_search.py):
+                                     # "real_space": images normalised inside the mask disc, shifts by
+                                     # FFT cross-correlation; "fourier": the band's Fourier
+                                     # components correlated directly (Parseval), quarter-pixel
+                                     # shifts: 1.5x the step's speed, not yet the quality (README)
 
     def validate(self) -> None:
         check_fields(self)
@@ -180,6 +186,7 @@ class PoseConfig:
         _one_of(f"{w}.mode", self.mode, POSE_MODES)
         _one_of(f"{w}.input", self.input, POSE_INPUTS)
         _one_of(f"{w}.search_reference", self.search_reference, SEARCH_REFERENCES)
+        _one_of(f"{w}.search_scoring", self.search_scoring, SEARCH_SCORINGS)
         if self.search_deg is not None and not 1 <= self.search_deg <= 90:
             raise ConfigError(f"{w}.search_deg is a grid step in degrees in [1, 90] "
                               f"(or None: no search), got {self.search_deg!r}")
@@ -221,7 +228,7 @@ OPTION_NAMES = {
     "pose_mode": ("pose", "mode"), "pose_search_deg": ("pose", "search_deg"),
     "pose_search_band": ("pose", "search_band"), "pose_refine_band": ("pose", "refine_band"),
     "pose_distill": ("pose", "distill"), "pose_input": ("pose", "input"),
-    "search_reference": ("pose", "search_reference"),
+    "search_reference": ("pose", "search_reference"), "pose_search_scoring": ("pose", "search_scoring"),
     "latent_inference": ("latent", "inference"), "latent_band": ("latent", "band"),
     "covariance_ema": ("latent", "covariance_ema"),
 }
