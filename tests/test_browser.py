@@ -267,6 +267,8 @@ def test_explorer_lasso_invert_and_export_in_jupyterlab(jupyter_lab, repo_root):
             out.locator("button:has-text('invert')").click()
             out.locator("button:has-text('export selection')").click()
             out.locator(".widget-html-content:has-text('wrote')").first.wait_for(timeout=TIMEOUT_MS)
+            # the map draws the inverted selection (its own trace), not the lasso's region
+            shown = plot.evaluate("gd => [gd.data[1].x.length, Math.max(...gd.data[1].x)]")
             page.screenshot(path=str(artifacts / "browser_explorer_export.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(artifacts / "browser_explorer_failure.png"), full_page=True)
@@ -285,3 +287,4 @@ def test_explorer_lasso_invert_and_export_in_jupyterlab(jupyter_lab, repo_root):
     rows = starfile.read(folder / "picked.star", always_dict=True)
     rows = next(v for v in rows.values() if isinstance(v, pd.DataFrame) and "rlnImageName" in v)
     assert [n.split("@")[0] for n in rows["rlnImageName"]] == [f"{i + 1:06d}" for i in idx]
+    assert shown[0] == len(idx) and shown[1] == pytest.approx(xy[idx, 0].max()), shown

@@ -34,6 +34,7 @@ WEBGL_FROM = 20_000
 MAX_IMAGES = 16
 # a column with more distinct values than this (image names, coordinates) is not offered as groups
 MAX_GROUPS = 200
+SELECTED_COLOR = "#e8710a"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
 
@@ -195,8 +196,9 @@ class LatentExplorer(W.VBox):
         if self.selected.size and (self.selected.min() < 0 or self.selected.max() >= self.n):
             raise IndexError(f"selection outside 0..{self.n - 1}")
         self.export_button.disabled = self.selected.size == 0
-        # the browser highlights what Python holds (an operation or a range is not plotly's own)
-        self.figure.data[0].selectedpoints = self.selected.tolist() if self.selected.size else None
+        # the selection is drawn by its own trace, from what Python holds: plotly.js's own
+        # highlight follows only its lasso (an operation, a range or an inversion is not its own)
+        self._draw_selection(self.embedding(self.method.value))
         self._show_images()
         msg = f"{self.selected.size} particle(s) selected"
         if self.selected.size and self.decode is not None and self.viewer is not None:
@@ -214,10 +216,10 @@ class LatentExplorer(W.VBox):
         if order.size < 2 or order.min() < 0 or order.max() >= self.n:
             raise InputError(f"a path visits at least 2 of the particles 0..{self.n - 1}")
         self._path = order
-        if len(self.figure.data) < 2:
+        if len(self.figure.data) < 3:
             self.figure.add_scatter(x=[], y=[], mode="lines+markers", hoverinfo="skip", showlegend=False,
                                     line=dict(color="#d93025", width=3), marker=dict(size=6))
-        self.figure.data[1].name = name
+        self.figure.data[2].name = name
         self._draw_path(self.embedding(self.method.value))
 
     def export_selection(self, path: str | os.PathLike | None = None) -> str:
@@ -297,9 +299,15 @@ class LatentExplorer(W.VBox):
 
     def _make_figure(self, xy: np.ndarray, height: int) -> go.FigureWidget:
         scatter = go.Scattergl if self.n >= WEBGL_FROM else go.Scatter
-        fig = go.FigureWidget([scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=np.arange(self.n),
-                                       marker=dict(size=5 if self.n < 5000 else 3, color="#1a73e8"),
-                                       hovertemplate="particle %{customdata}<extra></extra>")])
+        size = 5 if self.n < 5000 else 3
+        # plotly.js dims what lies outside its lasso; the selection trace says what is selected
+        keep = dict(marker=dict(opacity=1.0))
+        fig = go.FigureWidget([
+            scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=np.arange(self.n),
+                    marker=dict(size=size, color="#1a73e8"), selected=keep, unselected=keep,
+                    hovertemplate="particle %{customdata}<extra></extra>", showlegend=False),
+            scatter(x=[], y=[], mode="markers", name="selected", hoverinfo="skip", showlegend=False,
+                    marker=dict(size=size, color=SELECTED_COLOR), selected=keep, unselected=keep)])
         fig.update_layout(height=height, dragmode="lasso", margin=dict(l=40, r=20, t=30, b=40),
                           xaxis_title=f"{self.method.value} 1", yaxis_title=f"{self.method.value} 2")
         fig.data[0].on_click(self._on_click)
@@ -313,10 +321,15 @@ class LatentExplorer(W.VBox):
             self.figure.layout.xaxis.title.text = f"{method} 1"
             self.figure.layout.yaxis.title.text = f"{method} 2"
             self._draw_path(xy)
+            self._draw_selection(xy)
 
     def _draw_path(self, xy: np.ndarray) -> None:
         if self._path is not None:
-            self.figure.data[1].x, self.figure.data[1].y = xy[self._path, 0], xy[self._path, 1]
+            self.figure.data[2].x, self.figure.data[2].y = xy[self._path, 0], xy[self._path, 1]
+
+    def _draw_selection(self, xy: np.ndarray) -> None:
+        with self.figure.batch_update():
+            self.figure.data[1].x, self.figure.data[1].y = xy[self.selected, 0], xy[self.selected, 1]
 
     def _recolor(self, name: str) -> None:
         marker = self.figure.data[0].marker
