@@ -1,5 +1,5 @@
 """The latent landscape: per-dimension statistics (thesis Table 3.1), 2D embeddings (PCA / UMAP /
-t-SNE), k-means, the latent that represents a group of particles (`deshrink`), and the selections
+t-SNE, of every particle: at 10^5-10^6 particles fitted on a sample, the rest placed), k-means, the latent that represents a group of particles (`deshrink`), and the selections
 they make (a cluster, a latent range) written back as subsets of the user's original STAR file
 (``cryovae_nb.selection``).
 
