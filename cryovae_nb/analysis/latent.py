@@ -1,6 +1,7 @@
 """The latent landscape: per-dimension statistics (thesis Table 3.1), 2D embeddings (PCA / UMAP /
-t-SNE, of every particle: at 10^5-10^6 particles fitted on a sample, the rest placed), k-means, the latent that represents a group of particles (`deshrink`), and the selections
-they make (a cluster, a latent range) written back as subsets of the user's original STAR file
+t-SNE) of every particle (at 10^5-10^6 particles fitted on a sample, the rest placed from it),
+k-means, the latent that represents a group of particles (`deshrink`), and the selections they
+make (a cluster, a latent range) written back as subsets of the user's original STAR file
 (``cryovae_nb.selection``).
 
 scikit-learn and umap-learn are imported only when a function needs them: umap pulls in
