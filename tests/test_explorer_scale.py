@@ -15,6 +15,7 @@ from PIL import Image
 
 from cryovae_nb.analysis import selections
 from cryovae_nb.analysis.latent import embed, place_by_neighbours, sample_rows
+from cryovae_nb.analysis.paths import graph_path
 from cryovae_nb.errors import InputError
 from cryovae_nb.io import SOURCE_INDEX, read_particles, write_stack
 from cryovae_nb.io.star import source_record
@@ -194,6 +195,17 @@ def test_explorer_operations_combine_ranges_groups_and_inversion():
         ex.select_range("nonsense", 0, 1)
     ex.show_path([0, 5, 9])
     np.testing.assert_allclose(ex.figure.data[2].x, z[[0, 5, 9], 0], rtol=1e-6)
+    # two clicks, then the path button: the graph path between them, drawn over the map
+    from test_widgets import plotly_event
+
+    a, b = int(np.flatnonzero(labels == 0)[0]), int(np.flatnonzero(labels == 0)[1])
+    plotly_event(ex.figure, "plotly_click", [a], z[:, :2])
+    assert ex.path_button.disabled
+    plotly_event(ex.figure, "plotly_click", [b], z[:, :2])
+    ex.path_button.click()
+    want = graph_path(z, a, b)
+    np.testing.assert_allclose(ex.figure.data[2].x, z[want.particles, 0], rtol=1e-6)
+    assert f"path from particle {a} to {b}" in ex.status.value
 
 
 def test_tsne_places_points_and_transform_is_opt_in():

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from cryovae_nb.analysis import selections
+from cryovae_nb.analysis import paths, selections
 from cryovae_nb.atomic import atomic_path
 from cryovae_nb.errors import ConfigError, CryoVAEError, InputError
 from cryovae_nb.io import write_particles_subset
@@ -80,6 +80,7 @@ class LatentExplorer(W.VBox):
         self.colors = _color_table(color_by, particles)
         self.selected = np.zeros(0, dtype=np.int64)
         self._path = None  # the particles a path shown on the map visits
+        self.clicked: list[int] = []  # the last two particles clicked: a path's ends
         self.images = images if images is not None else (particles.images if particles is not None else None)
 
         xy = self.embedding(methods[0])
@@ -130,6 +131,10 @@ class LatentExplorer(W.VBox):
         self.group_by.observe(lambda _: self._reset_groups(), names="value")
         self._reset_range()
         self._reset_groups()
+        self.path_button = W.Button(description="path: last 2 clicks", icon="route", disabled=True,
+                                    tooltip="the path between the last two clicked particles through "
+                                            "the crowd of latents (k-nearest-neighbour graph)")
+        self.path_button.on_click(lambda _: self._safe(lambda: self.path_between(*self.clicked)))
         self.gallery = W.Image(format="png", layout=W.Layout(max_width="100%"))
         self.gallery_caption = W.HTML()
 
@@ -139,7 +144,8 @@ class LatentExplorer(W.VBox):
         right = [self.viewer] if self.viewer is not None else []
         shown = [self.gallery_caption, self.gallery] if self.images is not None else []
         super().__init__([W.HBox([self.method, self.color]), self.figure,
-                          W.HBox([self.operation, self.invert_button, self.clear_button]),
+                          W.HBox([self.operation, self.invert_button, self.clear_button, self.path_button],
+                                 layout=W.Layout(flex_flow="row wrap")),
                           W.HBox([self.range_by, self.range_lo, self.range_hi, self.range_button],
                                  layout=W.Layout(flex_flow="row wrap")),
                           W.HBox([self.group_by, self.group_value, self.group_button]),
@@ -156,7 +162,9 @@ class LatentExplorer(W.VBox):
     # -- selection (plotly calls these with the trace, a Points object and a selector/state) --
     def _on_click(self, trace, points, state) -> None:
         if points.point_inds:
+            self.clicked = (self.clicked + [int(points.point_inds[-1])])[-2:]
             self.apply([points.point_inds[-1]])
+            self.path_button.disabled = self.latents is None or len(self.clicked) < 2
 
     def _on_selection(self, trace, points, selector) -> None:
         # the region plotly.js reports, combined with the selection by the chosen operation
@@ -208,6 +216,18 @@ class LatentExplorer(W.VBox):
             msg += " &middot; volume decoded at " + ("this point" if self.selected.size == 1 else
                                                       "their mean latent")
         self.status.value = msg
+
+    def path_between(self, start: int, end: int, steps: int = 10, **kwargs):
+        """The path from particle ``start`` to ``end`` through the latents' nearest-neighbour graph
+        (``analysis.paths.graph_path``, keyword arguments go there), drawn on the map; returns the
+        ``LatentPath`` (its ``points`` decode with ``paths.path_volumes``)."""
+        if self.latents is None:
+            raise ConfigError("a path through the latent space needs the explorer's latents")
+        path = paths.graph_path(self.latents, start, end, steps, **kwargs)
+        self.show_path(path.particles, f"path {start} -> {end}")
+        self.status.value = (f"path from particle {start} to {end}: {len(path.particles)} particles, "
+                             f"length {path.length:.3g}")
+        return path
 
     def show_path(self, particles, name: str = "path") -> None:
         """Draw a path through the map: the particles it visits, in order (``LatentPath.particles``
