@@ -103,7 +103,7 @@ def place_by_neighbours(sample_latents, sample_coords, latents, k: int = PLACE_N
     out = np.empty((len(z), y.shape[1]), np.float32)
     with tqdm(total=len(z), desc="placing", unit="pt", disable=not progress) as bar:
         for a in range(0, len(z), _PLACE_BATCH):
-            d, i = tree.query(z[a:a + _PLACE_BATCH], k=k)
+            d, i = tree.query(z[a:a + _PLACE_BATCH], k=k, workers=-1)  # every core
             d, i = d.reshape(len(d), k), i.reshape(len(i), k)
             # an exact match (distance 0) must win outright: give it all the weight
             w = np.where(d[:, :1] == 0, (d == 0).astype(np.float64), 1.0 / np.maximum(d, 1e-300))
