@@ -48,6 +48,10 @@ def test_graph_path_stays_on_the_dense_ridge_where_the_straight_line_leaves_it()
     # evenly spaced along the path
     steps = np.linalg.norm(np.diff(path.points, axis=0), axis=1)
     assert steps.max() < 1.5 * path.length / 39
+    # a graph on a sample of the particles (as for 10^6 of them) still holds both ends and the ridge
+    sampled = graph_path(z, start, end, steps=40, max_nodes=1000)
+    assert sampled.particles[0] == start and sampled.particles[-1] == end
+    assert off_ridge(sampled.points).max() < 0.15
 
 
 def test_graph_edges_are_symmetric_and_density_weighted():
@@ -82,6 +86,7 @@ def test_drawn_path_goes_through_the_particles_nearest_the_drawn_points():
     np.testing.assert_array_equal(straight.particles, picks)
     np.testing.assert_allclose(straight.points[[0, 10, 20]][:, :2], coords[picks], atol=0.05)
     curved = drawn_path(z, coords, drawn, steps=21)
+    assert picks[1] in drawn_path(z, coords, drawn, steps=21, max_nodes=300).particles
     assert curved.particles[0] == picks[0] and curved.particles[-1] == picks[-1] and picks[1] in curved.particles
     assert off_ridge(curved.points).max() < 0.1 < off_ridge(straight.points).max()
     with pytest.raises(InputError, match="same particle"):

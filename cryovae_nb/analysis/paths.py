@@ -17,10 +17,15 @@ from typing import Callable
 
 import numpy as np
 
-from cryovae_nb.analysis.latent import as_latents, deshrink
+from cryovae_nb.analysis.latent import as_latents, deshrink, sample_rows
 from cryovae_nb.errors import InputError
 
 DEFAULT_NEIGHBOURS = 10
+# Above this many particles the graph is built on a seeded random sample of them (plus the path's
+# ends): the exact k-NN search is what costs. Measured on 2 busy cores (benchmarks/
+# explorer_scale.py, 8-D latents): 10^5 particles ~6 s, 10^6 ~340 s; 10^5 still maps where the
+# crowd is, which is all the path needs.
+MAX_GRAPH_NODES = 100_000
 
 
 @dataclass
@@ -62,21 +67,27 @@ def knn_graph(latents, k: int = DEFAULT_NEIGHBOURS, density: bool = True):
 
 
 def graph_path(latents, start: int, end: int, steps: int = 10, k: int = DEFAULT_NEIGHBOURS,
-               density: bool = True, graph=None) -> LatentPath:
-    """The shortest path from particle ``start`` to particle ``end`` through the `knn_graph`
-    (``graph`` if already built), resampled to ``steps`` evenly spaced latents."""
+               density: bool = True, graph=None, max_nodes: int = MAX_GRAPH_NODES, seed: int = 0) -> LatentPath:
+    """The shortest path from particle ``start`` to particle ``end`` through the `knn_graph`,
+    resampled to ``steps`` evenly spaced latents. The graph joins at most ``max_nodes`` particles
+    (a seeded sample and the two ends; see MAX_GRAPH_NODES), or is ``graph``, built by
+    `knn_graph` on all of ``latents``."""
     z = as_latents(latents)
     n = len(z)
     for name, i in (("start", start), ("end", end)):
         if not 0 <= int(i) < n:
             raise InputError(f"{name} particle {i} is outside 0..{n - 1}")
-    g = knn_graph(z, k, density) if graph is None else graph
-    nodes = _shortest(g, int(start), int(end), k)
+    rows = np.arange(n) if graph is not None else _graph_rows(n, [start, end], max_nodes, seed)
+    g = knn_graph(z[rows], k, density) if graph is None else graph
+    where = {int(r): i for i, r in enumerate(rows)} if len(rows) < n else None
+    pos = (lambda i: int(i)) if where is None else where.__getitem__
+    nodes = rows[_shortest(g, pos(start), pos(end), k)]
     return LatentPath(resample(z[nodes], steps), nodes, _length(z[nodes]))
 
 
 def drawn_path(latents, coords, drawn, steps: int = 10, k: int = DEFAULT_NEIGHBOURS,
-               density: bool = True, through_graph: bool = True) -> LatentPath:
+               density: bool = True, through_graph: bool = True, max_nodes: int = MAX_GRAPH_NODES,
+               seed: int = 0) -> LatentPath:
     """A path through points drawn on the 2-D map: each drawn point ``drawn`` ``(m, 2)`` picks the
     particle embedded nearest it (``coords`` ``(n, 2)``, the map's coordinates of ``latents``);
     consecutive picks are joined through the k-NN graph (``through_graph``) or by straight
@@ -95,8 +106,10 @@ def drawn_path(latents, coords, drawn, steps: int = 10, k: int = DEFAULT_NEIGHBO
     if len(picks) < 2:
         raise InputError("the drawn points all pick the same particle: draw them farther apart")
     if through_graph:
-        g = knn_graph(z, k, density)
-        legs = [_shortest(g, int(a), int(b), k) for a, b in zip(picks[:-1], picks[1:])]
+        rows = _graph_rows(len(z), picks, max_nodes, seed)
+        g = knn_graph(z[rows], k, density)
+        pos = np.searchsorted(rows, picks)  # rows is sorted and holds every pick
+        legs = [rows[_shortest(g, int(a), int(b), k)] for a, b in zip(pos[:-1], pos[1:])]
         nodes = np.concatenate([legs[0]] + [leg[1:] for leg in legs[1:]])
     else:
         nodes = picks.astype(np.int64)
@@ -132,6 +145,15 @@ def path_volumes(decode: Callable, path: LatentPath | np.ndarray, z_logvar=None)
     return decode_volumes(decode, z)
 
 
+def _graph_rows(n: int, must, max_nodes: int, seed: int) -> np.ndarray:
+    """The particles the graph joins (sorted): all, or a seeded sample and the ones it must hold."""
+    if int(max_nodes) < 2:
+        raise InputError(f"max_nodes must be at least 2, got {max_nodes}")
+    if n <= max_nodes:
+        return np.arange(n)
+    return np.union1d(sample_rows(n, int(max_nodes), seed), np.asarray(must, np.int64))
+
+
 def _shortest(g, start: int, end: int, k: int) -> np.ndarray:
     from scipy.sparse.csgraph import dijkstra
 
@@ -150,5 +172,5 @@ def _length(p: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum())
 
 
-__all__ = ["DEFAULT_NEIGHBOURS", "LatentPath", "drawn_path", "graph_path", "knn_graph", "path_volumes",
+__all__ = ["DEFAULT_NEIGHBOURS", "MAX_GRAPH_NODES", "LatentPath", "drawn_path", "graph_path", "knn_graph", "path_volumes",
            "resample"]
