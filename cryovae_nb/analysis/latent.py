@@ -125,7 +125,8 @@ def embed(latents, method: str = "pca", n_components: int = 2, seed: int = 0,
     a tqdm bar while placing.
 
     ``max_points`` keeps the former behaviour: only a random subsample of that many points is
-    embedded (``coords[i]`` is ``latents[indices[i]]``), with a warning."""
+    embedded (``coords[i]`` is ``latents[indices[i]]``), with a warning, and fitted whole unless
+    ``fit_points`` says otherwise."""
     z = as_latents(latents)
     method = method.lower().replace("-", "")
     if method not in ("pca", "umap", "tsne"):
@@ -158,7 +159,9 @@ def embed(latents, method: str = "pca", n_components: int = 2, seed: int = 0,
         coords = coords * np.where(signs == 0, 1, signs)
         return Embedding(np.asarray(coords, np.float32), idx, method, note, pca.explained_variance_ratio_)
 
-    fit = sample_rows(len(x), MAX_POINTS[method] if fit_points is None else int(fit_points), seed)
+    # an explicit max_points fits on all it keeps, as before fit_points existed
+    default_fit = len(x) if max_points is not None else MAX_POINTS[method]
+    fit = sample_rows(len(x), default_fit if fit_points is None else int(fit_points), seed)
     estimator = _estimator(method, n_components, seed, len(fit), kwargs)
     if len(fit) == len(x):
         coords = estimator.fit_transform(x)
