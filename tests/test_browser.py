@@ -1,6 +1,8 @@
 """A real browser: JupyterLab on localhost, a notebook opened in headless Chromium through
 Playwright, its cells run from the menu, and the nglview canvas and the plotly scatter checked to
-have actually drawn something. Screenshots are kept in test-artifacts/."""
+have actually drawn something; then the latent explorer at WebGL size driven with the mouse (a
+lasso, the invert button, the export button) and the exported STAR and indices checked on disk.
+Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
 import io
@@ -52,6 +54,26 @@ explorer""",
     """print("cells done")""",
 ]
 
+# the explorer past WEBGL_FROM points (a WebGL scatter), over particles of a STAR file of our own
+EXPLORER_N = 25_000
+EXPLORER_CELLS = [
+    f"""import numpy as np, pandas as pd, starfile
+from cryovae_nb.io import read_particles, write_stack
+from cryovae_nb.widgets import LatentExplorer
+n = {EXPLORER_N}
+rng = np.random.default_rng(0)
+write_stack("parts.mrcs", rng.normal(size=(n, 8, 8)).astype(np.float32), 2.0)
+starfile.write({{"particles": pd.DataFrame({{
+    "rlnImageName": [f"{{i + 1:06d}}@parts.mrcs" for i in range(n)],
+    "rlnDefocusU": rng.uniform(1e4, 3e4, n).round(1)}})}}, "parts.star")
+xy = rng.uniform(-1, 1, (n, 2))
+np.save("xy.npy", xy)
+explorer = LatentExplorer({{"map": xy}}, particles=read_particles("parts.star"))
+explorer.path.value = "picked.star"
+explorer""",
+    """print("cells done")""",
+]
+
 
 def _notebook(cells) -> dict:
     return {
@@ -73,6 +95,7 @@ def _free_port() -> int:
 def jupyter_lab(tmp_path):
     """JupyterLab serving tmp_path on 127.0.0.1 with a random token; always shut down."""
     (tmp_path / "x.ipynb").write_text(json.dumps(_notebook(CELLS)))
+    (tmp_path / "explorer.ipynb").write_text(json.dumps(_notebook(EXPLORER_CELLS)))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / ".runtime"), PYTHONUNBUFFERED="1")
     log = open(tmp_path / "jupyter.log", "w")
@@ -97,7 +120,7 @@ def jupyter_lab(tmp_path):
                 if time.monotonic() > deadline:
                     pytest.fail("jupyter lab did not answer within 120 s")
                 time.sleep(0.5)
-        yield base, token
+        yield base, token, tmp_path
     finally:
         # SIGTERM lets the server shut its kernels down; the group kill catches stragglers
         proc.terminate()
@@ -146,9 +169,24 @@ def _wait_drawn(locator, done, path, timeout_s: float = 90.0) -> bytes:
         time.sleep(1)
 
 
+def _run_notebook(sync_api, page, url: str) -> None:
+    """Open the notebook at ``url`` and run all its cells from the menu, until "cells done"."""
+    page.goto(url, timeout=120_000)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+    # JupyterLab may ask which kernel to start even with a kernelspec in the metadata
+    try:
+        page.locator(".jp-Dialog button.jp-mod-accept").click(timeout=15_000)
+    except sync_api.TimeoutError:
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    page.wait_for_selector(".jp-OutputArea-output:has-text('cells done')", timeout=TIMEOUT_MS)
+
+
 def test_volume_viewer_and_explorer_render_in_jupyterlab(jupyter_lab, repo_root):
     sync_api = pytest.importorskip("playwright.sync_api")
-    base, token = jupyter_lab
+    base, token, _ = jupyter_lab
     artifacts = repo_root / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     console = []
@@ -157,17 +195,7 @@ def test_volume_viewer_and_explorer_render_in_jupyterlab(jupyter_lab, repo_root)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.goto(f"{base}/lab/tree/x.ipynb?token={token}", timeout=120_000)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
-            # JupyterLab may ask which kernel to start even with a kernelspec in the metadata
-            try:
-                page.locator(".jp-Dialog button.jp-mod-accept").click(timeout=15_000)
-            except sync_api.TimeoutError:
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-            page.wait_for_selector(".jp-OutputArea-output:has-text('cells done')", timeout=TIMEOUT_MS)
+            _run_notebook(sync_api, page, f"{base}/lab/tree/x.ipynb?token={token}")
 
             cells = page.locator(".jp-Notebook .jp-CodeCell")
             viewer_out, explorer_out = (cells.nth(i).locator(".jp-OutputArea") for i in (0, 1))
@@ -198,3 +226,65 @@ def test_volume_viewer_and_explorer_render_in_jupyterlab(jupyter_lab, repo_root)
         finally:
             browser.close()
             (artifacts / "browser_console.log").write_text("\n".join(console))
+
+
+def test_explorer_lasso_invert_and_export_in_jupyterlab(jupyter_lab, repo_root):
+    """A lasso drawn with the mouse over the right part of a 25,000-point WebGL map, the selection
+    inverted with its button and exported with its: the files on disk hold exactly the particles
+    left of the lasso's edge (the ones within a hair of the edge are not judged)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import pandas as pd
+    import starfile
+
+    base, token, folder = jupyter_lab
+    artifacts = repo_root / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    console = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            _run_notebook(sync_api, page, f"{base}/lab/tree/explorer.ipynb?token={token}")
+            out = page.locator(".jp-Notebook .jp-CodeCell").nth(0).locator(".jp-OutputArea")
+            plot = out.locator(".js-plotly-plot").first
+            plot.locator("canvas").first.wait_for(timeout=TIMEOUT_MS)   # WebGL: a canvas, no SVG points
+            drag = plot.locator("rect.nsewdrag").first
+            drag.wait_for(timeout=TIMEOUT_MS)
+            box = drag.bounding_box()
+            x_edge = box["x"] + 0.6 * box["width"]
+            # the lasso's left edge in data units, from plotly's own axis
+            thr = plot.evaluate("(gd, px) => gd._fullLayout.xaxis.p2l(px - gd.getBoundingClientRect().left"
+                                " - gd._fullLayout.xaxis._offset)", x_edge)
+            top, bottom, right = box["y"] + 2, box["y"] + box["height"] - 2, box["x"] + box["width"] - 2
+            page.mouse.move(x_edge, top)
+            page.mouse.down()
+            for x, y in ((right, top), (right, bottom), (x_edge, bottom), (x_edge, top + 1)):
+                page.mouse.move(x, y, steps=15)
+            page.mouse.up()
+            status = out.locator(".widget-html-content").filter(has_text="selected")
+            status.first.wait_for(timeout=TIMEOUT_MS)
+            out.locator("button:has-text('invert')").click()
+            out.locator("button:has-text('export selection')").click()
+            out.locator(".widget-html-content:has-text('wrote')").first.wait_for(timeout=TIMEOUT_MS)
+            # the map draws the inverted selection (its own trace), not the lasso's region
+            shown = plot.evaluate("gd => [gd.data[1].x.length, Math.max(...gd.data[1].x)]")
+            page.screenshot(path=str(artifacts / "browser_explorer_export.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(artifacts / "browser_explorer_failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+            (artifacts / "browser_explorer_console.log").write_text("\n".join(console))
+
+    xy = np.load(folder / "xy.npy", allow_pickle=False)
+    idx = np.load(folder / "picked_indices.npy", allow_pickle=False)
+    assert 0.0 < thr < 1.0, thr                        # the lasso's edge lies inside the map
+    x = xy[:, 0]
+    sure_left, sure_right = np.flatnonzero(x < thr - 0.01), np.flatnonzero(x > thr + 0.01)
+    assert np.isin(sure_left, idx).all(), "particles left of the lasso are missing from the export"
+    assert not np.isin(sure_right, idx).any(), "particles inside the lasso survived the inversion"
+    rows = starfile.read(folder / "picked.star", always_dict=True)
+    rows = next(v for v in rows.values() if isinstance(v, pd.DataFrame) and "rlnImageName" in v)
+    assert [n.split("@")[0] for n in rows["rlnImageName"]] == [f"{i + 1:06d}" for i in idx]
+    assert shown[0] == len(idx) and shown[1] == pytest.approx(xy[idx, 0].max()), shown

@@ -160,6 +160,9 @@ def test_05_landscape_writes_encoding_trajectory_and_kept_star(executed):
     assert re.search(r"latent PC \d: \d+% of the latent variance; \|Spearman rho\| with the true angle", text)
     assert len(sorted((land / "traverse_motion").glob("frame_*.mrc"))) == 3
     assert re.search(r"mean latent of the \d+ particles at 0° -> of the \d+ at 60°", text)
+    # the path between the same ends through the particles' k-NN graph, its maps written
+    assert len(sorted((land / "graph_path").glob("frame_*.mrc"))) == 3
+    assert re.search(r"particle \d+ -> \d+: \d+ particles on the way, length", text)
 
 
 def test_05_landscape_on_own_data_skips_the_truth(executed, tmp_path, repo_root):

@@ -154,6 +154,42 @@ def test_volume_viewer_rejects_bad_input(tmp_path):
         viewer.add_volume(l_shape(8), name="map 0")
 
 
+def sent_orientations(view) -> list:
+    """The camera orientations Python asked a view's browser side to take, in order."""
+    return [cb._ngl_msg["args"][0] for cb in view._callbacks_before_loaded
+            if cb._method_name == "set_camera_orientation"]
+
+
+def test_linked_views_turn_every_camera_together():
+    from cryovae_nb.widgets import LinkedViews
+
+    maps = {f"frame {i}": l_shape(16, i) for i in range(3)}
+    linked = LinkedViews(maps, voxel_size=2.0, levels=0.5)
+    assert [v.names for v in linked.viewers] == [["frame 0"], ["frame 1"], ["frame 2"]]
+    assert all(v.levels == {n: 0.5} for v, n in zip(linked.viewers, maps))
+    a, b, c = linked.views
+    # nglview's browser-side sync: each view drives the two others while the mouse is on it
+    assert sorted(a._synced_model_ids) == sorted([b.model_id, c.model_id])
+    # a view reports a new camera (the user turned it): the others are sent the same matrix, once
+    turned = [float(x) for x in np.arange(16) / 10]
+    a._camera_orientation = turned
+    assert b._camera_orientation == turned and c._camera_orientation == turned
+    assert sent_orientations(b) == [turned] and sent_orientations(c) == [turned]
+    assert sent_orientations(a) == []                   # no echo back to the view that turned
+    b._camera_orientation = [x + 1e-9 for x in turned]  # b reporting what it was given: nothing moves
+    assert sent_orientations(a) == [] and sent_orientations(c) == [turned]
+    linked.unlink()
+    a._camera_orientation = [1.0] * 16
+    assert c._camera_orientation == turned and a._synced_model_ids == []
+    linked.link()
+    linked.set_orientation(np.eye(4).ravel())
+    assert all(v._camera_orientation == np.eye(4).ravel().tolist() for v in linked.views)
+    with pytest.raises(InputError, match="at least 2 maps"):
+        LinkedViews([l_shape(8)])
+    with pytest.raises(InputError, match="16 finite numbers"):
+        linked.set_orientation([1.0] * 9)
+
+
 # -- gallery, trajectory, FSC -------------------------------------------------------------------
 
 def test_gallery_pages_through_real_particles(shared_data):

@@ -10,7 +10,7 @@ from cryovae_nb.widgets.gallery import ParticleGallery
 from cryovae_nb.widgets.images import comparison_png, overlay_rgb
 from cryovae_nb.widgets.monitor import TrainingMonitor
 from cryovae_nb.widgets.trajectory import TrajectoryPlayer
-from cryovae_nb.widgets.volume import VolumeViewer, slice_planes
+from cryovae_nb.widgets.volume import LinkedViews, VolumeViewer, slice_planes
 
-__all__ = ["VolumeViewer", "ParticleGallery", "TrainingMonitor", "LatentExplorer", "TrajectoryPlayer",
+__all__ = ["VolumeViewer", "LinkedViews", "ParticleGallery", "TrainingMonitor", "LatentExplorer", "TrajectoryPlayer",
            "fsc_figure", "overlay_rgb", "comparison_png", "slice_planes"]

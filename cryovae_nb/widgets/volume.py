@@ -1,6 +1,7 @@
 """Volume viewer: isosurfaces in nglview with per-map threshold, colour, opacity, hand flip, and
 orthogonal slices / projections beside them in plotly (thesis Fig. 3.12: a reconstruction
-overlaid on its reference)."""
+overlaid on its reference); and `LinkedViews`, several maps side by side whose cameras turn
+together."""
 from __future__ import annotations
 
 import html
@@ -297,3 +298,84 @@ def _default_name(source, index: int) -> str:
     if isinstance(source, (str, os.PathLike)):
         return Path(source).name
     return f"map {index}"
+
+
+# two camera orientations closer than this (entries of NGL's 4x4 matrix) are the same: a view
+# reports back the orientation it was just given, and must not send it on again (no echo loop)
+_SAME_ORIENTATION = 1e-6
+
+
+class LinkedViews(W.VBox):
+    """Two or more maps side by side, each in its own `VolumeViewer`, with linked cameras: turning
+    or zooming one turns the others (e.g. the volumes along a path, its two ends, or two k-means
+    centres, seen from one angle).
+
+    Linked twice over: nglview's own camera sync runs in the browser while the mouse drags one
+    view (``NGLWidget._set_sync_camera``), and the orientation each view reports to the kernel
+    (its ``_camera_orientation`` trait, NGL's 4x4 matrix) is sent to the others, so a camera set
+    from Python or a view drawn later follows too.
+
+    ``volumes``: a list of arrays / MRC paths or a dict ``{label: array or path}``; ``levels`` one
+    threshold per map (default each its own; give one value to compare maps at one level).
+    """
+
+    def __init__(self, volumes, voxel_size: float | None = None, *, levels: Sequence[float] | float | None = None,
+                 colors: Sequence[str] | None = None, slices: bool = False, link: bool = True,
+                 width: str = "320px", height: str = "320px"):
+        items = _as_items(volumes)
+        if len(items) < 2:
+            raise InputError(f"linked views need at least 2 maps, got {len(items)}")
+        if levels is not None and not isinstance(levels, Sequence):
+            levels = [float(levels)] * len(items)
+        if levels is not None and len(levels) != len(items):
+            raise InputError(f"{len(levels)} thresholds for {len(items)} maps")
+        colors = list(colors) if colors else COLORS
+        self.viewers = [VolumeViewer({name or _default_name(src, i): src}, voxel_size,
+                                     colors=[colors[i % len(colors)]], slices=slices,
+                                     levels=None if levels is None else [levels[i]], width=width, height=height)
+                        for i, (name, src) in enumerate(items)]
+        self.views = [v.view for v in self.viewers]
+        self.linked = False
+        if link:
+            self.link()
+        super().__init__([W.HBox(self.viewers, layout=W.Layout(flex_flow="row wrap"))])
+
+    def link(self) -> None:
+        """Link the cameras (idempotent)."""
+        if self.linked:
+            return
+        for view in self.views:
+            view._set_sync_camera([v for v in self.views if v is not view])
+            view.observe(self._follow, names="_camera_orientation")
+        self.linked = True
+
+    def unlink(self) -> None:
+        if not self.linked:
+            return
+        for view in self.views:
+            view._set_unsync_camera([v for v in self.views if v is not view])
+            view.unobserve(self._follow, names="_camera_orientation")
+        self.linked = False
+
+    def set_orientation(self, orientation: Sequence[float]) -> None:
+        """Turn every view to NGL's 4x4 camera matrix ``orientation`` (16 numbers, column-major,
+        as ``_camera_orientation`` holds it)."""
+        m = [float(x) for x in orientation]
+        if len(m) != 16 or not np.all(np.isfinite(m)):
+            raise InputError(f"a camera orientation is 16 finite numbers, got {len(m)}")
+        for view in self.views:
+            view._set_camera_orientation(m)
+            view._camera_orientation = m
+
+    def _follow(self, change) -> None:
+        new = list(change["new"] or [])
+        if len(new) != 16:
+            return
+        for view in self.views:
+            if view is change["owner"]:
+                continue
+            old = list(view._camera_orientation or [])
+            if len(old) == 16 and np.max(np.abs(np.subtract(old, new))) < _SAME_ORIENTATION:
+                continue  # already there: this is the echo of our own update
+            view._set_camera_orientation(new)
+            view._camera_orientation = new
