@@ -439,10 +439,31 @@ def test_screening_separates_broken_from_intact_particles(method):
     assert df["score"][bad].min() > df["score"][~bad].median()
 
 
+def test_mixture_separation_is_ashmans_d():
+    from sklearn.mixture import GaussianMixture
+
+    from cryovae_nb.analysis.screen import mixture_separation
+
+    rng = np.random.default_rng(1)
+    # two 1-D Gaussians 6 apart with std 1 and 2: D = sqrt(2) * 6 / sqrt(1 + 4)
+    x = np.r_[rng.normal(0, 1, 20000), rng.normal(6, 2, 20000)][:, None]
+    g = GaussianMixture(2, random_state=0).fit(x)
+    assert mixture_separation(g) == pytest.approx(np.sqrt(2) * 6 / np.sqrt(5), rel=0.03)
+    # a milder junk population, 30 %, is still dropped by the mixture
+    err = np.r_[rng.normal(100, 5, 2800), rng.normal(115, 8, 1200)]
+    logvar = np.r_[rng.normal(-2, 0.2, (2800, 4)), rng.normal(-1.5, 0.3, (1200, 4))]
+    df = screen_particles(err, logvar)
+    assert (~df["keep"][2800:]).mean() > 0.8 and df["keep"][:2800].mean() > 0.95
+
+
 def test_screening_keeps_a_single_population_and_checks_inputs():
     rng = np.random.default_rng(4)
     df = screen_particles(rng.normal(1.0, 0.05, 800), rng.normal(-3, 0.3, (800, 4)))
     assert df["keep"].all() and "one population" in df.attrs["note"]
+    # one skewed population of thousands: BIC prefers two Gaussians, but they overlap (no gap)
+    err, logvar = rng.lognormal(0, 0.5, 4000), rng.normal(0, 0.3, (4000, 4))
+    df = screen_particles(err, logvar)
+    assert df["keep"].all() and "overlap" in df.attrs["note"]
     # error only, threshold on the robust z-score
     err = np.r_[np.full(50, 1.0) + rng.normal(0, 0.01, 50), 5.0]
     df = screen_particles(err, method="threshold", threshold=3.0)

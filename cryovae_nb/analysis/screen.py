@@ -25,6 +25,23 @@ def robust_z(x) -> np.ndarray:
     return (x - med) / mad
 
 
+# Ashman's D above which two Gaussian components are taken as two populations. D = 2 is the least
+# at which their mixture is bimodal at all; clean sets measured 1.7-2.1, junk 4.6 and up.
+MIN_SEPARATION = 3.0
+
+
+def mixture_separation(gmm) -> float:
+    """Ashman's D of a fitted 2-component ``GaussianMixture`` along the line through its means:
+    sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2), with s_k^2 each component's variance on that line."""
+    d = gmm.means_[1] - gmm.means_[0]
+    norm = float(np.linalg.norm(d))
+    if norm == 0:
+        return 0.0
+    u = d / norm
+    var = [float(u @ gmm.covariances_[k] @ u) for k in range(2)]  # covariance_type "full" (the default)
+    return float(np.sqrt(2.0) * norm / np.sqrt(sum(var)))
+
+
 def screen_particles(recon_error, z_logvar=None, method: str = "gmm", threshold: float = 3.0,
                      seed: int = 0) -> pd.DataFrame:
     """Score each particle by how badly the model explains it; flag which to keep.
@@ -34,8 +51,9 @@ def screen_particles(recon_error, z_logvar=None, method: str = "gmm", threshold:
     rise. ``score`` = mean of their robust z-scores (log variance, which is skewed).
     ``method="threshold"``: keep score <= ``threshold``. ``method="gmm"``: a 2-component Gaussian
     mixture on the features; particles more likely in the component with the higher score are
-    dropped (``p_bad`` > 0.5) -- unless one component fits as well (BIC), then all are kept and
-    ``df.attrs["note"]`` says so. Returns a DataFrame, one row per particle.
+    dropped (``p_bad`` > 0.5) -- unless one component fits as well (BIC) or the two overlap
+    (``mixture_separation`` below ``MIN_SEPARATION``): then all are kept and ``df.attrs["note"]``
+    says so. Returns a DataFrame, one row per particle.
     """
     err = np.asarray(recon_error, np.float64).ravel()
     if err.size == 0 or not np.all(np.isfinite(err)):
@@ -64,14 +82,24 @@ def screen_particles(recon_error, z_logvar=None, method: str = "gmm", threshold:
         g2 = GaussianMixture(2, random_state=seed, n_init=3).fit(Z)
         bad = int(np.argmax(g2.means_.mean(axis=1)))
         p_bad = g2.predict_proba(Z)[:, bad]
-        if g2.bic(Z) < g1.bic(Z) - 10.0:
-            df["p_bad"] = p_bad
-            df["keep"] = p_bad <= 0.5
-            df.attrs["note"] = f"2-component mixture; dropped {int((p_bad > 0.5).sum())}"
-        else:
+        separation = mixture_separation(g2)
+        if g2.bic(Z) >= g1.bic(Z) - 10.0:
             df["p_bad"] = 0.0
             df["keep"] = True
             df.attrs["note"] = "one population fits as well as two (BIC): kept all particles"
+        elif separation < MIN_SEPARATION:
+            # with thousands of particles BIC prefers two components for any skewed population
+            # (the errors of clean particles vary with view and defocus): a split that is not a
+            # gap would drop good particles (measured: 46 % of a clean simulated set)
+            df["p_bad"] = 0.0
+            df["keep"] = True
+            df.attrs["note"] = (f"two components overlap (separation D = {separation:.1f} < "
+                                f"{MIN_SEPARATION:g}): one skewed population, kept all particles")
+        else:
+            df["p_bad"] = p_bad
+            df["keep"] = p_bad <= 0.5
+            df.attrs["note"] = (f"2-component mixture (separation D = {separation:.1f}); "
+                                f"dropped {int((p_bad > 0.5).sum())}")
     else:
         raise InputError(f"unknown screening method {method!r}; use 'gmm' or 'threshold'")
     return df
@@ -91,4 +119,4 @@ def write_screen_selections(particles, screen: pd.DataFrame, out) -> dict[str, S
             for side, mask in (("keep", keep), ("reject", ~keep)) if mask.any()}
 
 
-__all__ = ["robust_z", "screen_particles", "write_screen_selections"]
+__all__ = ["MIN_SEPARATION", "mixture_separation", "robust_z", "screen_particles", "write_screen_selections"]
