@@ -5,6 +5,7 @@ lasso, the invert button, the export button) and the exported STAR and indices c
 Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -184,19 +185,34 @@ def _run_notebook(sync_api, page, url: str) -> None:
     page.wait_for_selector(".jp-OutputArea-output:has-text('cells done')", timeout=TIMEOUT_MS)
 
 
-def test_volume_viewer_and_explorer_render_in_jupyterlab(jupyter_lab, repo_root):
+@contextlib.contextmanager
+def _notebook_page(jupyter_lab, notebook: str, artifacts, name: str):
+    """A headless Chromium page with ``notebook`` of the lab run to its end: (page, console lines).
+    On failure a screenshot ``NAME_failure.png``; always the console as ``NAME_console.log``."""
     sync_api = pytest.importorskip("playwright.sync_api")
     base, token, _ = jupyter_lab
-    artifacts = repo_root / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     console = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = None
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            _run_notebook(sync_api, page, f"{base}/lab/tree/x.ipynb?token={token}")
+            _run_notebook(sync_api, page, f"{base}/lab/tree/{notebook}?token={token}")
+            yield page, console
+        except Exception:
+            if page is not None:
+                page.screenshot(path=str(artifacts / f"{name}_failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+            (artifacts / f"{name}_console.log").write_text("\n".join(console))
 
+
+def test_volume_viewer_and_explorer_render_in_jupyterlab(jupyter_lab, repo_root):
+    artifacts = repo_root / "test-artifacts"
+    with _notebook_page(jupyter_lab, "x.ipynb", artifacts, "browser") as (page, console):
             cells = page.locator(".jp-Notebook .jp-CodeCell")
             viewer_out, explorer_out = (cells.nth(i).locator(".jp-OutputArea") for i in (0, 1))
             viewer_out.locator("canvas").first.wait_for(timeout=TIMEOUT_MS)
@@ -220,32 +236,18 @@ def test_volume_viewer_and_explorer_render_in_jupyterlab(jupyter_lab, repo_root)
             _assert_drawn(plot_png, "the plotly scatter", min_colors=10)
             page.screenshot(path=str(artifacts / "browser_notebook.png"), full_page=True)
             assert explorer_out.locator(".scatterlayer path.point").count() == 400
-        except Exception:
-            page.screenshot(path=str(artifacts / "browser_failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-            (artifacts / "browser_console.log").write_text("\n".join(console))
 
 
 def test_explorer_lasso_invert_and_export_in_jupyterlab(jupyter_lab, repo_root):
     """A lasso drawn with the mouse over the right part of a 25,000-point WebGL map, the selection
     inverted with its button and exported with its: the files on disk hold exactly the particles
     left of the lasso's edge (the ones within a hair of the edge are not judged)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     import pandas as pd
     import starfile
 
-    base, token, folder = jupyter_lab
+    _, _, folder = jupyter_lab
     artifacts = repo_root / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    console = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            _run_notebook(sync_api, page, f"{base}/lab/tree/explorer.ipynb?token={token}")
+    with _notebook_page(jupyter_lab, "explorer.ipynb", artifacts, "browser_explorer") as (page, console):
             out = page.locator(".jp-Notebook .jp-CodeCell").nth(0).locator(".jp-OutputArea")
             plot = out.locator(".js-plotly-plot").first
             plot.locator("canvas").first.wait_for(timeout=TIMEOUT_MS)   # WebGL: a canvas, no SVG points
@@ -270,12 +272,6 @@ def test_explorer_lasso_invert_and_export_in_jupyterlab(jupyter_lab, repo_root):
             # the map draws the inverted selection (its own trace), not the lasso's region
             shown = plot.evaluate("gd => [gd.data[1].x.length, Math.max(...gd.data[1].x)]")
             page.screenshot(path=str(artifacts / "browser_explorer_export.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(artifacts / "browser_explorer_failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-            (artifacts / "browser_explorer_console.log").write_text("\n".join(console))
 
     xy = np.load(folder / "xy.npy", allow_pickle=False)
     idx = np.load(folder / "picked_indices.npy", allow_pickle=False)
