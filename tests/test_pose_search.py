@@ -284,38 +284,6 @@ def test_search_scoring_is_validated():
         small(pose_search_scoring="fft").validate()
 
 
-def test_fourier_scoring_with_ctf_finds_the_true_pose():
-    """tests/test_ctf_model.py's CTF recovery test with search_scoring="fourier": the CTF
-    multiplies each candidate's band components (no inverse transform), and the poses are found."""
-    from cryovae_nb.ctf import apply_ctf, compute_ctf
-    from cryovae_nb.model.batch import Optics
-    from cryovae_nb.model.forward import ctf_spectrum
-    from cryovae_nb.projection import project_reference
-
-    n, k = 24, 40
-    cfg = ModelConfig.preset("ctf", box=n, pose_search_deg=15.0, pose_refine_band=0.35, latent_dim=2,
-                             encoder_layers=1, encoder_units=16, decoder_layers=1, decoder_units=16,
-                             pose_search_scoring="fourier")
-    model = build_model(cfg, seed=0)
-    rng = np.random.default_rng(4)
-    truth = lshape_volume(n).astype(np.float32)
-    rot = geometry.random_rotations(k, rng).astype(np.float32)
-    shifts = rng.integers(-2, 3, (k, 2)).astype(np.float32)
-    params = [(d, d * 0.9, 40.0, 300.0, 2.7, 0.1, 0.0, 0.0) for d in rng.uniform(10000, 25000, k)]
-    ctf = np.stack([compute_ctf(n, 4.0, *p)[0] for p in params])
-    images = apply_ctf(project_reference(truth, rot, shifts), ctf)
-    optics = Optics(*np.asarray(params, np.float32).T, np.full(k, 4.0, np.float32))
-    head = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (k, 1))
-    vols = np.repeat(truth[None], k, 0)
-    q, found, _ = model.search_pose(images, vols, head, shifts, ctf=ctf_spectrum(optics, n))
-    err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), rot)
-    assert np.median(err) < 6.0 and np.mean(err < 10.0) >= 0.8, np.sort(err)
-    assert np.mean(np.abs(found.numpy() - shifts).max(axis=1) <= 0.5) >= 0.85
-    q0, _, _ = model.search_pose(images, vols, head, shifts)                     # blind to the CTF
-    err0 = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q0.numpy()), rot)
-    assert np.mean(err0 < 10.0) < np.mean(err < 10.0) - 0.1, (np.sort(err0), np.sort(err))
-
-
 @pytest.mark.parametrize("scoring", ["real_space", "fourier"])
 def test_a_background_inside_the_mask_disc_does_not_steer_the_search(scoring):
     """Tanh-normalised images sit on a background inside the mask disc (0 outside): both scorings
