@@ -75,8 +75,7 @@ def detect_contrast(particles, *, already_flipped: bool | None = None, sample: i
     ``rlnCtfDataArePhaseFlipped``), so they are judged as they are."""
     n = len(particles)
     if already_flipped is None:
-        flags = particles.df.get("rlnCtfDataArePhaseFlipped")
-        already_flipped = flags is not None and bool((np.asarray(flags, dtype=float) == 1).any())
+        already_flipped = particles.phase_flipped
     rows = np.unique(np.linspace(0, n - 1, min(n, sample)).round().astype(np.int64)) if n else np.zeros(0, int)
     scores = []
     for start in range(0, len(rows), chunk):

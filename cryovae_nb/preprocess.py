@@ -373,10 +373,7 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
     cfg.validate()
     particles = input if isinstance(input, Particles) else read_particles(input, datadir=datadir)
     source = particles.source or "input"
-    flags = particles.df.get("rlnCtfDataArePhaseFlipped")
-    was_flipped = flags is not None and bool((np.asarray(flags, dtype=float) == 1).any())
-    cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, particles.ctf, was_flipped),
-                              invert=resolved_invert(cfg, particles, was_flipped))  # both recorded
+    cfg = dataclasses.replace(cfg, normalise=resolved_normalisation(cfg, particles.ctf, particles.phase_flipped))
     plan = _plan(cfg, particles.box, cfg.pixel_size or particles.pixel_size, source)
     star = output_star(output)
     inputs = {Path(p).resolve() for p in particles.images.paths}
@@ -384,14 +381,15 @@ def preprocess_stack(input, output: str | os.PathLike, cfg: PreprocessConfig | N
         inputs.add(Path(particles.source).resolve())
     if star.resolve() in inputs:  # the other outputs get new names, never an input's
         raise InputError(f"refusing to overwrite input file(s) {[str(star)]}; choose another output", source)
+    # after the cheap checks: "auto" reads a sample of the images; recorded, as normalise is
+    cfg = dataclasses.replace(cfg, invert=resolved_invert(cfg, particles, particles.phase_flipped))
     ctf = None
     if cfg.phase_flip:
         if particles.ctf is None:
             raise InputError("phase flipping needs CTF parameters (rlnDefocusU, rlnVoltage, "
                              "rlnSphericalAberration, rlnAmplitudeContrast); the input has none", source)
         ctf = _ctf_arrays(particles.ctf, source)
-        flipped = particles.df.get("rlnCtfDataArePhaseFlipped")
-        if flipped is not None and (np.asarray(flipped, dtype=float) == 1).any():
+        if particles.phase_flipped:
             raise InputError("images are already phase flipped (rlnCtfDataArePhaseFlipped = 1); "
                              "flipping again would undo it", source)
 

@@ -167,6 +167,12 @@ class Particles:
         self.poses = _poses_from_dataframe(self.df, self.pixel_size, source) if _parse else poses
 
     @property
+    def phase_flipped(self) -> bool:
+        """The images were phase flipped before (RELION's ``rlnCtfDataArePhaseFlipped`` = 1)."""
+        flags = self.df.get("rlnCtfDataArePhaseFlipped")
+        return flags is not None and bool((np.asarray(flags, dtype=float) == 1).any())
+
+    @property
     def box(self) -> int:
         return self.images.box
 

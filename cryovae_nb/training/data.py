@@ -134,8 +134,7 @@ def model_for_data(model, particles, source=None):
     standardised images."""
     source = source or getattr(particles, "source", None)
     norm = data_normalisation(source)
-    flipped = "rlnCtfDataArePhaseFlipped" in particles.df.columns and bool(
-        (np.asarray(particles.df["rlnCtfDataArePhaseFlipped"], float) == 1).any())
+    flipped = particles.phase_flipped
     loss = model.loss
     if norm == "standardise":
         if loss.likelihood == "bernoulli":
