@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pose-search-scoring", choices=["real_space", "fourier"], default=None,
                     help="how the search scores candidates (ModelConfig.pose.search_scoring): the images "
                          "normalised in the disc with FFT shifts (real_space) or the band's Fourier components")
+    ap.add_argument("--pose-global-every", type=int, default=None,
+                    help="epochs between a particle's global searches (PoseConfig.global_every)")
     ap.add_argument("--projector", default="fourier", choices=["fourier", "real"])
     ap.add_argument("--no-jit", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}_{os.getpid()}"  # two at once: apart
     options = ("likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
-               "pose_refine_band", "pose_distill", "pose_search_scoring")
+               "pose_refine_band", "pose_distill", "pose_search_scoring", "pose_global_every")
     chosen = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
     # the learning rate is the trainer's (TrainConfig), not the model's
     trainer_options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}

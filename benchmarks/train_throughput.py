@@ -20,7 +20,9 @@ width W: 2 = trilinear, 3..6 = Kaiser-Bessel); these time the thesis' step (pose
 ``+search`` suffix (``fourier+search``) adds the global pose search that learned-pose training
 does by default (ModelConfig.pose_search_deg = 15), so its cost is measured in the same run;
 ``+search=fourier`` / ``+search=real_space`` pick how it scores candidates
-(``ModelConfig.pose.search_scoring``), so the two searches are timed side by side:
+(``ModelConfig.pose.search_scoring``), so the two searches are timed side by side; a further
+``+local`` times the step between a particle's global searches (``PoseConfig.global_every``: the
+search refines a cached pose locally):
 
     .venv/bin/python benchmarks/train_throughput.py --projectors fourier+search=real_space,fourier+search=fourier
 """
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from cryovae_nb.geometry import random_rotations
+    from cryovae_nb.geometry import matrix_to_quaternion, random_rotations
     from cryovae_nb.model import ModelConfig, build_model
     from cryovae_nb.model.batch import Batch
     from cryovae_nb.training.steps import make_train_step
@@ -127,9 +129,12 @@ def main(argv=None) -> None:
     if args.accuracy:
         accuracy_table(n)
 
-    steps, rates, rss = {}, {}, {}
+    steps, rates, rss, starts = {}, {}, {}, {}
     for name in args.projectors.split(","):
-        spec, plus, scoring = name.partition("+search")
+        # "+local": the step between global searches (PoseConfig.global_every), each image's search
+        # starting at a cached rotation (random here: the cost does not depend on it)
+        local = name.endswith("+local")
+        spec, plus, scoring = name.removesuffix("+local").partition("+search")
         kind, _, width = spec.partition(":")
         extra = {"fourier_kernel_width": int(width)} if width else {}
         if not plus:  # the thesis' step; "+search" keeps the config's default search
@@ -140,8 +145,10 @@ def main(argv=None) -> None:
                                          fourier_pad=args.pad, pose_mode=args.pose_mode, **extra)
         model = build_model(cfg)
         step = make_train_step(model, jit=jit)
+        starts[name] = (tf.constant(matrix_to_quaternion(random_rotations(b, rng)).astype(np.float32))
+                        if local else None)
         t = time.perf_counter()
-        out = step(batch, seed=[0, 0])
+        out = step(batch, seed=[0, 0], start=starts[name])
         float(out["total"])
         print(f"{name:24s} compile + first step {time.perf_counter() - t:.1f} s")
         steps[name], rates[name] = step, []
@@ -156,7 +163,7 @@ def main(argv=None) -> None:
         for name, step in steps.items():
             t = time.perf_counter()
             for i in range(args.steps):
-                out = step(batch, seed=[r, i])
+                out = step(batch, seed=[r, i], start=starts[name])
             float(out["total"])  # wait for the last step
             rates[name].append(args.steps * b / (time.perf_counter() - t))
 

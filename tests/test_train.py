@@ -490,3 +490,45 @@ def test_cli_trains_and_resumes(tiny_data, tmp_path):
     assert saved.model.pose.mode == "known" and saved.learning_rate == 5e-4
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
                  "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_pose_cache_refines_locally_between_global_epochs_and_resumes_exactly(tiny_data, tmp_path):
+    """PoseConfig.global_every=2: epoch 0 searches globally and fills the cache, epoch 1 starts
+    each search at the cached rotation (a local step), epoch 2 is global again; the cache is
+    checkpointed, so a run stopped and resumed mid-epoch takes the same steps."""
+    from cryovae_nb.training.trainer import Trainer
+
+    def config(run, **kw):
+        cfg = tiny_config(tiny_data, run, batch_size=64, log_every=5, checkpoint_every=10, n_test_eval=32, **kw)
+        return dataclasses.replace(cfg, model=cfg.model.with_options(pose_global_every=2))
+
+    ref = Trainer(config(tmp_path / "ref", max_steps=20), progress=False)
+    per_epoch = ref.order.batches_per_epoch
+    assert 10 < 2 * per_epoch < 20  # the run crosses into a second global epoch
+    modes = []
+    step = ref._train_step
+
+    def spy(batch, seed=None, start=None):
+        modes.append(start is not None)
+        if start is not None:  # the start is each particle's last searched rotation
+            rows = ref.pose_cache.numpy()[np.asarray(batch.indices)]
+            np.testing.assert_array_equal(np.asarray(start), rows[:, :4] * rows[:, 4:])  # 0: none
+        return step(batch, seed, start)
+
+    ref._train_step = spy
+    ref.train()
+    assert modes == [False] * per_epoch + [True] * per_epoch + [False] * (20 - 2 * per_epoch)
+    cache = ref.pose_cache.numpy()
+    seen = np.unique(np.concatenate([ref.order.batch(s) for s in range(20)]))
+    assert (cache[seen, 4] == 1).all() and (np.delete(cache[:, 4], seen) == 0).all()
+    np.testing.assert_allclose(np.linalg.norm(cache[seen, :4], axis=1), 1.0, atol=1e-5)
+
+    first = Trainer(config(tmp_path / "cut", max_steps=10), progress=False)  # stops mid epoch 1
+    first.train()
+    resumed = Trainer(config(tmp_path / "cut", max_steps=20), progress=False)
+    assert resumed.step == 10
+    np.testing.assert_array_equal(resumed.pose_cache.numpy(), first.pose_cache.numpy())
+    resumed.train()
+    for a, b in zip(_weights(ref), _weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ref.pose_cache.numpy(), resumed.pose_cache.numpy())

@@ -179,6 +179,9 @@ class PoseConfig:
                                      # FFT cross-correlation; "fourier": the band's Fourier
                                      # components correlated directly (Parseval), quarter-pixel
                                      # shifts: 1.5x the step's speed, not yet the quality (README)
+    global_every: int = 1            # epochs between a particle's global searches: in between, the
+                                     # Trainer's pose cache starts the search at the particle's last
+                                     # pose and only refines it locally (1: every visit is global)
 
     def validate(self) -> None:
         check_fields(self)
@@ -194,6 +197,7 @@ class PoseConfig:
         _band(f"{w}.refine_band", self.refine_band)
         if not self.distill >= 0:
             raise ConfigError(f"{w}.distill must be >= 0, got {self.distill!r}")
+        _positive_int(f"{w}.global_every", self.global_every)
 
 
 @dataclass
@@ -229,6 +233,7 @@ OPTION_NAMES = {
     "pose_search_band": ("pose", "search_band"), "pose_refine_band": ("pose", "refine_band"),
     "pose_distill": ("pose", "distill"), "pose_input": ("pose", "input"),
     "search_reference": ("pose", "search_reference"), "pose_search_scoring": ("pose", "search_scoring"),
+    "pose_global_every": ("pose", "global_every"),
     "latent_inference": ("latent", "inference"), "latent_band": ("latent", "band"),
     "covariance_ema": ("latent", "covariance_ema"),
 }

@@ -58,7 +58,7 @@ from scipy.spatial.transform import Rotation
 from cryovae_nb.errors import InputError
 from cryovae_nb.geometry import grid_rotations, matrix_to_quaternion
 from cryovae_nb.model.forward import forward_images, multiply_spectrum
-from cryovae_nb.model.projectors import Projector, lowpass
+from cryovae_nb.model.projectors import Projector, band_components, band_spectrum, lowpass
 from cryovae_nb.model.rotations import quaternion_multiply, quaternion_to_matrix
 
 
@@ -88,29 +88,6 @@ def normalise(images, disc) -> tf.Tensor:
     x = (x - tf.reduce_sum(x, axis=[-2, -1], keepdims=True) / count) * disc
     x = tf.reshape(x, tf.concat([tf.shape(x)[:-2], [n * n]], 0))
     return x / tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-@lru_cache(maxsize=16)
-def band_components(n: int, band: float) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices into the ``(n, n//2 + 1)`` rfft grid of the components within ``band`` cycles
-    per box, the zero frequency left out (the normalised correlation ignores the mean), and each
-    one's weight in a real image's inner product (2 for a component whose mirror is not stored)."""
-    ky = np.fft.fftfreq(n) * n
-    kx = np.fft.rfftfreq(n) * n
-    inside = (ky[:, None] ** 2 + kx[None, :] ** 2 <= band * band) & ~((ky[:, None] == 0) & (kx[None, :] == 0))
-    mirrored_stored = (kx == 0) | ((n % 2 == 0) & (kx == n // 2))
-    weight = np.where(mirrored_stored[None, :], 1.0, 2.0) * np.ones_like(ky)[:, None]
-    idx = np.flatnonzero(inside)
-    return idx.astype(np.int32), weight.reshape(-1)[idx].astype(np.float32)
-
-
-def band_spectrum(images, band: float) -> tf.Tensor:
-    """``(..., n, n)`` real images -> ``(..., c)`` complex: their Fourier components within ``band``
-    cycles per box (``band_components``' order; the zero frequency left out)."""
-    n = images.shape[-1]
-    idx = tf.constant(band_components(n, float(band))[0])
-    spec = tf.signal.rfft2d(tf.cast(images, tf.float32))
-    return tf.gather(tf.reshape(spec, tf.concat([tf.shape(spec)[:-2], [-1]], 0)), idx, axis=-1)
 
 
 def band_ctf(ctf, band: float) -> tf.Tensor | None:
@@ -232,7 +209,7 @@ class SearchGrids:
 
 
 def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, projector: Projector, disc,
-                config, pose_noise=None, ctf=None):
+                config, pose_noise=None, ctf=None, start=None):
     """Global pose search for ``(B, n, n)`` images, given their decoded ``volumes``, the head's
     ``quaternion`` ``(B, 4)`` and ``shift`` ``(B, 2)``, the model's ``projector``, its mask
     ``disc`` ``(n, n)`` and its ``config`` (a ModelConfig: bands, ``max_shift_px``,
@@ -243,6 +220,10 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
     each candidate rotation at its best whole-pixel shift within ``max_shift``. Returns
     ``(B, 4)`` quaternions, ``(B, 2)`` shifts (px) and a ``(B,)`` bool: the head's own
     rotation won. ``ctf`` ``(B, n, n//2 + 1)``: each image's CTF (``forward.ctf_spectrum``), or None.
+    ``start`` ``(B, 4)``: each image's cached pose (its last search, ``PoseConfig.global_every``;
+    a zero row: none, the head's rotation stands in): the global stage and the first local round
+    are skipped, and only the fine round (``grids.local_fine``) looks around it, the head's
+    rotation competing.
     No gradient flows through the search."""
     cfg = config
     n = cfg.architecture.box
@@ -275,24 +256,34 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
     # the median pose error on the L at SNR 0.1, true map, went 8.9 -> 9.8 degrees)
     band = cfg.pose.search_band * n
     grid_rot = quaternion_to_matrix(grids.grid)[None]
-    grid_proj = (projector.project_features(ref, grid_rot, band=band) if fourier else
-                 forward_images(ref, grid_rot, projector=projector, band=band))[0]  # (R, n, n)
-    if fourier:  # Parseval: the band's components, the shift a phase (module docstring)
+    if fourier:
         # Why the in-disc mean goes first: tanh-normalised images sit on a background of ~0.5
         # inside the disc and 0 outside it; left in, that disc's edge dominates their low band
         # and measured the poses off by a median 120 degrees on the L at SNR 0.1
         count = float(np.sum(disc))
         images = (images - tf.reduce_sum(images * disc, axis=[-2, -1], keepdims=True) / count) * disc
+    if start is not None:
+        # a cached pose: a particle searched globally on an earlier visit is refined locally
+        # around where it was (as cryoSPARC's and cryoDRGN-AI's later iterations do), at a
+        # fraction of the cost; the coarse stages would mostly find it again
+        q = tf.stop_gradient(tf.convert_to_tensor(start, tf.float32))
+        q = tf.where(tf.norm(q, axis=-1, keepdims=True) > 0.5, q, quaternion)  # none cached: the head's
+        local_rounds = (grids.local_fine,)
+    elif fourier:  # Parseval: the band's components, the shift a phase (module docstring)
         weight, freqs = tf.constant(band_components(n, band)[1]), tf.constant(_band_frequencies(n, band))
         a = (2 * np.pi / n) * tf.matmul(shift, freqs, transpose_b=True)            # (B, c)
         img = band_spectrum(images, band) * tf.complex(tf.cos(a), tf.sin(a))
-        corr = spectral_correlation(img, band_spectrum(grid_proj, band), weight, band_ctf(ctf, band))
+        grid_proj = projector.band_slices(projector.spectrum(ref, features=True), grid_rot, band=band,
+                                          features=True)[0]                        # (R, c)
+        corr = spectral_correlation(img, grid_proj, weight, band_ctf(ctf, band))
     elif ctf is None:
+        grid_proj = forward_images(ref, grid_rot, projector=projector, band=band)[0]  # (R, n, n)
         imgs = normalise(lowpass(images, band, -shift), disc)                      # (B, n^2)
         corr = tf.matmul(imgs, normalise(grid_proj, disc), transpose_b=True)       # (B, R)
     else:  # each grid projection through each image's CTF (module docstring)
+        grid_proj = forward_images(ref, grid_rot, projector=projector, band=band)[0]
         corr = ctf_correlation(lowpass(images * disc, band, -shift), grid_proj, ctf, band)
-    if pose_noise is not None:
+    if start is None and pose_noise is not None:
         # Sampling rather than the best: early on the volume is wrong and the best pose often
         # too; a hard choice then locks the volume into what it already is (projection
         # matching's trap), a sample keeps every plausible pose in play (stochastic EM). The
@@ -302,14 +293,26 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
         c2max = tf.reduce_max(c2, axis=1, keepdims=True)
         logp = 0.5 * grids.dof * (c2 - c2max) / tf.maximum(1.0 - c2max, 1e-3)
         corr = logp - tf.math.log(-tf.math.log(tf.clip_by_value(pose_noise, 1e-12, 1.0 - 1e-7)))
-    q = tf.gather(grids.grid, tf.argmax(corr, axis=1, output_type=tf.int32))
+    if start is None:
+        q = tf.gather(grids.grid, tf.argmax(corr, axis=1, output_type=tf.int32))
+        local_rounds = (grids.local, grids.local_fine)
 
     # local: +-step/2, then +-step/4, at the refinement band, each candidate at its best shift
     # within max_shift; the head's rotation competes in the first round
     band = cfg.pose.refine_band * n
-    local_rounds = (grids.local, grids.local_fine)
     if fourier:
-        return _refine_fourier(images, q, quaternion, local_rounds, candidates, band,
+        # one 3D spectrum per volume serves both rounds; candidates are sliced at the band's
+        # components only (no image formed, no transform back)
+        spectrum = projector.spectrum(volumes if own else ref)
+
+        def candidate_spectra(quats):                      # (B, K, 4) -> (B, K, c)
+            k = quats.shape[1]
+            rot = tf.reshape(quaternion_to_matrix(quats), [-1, k, 3, 3])
+            if own:
+                return projector.band_slices(spectrum, rot, band=band)
+            return tf.reshape(projector.band_slices(spectrum, tf.reshape(rot, [1, -1, 3, 3]), band=band),
+                              [tf.shape(rot)[0], k, -1])
+        return _refine_fourier(images, q, quaternion, local_rounds, candidate_spectra, band,
                                cfg.architecture.max_shift_px, band_ctf(ctf, band))
     img_spec = tf.signal.rfft2d(tf.reshape(normalise(lowpass(images, band), disc), [-1, n, n]))
     window = tf.constant(shift_window(n, cfg.architecture.max_shift_px))           # (n, n) 0/1
@@ -339,14 +342,14 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
     return q, shifts, head_won
 
 
-def _refine_fourier(images, q, quaternion, local_rounds, candidates, band: float, max_shift: float,
+def _refine_fourier(images, q, quaternion, local_rounds, candidate_spectra, band: float, max_shift: float,
                     ctf=None):
     """The local rounds of :func:`search_pose` scored in Fourier space (``search_scoring="fourier"``):
     each candidate's band components against the image's, <I, P_s> / (|I| |P|) for every whole-pixel
     shift s within ``max_shift`` by one matrix product (:func:`shifted_scores`), no inverse
     transform per candidate; then the winner's shift to a quarter pixel. ``images`` ``(B, n, n)``
-    (masked), ``q`` the global stage's ``(B, 4)``, ``quaternion`` the head's, ``candidates(quats,
-    band)`` -> projections, ``ctf`` ``(B, c)`` at the band's components or None. Returns what
+    (masked), ``q`` the global stage's ``(B, 4)``, ``quaternion`` the head's, ``candidate_spectra(quats)``
+    ``(B, K, 4)`` -> their projections' band components ``(B, K, c)``, ``ctf`` ``(B, c)`` at the band's components or None. Returns what
     :func:`search_pose` does."""
     n = images.shape[-1]
     weight = tf.constant(band_components(n, band)[1])
@@ -361,7 +364,7 @@ def _refine_fourier(images, q, quaternion, local_rounds, candidates, band: float
         if level == 0:
             cand = tf.concat([quaternion[:, None], cand], axis=1)                  # head first
         k = cand.shape[1]
-        p = band_spectrum(candidates(cand, band), band)                            # (B, K, c)
+        p = candidate_spectra(cand)                                                # (B, K, c)
         if ctf is not None:
             p = p * tf.cast(ctf[:, None], tf.complex64)
         pnorm = tf.sqrt(tf.reduce_sum(weight * tf.square(tf.abs(p)), -1))         # (B, K)

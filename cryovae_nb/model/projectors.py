@@ -208,19 +208,34 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
     cost). ``correction`` divides out the kernel's apodisation first (pass ``False`` if the volumes
     were already multiplied by :func:`gridding_correction` ``(n, padded, width)``).
     """
-    _check_width(width)
     volumes, rotations, shifts, n = _as_inputs(volumes, rotations, shifts)
-    # Several poses per volume (pose hypotheses): one 3D FFT per volume, K slices of it.
     per_volume = None
     if rotations.shape.rank == 4:
         per_volume = rotations.shape[1] or tf.shape(rotations)[1]  # unknown when traced loosely
         if shifts.shape.rank == 2:
             shifts = tf.repeat(shifts[:, None], per_volume, axis=1)
-        rotations = tf.reshape(rotations, [-1, 3, 3])
         shifts = tf.reshape(shifts, [-1, 2])
-    b = tf.shape(rotations)[0]
+    spectrum = volume_spectrum(volumes, pad=pad, correction=correction, width=width)
+    sl = tf.reshape(sample_slices(spectrum, rotations, n, width=width, band=band), [tf.shape(shifts)[0], -1])
+    b = tf.shape(sl)[0]
+    # onto the (n, n//2 + 1) rfft2 grid (zero beyond the band); shift by +s is the phase ramp
+    # exp(-2 pi i k.s / n), separable in kx and ky
+    _, where = _slice_frequencies(n, band)
+    plane = tf.reshape(tf.gather(tf.pad(sl, [[0, 0], [0, 1]]), where, axis=1), [b, n, n // 2 + 1])
+    img = tf.signal.irfft2d(plane * shift_phase(n, shifts), fft_length=[n, n])
+    img = tf.roll(img, [n // 2, n // 2], axis=[1, 2])
+    return img if per_volume is None else tf.reshape(img, [-1, per_volume, n, n])
+
+
+def volume_spectrum(volumes, *, pad: float = 1.0, correction: bool = True, width: int = 3) -> tf.Tensor:
+    """What :func:`sample_slices` reads: the rfft3d ``(B, m, m, m//2 + 1)`` of ``(B, n, n, n)``
+    volumes zero-padded to ``m = round(pad * n)`` (divided by the kernel's apodisation first with
+    ``correction``; rolled to the centre voxel for odd m). One per volume, however many slices."""
+    _check_width(width)
+    volumes = tf.convert_to_tensor(volumes, tf.float32)
+    n = volumes.shape[-1]
     m = max(n, int(round(pad * n)))
-    if width > m:  # the Hermitian mirror below assumes a footprint narrower than the grid
+    if width > m:  # the Hermitian mirror in sample_slices assumes a footprint narrower than the grid
         raise ConfigError(f"Fourier kernel width {width} exceeds the {m}-point grid")
     if correction:
         volumes = volumes * gridding_correction(n, m, width)
@@ -229,11 +244,31 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
         volumes = tf.pad(volumes, [[0, 0]] + [[lo, m - n - lo]] * 3)
     # The slice needs the spectrum of the volume about its centre voxel c = m // 2: the DFT of the
     # volume rolled by -c. For even m that is the plain DFT times (-1)^(kx + ky + kz), applied to
-    # the interpolation taps below instead of rolling the whole volume.
-    even = m % 2 == 0
-    spec = rfft3d(volumes if even else tf.roll(volumes, [-(m // 2)] * 3, axis=[1, 2, 3]))
+    # the interpolation taps in sample_slices instead of rolling the whole volume.
+    return rfft3d(volumes if m % 2 == 0 else tf.roll(volumes, [-(m // 2)] * 3, axis=[1, 2, 3]))
 
-    k_np, where = _slice_frequencies(n, band)
+
+def sample_slices(spectrum, rotations, n: int, *, width: int = 3, band: float | None = None) -> tf.Tensor:
+    """The central slices of volumes at ``rotations``: ``(B, 3, 3)`` -> ``(B, P)`` complex, or
+    ``(B, K, 3, 3)`` (K poses of each volume) -> ``(B, K, P)``, read from their
+    :func:`volume_spectrum` ``spectrum`` (box ``n``) at the ``P`` frequencies of
+    ``_slice_frequencies(n, band)`` (the rfft2 half plane within ``band`` cycles per box, in rfft2
+    order, the zero frequency first). They are the spectra of the projections centred on pixel 0
+    (:func:`project_fourier` adds the shift and the roll to pixel n // 2).
+
+    Why apart from :func:`project_fourier`: the pose search scores candidates on these components
+    directly (Parseval), so it needs neither the inverse transform per candidate nor the transform
+    back, and reuses one spectrum per volume over its rounds."""
+    _check_width(width)
+    rotations = tf.convert_to_tensor(rotations, tf.float32)
+    m = spectrum.shape[1]
+    per_volume = None
+    if rotations.shape.rank == 4:
+        per_volume = rotations.shape[1] or tf.shape(rotations)[1]
+        rotations = tf.reshape(rotations, [-1, 3, 3])
+    b = tf.shape(rotations)[0]
+    even = m % 2 == 0
+    k_np, _ = _slice_frequencies(n, band)
     p = k_np.shape[0]
     k3 = np.pad(k_np, [[0, 0], [0, 1]]) * (m / n)           # plane points in m-grid units
     q = [tf.einsum("bj,pj->bp", rotations[:, i], k3) for i in range(3)]  # x, y, z: (B, P) each
@@ -270,18 +305,12 @@ def project_fourier(volumes, rotations, shifts=None, *, pad: float = 1.0, correc
     w3 = tf.reshape(wts[..., 2, :, None, None] * wts[..., 1, None, :, None] * wts[..., 0, None, None, :],
                     [b, p, width**3])
     w3_im = w3 * tf.tile(sx, [1, 1, width * width])          # conj on mirrored taps
-    vals = tf.gather(tf.reshape(spec, [-1]), idx)           # (B, P, width^3) complex
+    vals = tf.gather(tf.reshape(spectrum, [-1]), idx)       # (B, P, width^3) complex
     sl = tf.complex(tf.reduce_sum(tf.math.real(vals) * w3, -1), tf.reduce_sum(tf.math.imag(vals) * w3_im, -1))
     if even:                                                # ... and of the footprint's first tap
         sl = sl * tf.complex(1 - 2 * tf.math.floormod(tf.reduce_sum(g0, -1), 2), 0.0)
     sl = tf.where(flip, tf.math.conj(sl), sl)
-
-    # onto the (n, n//2 + 1) rfft2 grid (zero beyond the band); shift by +s is the phase ramp
-    # exp(-2 pi i k.s / n), separable in kx and ky
-    plane = tf.reshape(tf.gather(tf.pad(sl, [[0, 0], [0, 1]]), where, axis=1), [b, n, n // 2 + 1])
-    img = tf.signal.irfft2d(plane * shift_phase(n, shifts), fft_length=[n, n])
-    img = tf.roll(img, [n // 2, n // 2], axis=[1, 2])
-    return img if per_volume is None else tf.reshape(img, [-1, per_volume, n, n])
+    return sl if per_volume is None else tf.reshape(sl, [-1, per_volume, p])
 
 
 def shift_phase(n: int, shifts) -> tf.Tensor:
@@ -314,6 +343,29 @@ def lowpass(images, band: float, shifts=None) -> tf.Tensor:
     return tf.signal.irfft2d(spec, fft_length=[n, n])
 
 
+@lru_cache(maxsize=16)
+def band_components(n: int, band: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into the ``(n, n//2 + 1)`` rfft grid of the components within ``band`` cycles
+    per box, the zero frequency left out (the normalised correlation ignores the mean), and each
+    one's weight in a real image's inner product (2 for a component whose mirror is not stored)."""
+    ky = np.fft.fftfreq(n) * n
+    kx = np.fft.rfftfreq(n) * n
+    inside = (ky[:, None] ** 2 + kx[None, :] ** 2 <= band * band) & ~((ky[:, None] == 0) & (kx[None, :] == 0))
+    mirrored_stored = (kx == 0) | ((n % 2 == 0) & (kx == n // 2))
+    weight = np.where(mirrored_stored[None, :], 1.0, 2.0) * np.ones_like(ky)[:, None]
+    idx = np.flatnonzero(inside)
+    return idx.astype(np.int32), weight.reshape(-1)[idx].astype(np.float32)
+
+
+def band_spectrum(images, band: float) -> tf.Tensor:
+    """``(..., n, n)`` real images -> ``(..., c)`` complex: their Fourier components within ``band``
+    cycles per box (``band_components``' order; the zero frequency left out)."""
+    n = images.shape[-1]
+    idx = tf.constant(band_components(n, float(band))[0])
+    spec = tf.signal.rfft2d(tf.cast(images, tf.float32))
+    return tf.gather(tf.reshape(spec, tf.concat([tf.shape(spec)[:-2], [-1]], 0)), idx, axis=-1)
+
+
 class Projector(Protocol):
     """What the model needs of a projector (built from a :class:`ModelConfig` by :func:`make_projector`).
 
@@ -333,11 +385,33 @@ class Projector(Protocol):
 
     def project_features(self, volumes, rotations, shifts=None, *, band: float) -> tf.Tensor: ...
 
+    def spectrum(self, volumes, *, features: bool = False): ...
+
+    def band_slices(self, spectrum, rotations, *, band: float, features: bool = False) -> tf.Tensor: ...
+
+
+@lru_cache(maxsize=16)
+def _band_slice_layout(n: int, band: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """How :meth:`FourierProjector.band_slices` reads :func:`band_components`' cells from
+    :func:`sample_slices`: the radius to slice at (a hair above ``band``: the two lists decide a
+    cell on the band's edge by float rounding of different frequency tables), each cell's row in
+    that slice list, and exp(-2 pi i k.(n//2) / n) there, what moving a projection centred on
+    pixel 0 to pixel ``n // 2`` multiplies its spectrum by ((-1)^(kx + ky) for even n)."""
+    radius = band + 1e-6
+    k, where = _slice_frequencies(n, radius)
+    rows = where[band_components(n, band)[0]]
+    if np.any(rows >= len(k)):
+        raise ConfigError(f"band {band} of a {n}-px box: its components are not all sliced")
+    kk = k[rows].astype(np.float64)
+    phase = np.exp(-2j * np.pi * (kk[:, 0] + kk[:, 1]) * (n // 2) / n).astype(np.complex64)
+    return radius, rows.astype(np.int32), phase
+
 
 class FourierProjector:
     """:func:`project_fourier` with the configured padding, kernel and gridding correction."""
 
     def __init__(self, config):
+        self.box = config.architecture.box
         self.pad, self.width = config.architecture.fourier_pad, config.architecture.fourier_kernel_width
         self.correction = config.architecture.gridding_correction
 
@@ -348,6 +422,22 @@ class FourierProjector:
     def project_features(self, volumes, rotations, shifts=None, *, band: float) -> tf.Tensor:
         # trilinear taps on the unpadded grid: these are features, not the loss
         return project_fourier(volumes, rotations, shifts, pad=1.0, width=2, band=band)
+
+    def spectrum(self, volumes, *, features: bool = False):
+        """What :meth:`band_slices` reads for ``(B, n, n, n)`` volumes: their 3D spectra (one FFT
+        each, however many poses are sliced); ``features``: for the trilinear feature path."""
+        if features:
+            return volume_spectrum(volumes, pad=1.0, width=2)
+        return volume_spectrum(volumes, pad=self.pad, correction=self.correction, width=self.width)
+
+    def band_slices(self, spectrum, rotations, *, band: float, features: bool = False) -> tf.Tensor:
+        """The band's Fourier components (zero frequency left out, ``pose_search.band_components``'
+        order) of the projections at ``(B, 3, 3)`` or ``(B, K, 3, 3)`` ``rotations``, unshifted:
+        ``(B, c)`` / ``(B, K, c)`` complex, equal to the rfft2 of :meth:`__call__`'s images at those
+        components, without forming the images (the pose search scores these directly)."""
+        radius, rows, phase = _band_slice_layout(self.box, float(band))
+        sl = sample_slices(spectrum, rotations, self.box, width=2 if features else self.width, band=radius)
+        return tf.gather(sl, rows, axis=-1) * tf.constant(phase)
 
 
 class RealProjector:
@@ -372,6 +462,12 @@ class RealProjector:
 
     def project_features(self, volumes, rotations, shifts=None, *, band: float) -> tf.Tensor:
         return self(volumes, rotations, shifts, band=band)
+
+    def spectrum(self, volumes, *, features: bool = False):
+        return tf.convert_to_tensor(volumes, tf.float32)  # real space has no spectrum to share
+
+    def band_slices(self, spectrum, rotations, *, band: float, features: bool = False) -> tf.Tensor:
+        return band_spectrum(self(spectrum, rotations, band=band), band)
 
 
 # ModelConfig.projector -> projector class (config.PROJECTORS lists the same names without TensorFlow)

@@ -143,11 +143,11 @@ class CryoVAE(keras.Model):
         """Rotations in the pose-search grid (0 without search)."""
         return 0 if self._search_grids is None else int(self._search_grids.grid.shape[0])
 
-    def search_pose(self, images, volumes, quaternion, shift, pose_noise=None, ctf=None):
+    def search_pose(self, images, volumes, quaternion, shift, pose_noise=None, ctf=None, start=None):
         """:func:`pose_search.search_pose` with this model's grids, projector, disc and config."""
         return pose_search.search_pose(images, volumes, quaternion, shift, grids=self._search_grids,
                                        projector=self.projector, disc=self._disc, config=self.config,
-                                       pose_noise=pose_noise, ctf=ctf)
+                                       pose_noise=pose_noise, ctf=ctf, start=start)
 
     def ctf_of(self, batch: Batch):
         """The batch's CTFs ``(B, n, n//2 + 1)`` when the model applies them (``ModelConfig.loss.ctf``),
@@ -364,7 +364,7 @@ class CryoVAE(keras.Model):
 
     # -- the objective -------------------------------------------------------------------------
     def compute_losses(self, batch: Batch, training: bool = True,
-                       seed=None, noise=None, pose_noise=None, kl_scale=1.0) -> dict:
+                       seed=None, noise=None, pose_noise=None, kl_scale=1.0, start=None) -> dict:
         """All loss terms for a `Batch` of images ``(B, n, n)`` (tanh-normalised, or standardised
         with ``link="identity"``; with ``ModelConfig.loss.ctf`` its ``optics`` give each CTF).
 
@@ -375,7 +375,8 @@ class CryoVAE(keras.Model):
         ``noise`` ``(B, latent)`` gives the standard normal draws directly (overrides ``seed``).
         With ``pose_search_deg`` and learned poses, the seed (or ``pose_noise``, uniform ``(B, R)``)
         also samples each image's searched pose from its posterior (see :meth:`search_pose`);
-        without either the search takes the best pose.
+        without either the search takes the best pose. ``start`` ``(B, 4)``: each image's cached
+        pose (its last searched one): the search only refines it locally (``search_pose``).
 
         Returns scalars ``recon`` (the negative log-likelihood in nats for ``likelihood="gaussian"``,
         the cross-entropy for ``"bernoulli"``; summed over pixels -- those inside the mask disc with
@@ -386,7 +387,8 @@ class CryoVAE(keras.Model):
         ``b = beta * kl_scale`` (the warm-up) and ``kl'`` the KL less ``free_bits``; plus
         ``recon_per_sample`` ``(B,)``, ``kl_per_dim`` ``(latent,)`` (batch means), ``residual``
         (mean squared residual per pixel, what the noise variance is estimated from) and
-        ``noise_var`` (the variance used).
+        ``noise_var`` (the variance used); with the search, ``searched_quaternion`` ``(B, 4)`` (what
+        a pose cache keeps).
         """
         cfg = self.config
         rotations, shifts = batch.rotations, batch.shifts
@@ -418,7 +420,7 @@ class CryoVAE(keras.Model):
         pose_term = tf.constant(0.0)
         if learned and cfg.pose.search_deg is not None:
             q, found_shifts, head_won = self.search_pose(images, volumes, p["quaternion"], shifts,
-                                                         pose_noise, ctf)
+                                                         pose_noise, ctf, start)
             # the head keeps its gradient where its rotation won; elsewhere it is pulled to the
             # searched one (1 - <q, q'>^2: 0 for the same rotation, 1 at 180 degrees, sign-free),
             # and the shift head to the searched shift (squared, in units of max_shift)
@@ -428,6 +430,7 @@ class CryoVAE(keras.Model):
             pose_term = (tf.reduce_mean(tf.where(head_won, 0.0, 1.0 - tf.square(agree)))
                          + tf.reduce_mean(tf.reduce_sum(tf.square(shifts - found_shifts), -1)) / scale**2)
             shifts = found_shifts
+            searched = q  # the head's own rotation where it won
         logits = forward_images(volumes, rotations, shifts, projector=self.projector, offset=offset,
                                 disc=self._disc, ctf=ctf)
         pixel_mask = self._pixel_mask
@@ -461,6 +464,8 @@ class CryoVAE(keras.Model):
         if self.linearized and training:
             out["pc_update"], out["pc_variance"] = self.covariance_statistics(batch, offset, noise_var, ctf)
         out["z_mean"] = z_mean
+        if learned and cfg.pose.search_deg is not None:
+            out["searched_quaternion"] = tf.stop_gradient(searched)
         return out
 
     def get_config(self):

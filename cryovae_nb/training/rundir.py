@@ -201,8 +201,9 @@ def fingerprint_differences(saved: dict, now: dict) -> list[str]:
 
 # -- checkpoints ------------------------------------------------------------------------------------
 
-def make_checkpoint(model, optimizer=None):
-    """A tf.train.Checkpoint of the model's (and optimizer's) variables, keyed by variable path.
+def make_checkpoint(model, optimizer=None, poses=None):
+    """A tf.train.Checkpoint of the model's (and optimizer's) variables, keyed by variable path,
+    and of the Trainer's pose cache ``poses`` (a variable, or None: none).
 
     Keyed explicitly because the object graph of a Keras 3 model does not reach layers kept in
     Python lists (the encoder/decoder stacks): ``Checkpoint(model=model)`` would silently skip them.
@@ -221,6 +222,8 @@ def make_checkpoint(model, optimizer=None):
         # the learning rate is left out so that a resumed run uses the configured one
         state = [v for v in optimizer.variables if v.path.split("/")[-1] != "learning_rate"]
         parts["optimizer"] = {k.split("/", 1)[-1]: v for k, v in by_path(state).items()}
+    if poses is not None:
+        parts["poses"] = {"cache": poses}
     return tf.train.Checkpoint(**parts)
 
 
@@ -228,7 +231,9 @@ def make_checkpoint(model, optimizer=None):
 # The zero-response decoder's first layer (model/decoders.py) escaped Keras' tracking until stop 18,
 # so it was neither trained nor saved and stayed at its zero initial value; an older checkpoint
 # restores with it at zero, which is exactly what the older code computed with.
-ADDED_VARIABLES = (("weights", "dec0/"), ("optimizer", "dec0_"))
+# The pose cache (PoseConfig.global_every) came at stop 20: at zero it holds no pose, so every
+# particle is searched globally on its next visit, as before.
+ADDED_VARIABLES = (("weights", "dec0/"), ("optimizer", "dec0_"), ("poses", "cache"))
 
 
 def _unescape(name: str) -> str:
@@ -259,7 +264,7 @@ def _only_added_variables_missing(checkpoint, prefix) -> bool:
 
     in_file = {_unescape(n.split("/.ATTRIBUTES")[0]) for n, _ in tf.train.list_variables(str(prefix))}
     missing, accepted = [], 0
-    for part in ("weights", "optimizer"):
+    for part in ("weights", "optimizer", "poses"):
         for key, var in dict(getattr(checkpoint, part, None) or {}).items():
             if f"{part}/{key}" in in_file:
                 continue

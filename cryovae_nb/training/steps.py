@@ -68,11 +68,18 @@ def _inputs(model, batch: Batch, seed):
     return batch, noise, pose_noise
 
 
+def _start(start):
+    """A pose cache's ``(B, 4)`` start quaternions as a tensor, or None (a full search): two traces."""
+    return None if start is None else tf.convert_to_tensor(start, tf.float32)
+
+
 def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None = None, *,
                     jit: bool = True,
                     grad_reducer: Callable[[list], list] | None = None) -> Callable[..., dict]:
-    """Return ``step(batch, seed=None) -> dict`` of the scalar losses (``LOSS_KEYS``) after one
-    optimizer update.
+    """Return ``step(batch, seed=None, start=None) -> dict`` of the scalar losses (``LOSS_KEYS``)
+    after one optimizer update, and with the learned-pose search the ``(B, 4)``
+    ``searched_quaternion`` each image trained on; ``start`` ``(B, 4)``: cached poses the search
+    only refines locally (``PoseConfig.global_every``, the Trainer's pose cache).
 
     The `Batch`'s ``rotations``/``shifts`` give known poses (``pose_mode="known"``); ``seed`` is an int ``[2]``
     for the reparameterisation noise (pass a different one each step; ``None`` = no noise).
@@ -86,39 +93,42 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         optimizer.build(model.trainable_variables)
     variables = model.trainable_variables
 
-    def losses_and_gradients(batch, noise, pose_noise):  # traced inside both compiled paths below
+    def losses_and_gradients(batch, noise, pose_noise, start):  # traced inside both compiled paths below
         with tf.GradientTape() as tape:
-            out = model.compute_losses(batch, training=True, noise=noise,
-                                       pose_noise=pose_noise, kl_scale=kl_scale(model, optimizer))
+            out = model.compute_losses(batch, training=True, noise=noise, pose_noise=pose_noise,
+                                       kl_scale=kl_scale(model, optimizer), start=start)
         return out, tape.gradient(out["total"], variables)
+
+    def returned(out):  # the logged losses, and the searched poses for a pose cache
+        return {k: out[k] for k in (*LOSS_KEYS, "searched_quaternion") if k in out}
 
     if grad_reducer is None:
         @tf.function(jit_compile=jit, reduce_retracing=True)
-        def fused(batch, noise, pose_noise):
-            out, grads = losses_and_gradients(batch, noise, pose_noise)
+        def fused(batch, noise, pose_noise, start):
+            out, grads = losses_and_gradients(batch, noise, pose_noise, start)
             # with known poses the pose head gets no gradient: leave it out (static, per trace)
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
             model.update_noise_variance(out["residual"])
             if "pc_update" in out:
                 model.update_covariance(out["pc_update"], out["pc_variance"])
-            return {k: out[k] for k in LOSS_KEYS}
+            return returned(out)
 
-        def step(batch: Batch, seed=None):
-            return fused(*_inputs(model, batch, seed))
+        def step(batch: Batch, seed=None, start=None):
+            return fused(*_inputs(model, batch, seed), _start(start))
 
         return step
 
     used = {}  # known poses? -> indices of the variables that get a gradient (found while tracing)
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
-    def compute(batch, noise, pose_noise):
-        out, grads = losses_and_gradients(batch, noise, pose_noise)
+    def compute(batch, noise, pose_noise, start):
+        out, grads = losses_and_gradients(batch, noise, pose_noise, start)
         used[batch.known_poses] = [i for i, g in enumerate(grads) if g is not None]
         # the residual rides with the gradients through the reducer, so every rank keeps the same
         # noise variance (the mean of the ranks' batches, as one big batch would give)
         # (so do the principal-volume statistics of linearized latents)
         extra = [out["pc_update"], out["pc_variance"]] if "pc_update" in out else []
-        return [g for g in grads if g is not None] + [out["residual"]] + extra, {k: out[k] for k in LOSS_KEYS}
+        return [g for g in grads if g is not None] + [out["residual"]] + extra, returned(out)
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def apply(grads, residual, extra, known):
@@ -127,8 +137,8 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         if extra:
             model.update_covariance(*extra)
 
-    def step(batch: Batch, seed=None):
-        grads, losses = compute(*_inputs(model, batch, seed))
+    def step(batch: Batch, seed=None, start=None):
+        grads, losses = compute(*_inputs(model, batch, seed), _start(start))
         reduced = list(grad_reducer(list(grads)))
         k = len(used[batch.known_poses])
         apply(reduced[:k], reduced[k], reduced[k + 1:], batch.known_poses)

@@ -193,7 +193,14 @@ class Trainer:
         self._train_step = make_train_step(self.model, self.optimizer, jit=self.device_policy.jit,
                                            grad_reducer=self.hooks.grad_reducer)
         self._eval_step = make_eval_step(self.model, jit=self.device_policy.jit)
-        self._checkpoint = make_checkpoint(self.model, self.optimizer)
+        self.pose_cache = None
+        if cfg.model.pose.mode == "learned" and cfg.model.pose.search_deg is not None \
+                and cfg.model.pose.global_every > 1:
+            # each particle's last searched rotation (4) and whether it has one (1): between
+            # global searches the search starts there (PoseConfig.global_every); checkpointed, so
+            # a resumed run takes the same steps
+            self.pose_cache = tf.Variable(tf.zeros([n, 5]), trainable=False, name="pose_cache")
+        self._checkpoint = make_checkpoint(self.model, self.optimizer, self.pose_cache)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.metrics = MetricsLog(self.run_dir / rundir.METRICS_FILE, enabled=self.is_chief)
         self.step, self.elapsed_s, self.last_checkpoint = 0, 0.0, None
@@ -335,6 +342,23 @@ class Trainer:
 
     # ---- steps, evaluation, samples --------------------------------------------------------
 
+    def _cached_poses(self, batch: Batch):
+        """The batch's cached rotations ``(B, 4)`` when this step refines them locally, i.e. not
+        in an epoch of global searches (every ``global_every``-th, the first included); else
+        None (the full search). A particle without one (the few an epoch's last, partial batch
+        left out) gets a zero row: the search starts it at the pose head's rotation."""
+        if self.pose_cache is None:
+            return None
+        epoch, _ = self.order.position(self.step)
+        if epoch % self.config.model.pose.global_every == 0:
+            return None
+        rows = tf.gather(self.pose_cache, np.asarray(batch.indices))
+        return rows[:, :4] * rows[:, 4:]
+
+    def _cache_poses(self, batch: Batch, quaternions) -> None:
+        rows = np.asarray(batch.indices)[:, None]
+        self.pose_cache.scatter_nd_update(rows, tf.concat([quaternions, tf.ones([len(rows), 1])], 1))
+
     def _seed(self, step: int):
         return tf.constant([self.config.seed, step], dtype=tf.int32)
 
@@ -464,7 +488,10 @@ class Trainer:
         try:
             while (reason := self._agreed_stop_reason(started)) is None:
                 t0 = time.perf_counter()
-                losses = self._train_step(loader.get(self.step), self._seed(self.step))
+                batch = loader.get(self.step)
+                losses = self._train_step(batch, self._seed(self.step), self._cached_poses(batch))
+                if self.pose_cache is not None:
+                    self._cache_poses(batch, losses["searched_quaternion"])
                 values = {k: float(losses[k]) for k in LOSS_KEYS}
                 step_time += time.perf_counter() - t0
                 if not all(math.isfinite(v) for v in values.values()):
