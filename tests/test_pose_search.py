@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
@@ -302,3 +303,64 @@ def test_a_background_inside_the_mask_disc_does_not_steer_the_search(scoring):
     q, _, _ = model.search_pose(images, vols, head, np.zeros((40, 2), np.float32))
     err = geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.numpy()), R)
     assert np.median(err) < 6.0 and np.mean(err < 10.0) >= 0.75, np.sort(err)
+
+
+# -- the band's slices without images, and the search from cached poses (stop 20) --------------
+
+@pytest.mark.parametrize("n, pad, width", [(24, 1.0, 3), (17, 1.0, 4), (16, 1.5, 3), (24, 1.0, 2)])
+def test_band_slices_are_the_band_components_of_the_projections(n, pad, width):
+    """What the search scores (projector.band_slices: the central slices at the band's components,
+    no image formed) equals the rfft2 of the projector's band-limited images there, for both the
+    projector's kernel and the trilinear feature path, and for the real-space projector."""
+    from cryovae_nb.model.projectors import make_projector
+
+    rng = np.random.default_rng(3)
+    vols = rng.normal(size=(2, n, n, n)).astype(np.float32)
+    R = geometry.random_rotations(6, rng).astype(np.float32).reshape(2, 3, 3, 3)
+    for kind in ("fourier", "real"):
+        pr = make_projector(small(box=n, projector=kind, fourier_pad=pad, fourier_kernel_width=width))
+        for band in (0.15 * n, 0.25 * n, 0.35 * n):
+            for features in (False, True):
+                img = pr.project_features(vols, R, band=band) if features else pr(vols, R, band=band)
+                want = pose_search.band_spectrum(img, band).numpy()
+                got = pr.band_slices(pr.spectrum(vols, features=features), R, band=band,
+                                     features=features).numpy()
+                assert got.shape == want.shape == (2, 3, len(pose_search.band_components(n, band)[0]))
+                np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("scoring", ["real_space", "fourier"])
+def test_search_from_cached_poses_refines_them_locally(scoring):
+    """start= (a pose cache): near the truth the local round finds it; a zero row takes the
+    head's rotation instead; far from the truth (no global stage) it stays far away."""
+    n = 24
+    model = build_model(small(box=n, pose_refine_band=0.35, pose_search_scoring=scoring))
+    rng = np.random.default_rng(5)
+    truth = lshape_volume(n).astype(np.float32)
+    R = geometry.random_rotations(24, rng).astype(np.float32)
+    vols = np.repeat(truth[None], 24, 0)
+    images = model.project(vols, R).numpy()
+    q_true = geometry.matrix_to_quaternion(R).astype(np.float32)
+    identity = np.tile(np.array([[1.0, 0, 0, 0]], np.float32), (24, 1))
+
+    def off_by(deg):  # the truth turned by deg about a random axis
+        axis = rng.normal(size=(24, 3))
+        axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+        turn = geometry.matrix_to_quaternion(
+            Rotation.from_rotvec(np.deg2rad(deg) * axis).as_matrix()).astype(np.float32)
+        return quaternion_multiply(q_true, turn).numpy()
+
+    def error(q):
+        return geometry.rotation_angle_deg(geometry.quaternion_to_matrix(np.asarray(q)), R)
+
+    start = off_by(3.0)
+    q, shifts, head_won = model.search_pose(images, vols, identity, np.zeros((24, 2), np.float32), start=start)
+    assert np.median(error(q)) < np.median(error(start)) and np.median(error(q)) < 2.5, np.sort(error(q))
+    assert not head_won.numpy().any()
+    # a zero row: no cached pose, the head's rotation is the start (here: the truth, nearby)
+    q, _, _ = model.search_pose(images, vols, off_by(2.0), np.zeros((24, 2), np.float32),
+                                start=np.zeros((24, 4), np.float32))
+    assert np.median(error(q)) < 2.5
+    # no global stage: 90 degrees off stays far off
+    q, _, _ = model.search_pose(images, vols, identity, np.zeros((24, 2), np.float32), start=off_by(90.0))
+    assert np.median(error(q)) > 60
