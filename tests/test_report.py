@@ -265,8 +265,9 @@ def test_report_of_particles_without_an_original_skips_selections_with_a_note(tr
 
 def test_learned_pose_run_of_a_cli_layout(tmp_path):
     """`cryovae analyze --checkpoint --out --no-umap` on a learned-pose run whose data is `p.star`
-    (the command-line layout, not the tutorial's): the volumes are brought to one hand, and the
-    copied notebooks see the set under the project file's name particles.star."""
+    (the command-line layout, not the tutorial's): the volumes are brought to one hand, the
+    copied notebooks see the set under the project file's name particles.star and open the
+    analysed checkpoint, not the run's newest."""
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, simulate
@@ -280,9 +281,9 @@ def test_learned_pose_run_of_a_cli_layout(tmp_path):
     model = ModelConfig().with_options(box=16, latent_dim=3, encoder_layers=1, encoder_units=32,
                                        decoder_layers=1, decoder_units=32, pose_mode="learned")
     Trainer(TrainConfig(data=str(tmp_path / "pre" / "p.star"), run_dir=str(tmp_path / "run"), model=model,
-                        batch_size=40, max_steps=4, log_every=4, sample_every=100, checkpoint_every=4,
+                        batch_size=40, max_steps=8, log_every=4, sample_every=100, checkpoint_every=4,
                         n_test_eval=20), progress=False).train()
-    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("step_*")
+    ckpt, newest = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))  # the older one analysed
     out = tmp_path / "report"
     assert cli.main(["analyze", str(tmp_path / "run"), "--checkpoint", str(ckpt), "--out", str(out),
                      "--no-umap", "--k", "2", "--steps", "3"]) == 0
@@ -294,6 +295,20 @@ def test_learned_pose_run_of_a_cli_layout(tmp_path):
     assert project.preprocessed_star.resolve() == (tmp_path / "pre" / "p.star").resolve()
     check_folders(project)
     assert len(read_particles(project.preprocessed_star)) == 120  # its stack found through the links
+    assert s["notebooks"] == ["04_evaluate.ipynb", "05_latent_landscape.ipynb"]
+    for name in s["notebooks"]:
+        cells = json.loads((out / name).read_text())["cells"]
+        params = {}
+        for c in cells:  # the notebook's parameters, then the report's
+            if {"parameters", "injected-parameters"} & set(c["metadata"].get("tags", [])):
+                exec("".join(c["source"]), params)
+        assert Path(params["CHECKPOINT"]) == ckpt.resolve() != newest.resolve()
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        opens = re.findall(r"load_run\(([^)]*)\)", code)  # every run the notebook opens is at CHECKPOINT
+        assert opens and all("checkpoint=CHECKPOINT" in a for a in opens), (name, opens)
+    from cryovae_nb.inference import load_run
+
+    assert load_run(project.run_dir, checkpoint=params["CHECKPOINT"]).step == s["step"] == 4
 
 
 def test_colours_are_the_original_rows_of_each_particle(trained, hinge_run, tmp_path):
