@@ -182,11 +182,35 @@ def test_copied_notebooks_open_this_run(analysed, hinge_run):
                                 if "injected-parameters" in c["metadata"].get("tags", [])][0]["source"]
 
 
+def test_the_screening_figure_is_the_loss_data_term(analysed, trained):
+    """The report screens on each particle's training-loss data term (as notebook 05 does, through
+    the one ``TrainedRun.reconstruction_errors``): the Gaussian negative log-likelihood in nats of
+    its image about the model's image of it, at the run's noise variance, over the loss's pixels."""
+    import pandas as pd
+
+    out, _ = analysed
+    particles = trained.particles
+    assert trained.config.model.loss.likelihood == "gaussian"
+    idx = np.arange(0, len(particles), 41)
+    errors = trained.reconstruction_errors(particles, idx)
+    images, predicted = trained.reconstruct(particles, idx)
+    var = float(trained.model.noise_variance())
+    mask = trained.model._pixel_mask  # the loss's pixels (None: all)
+    mask = np.ones(images.shape[1:]) if mask is None else np.asarray(mask)
+    sse = (mask * (np.asarray(images, np.float64) - predicted) ** 2).sum(axis=(1, 2))
+    nll = 0.5 * sse / var + 0.5 * mask.sum() * np.log(2 * np.pi * var)
+    np.testing.assert_allclose(errors, nll, rtol=1e-4)
+    screened = pd.read_csv(out / "particles" / "screen.csv", index_col="particle")
+    assert len(screened) == len(particles)
+    np.testing.assert_allclose(screened["recon_error"].to_numpy()[idx], errors, rtol=1e-5)
+
+
 class _Counting:
-    """A run whose encode / decode / reconstruct calls are counted (everything else passes through)."""
+    """A run whose encode / decode / reconstruct(ion_errors) calls are counted (everything else
+    passes through)."""
 
     def __init__(self, run):
-        self._run, self.calls = run, {"encode": 0, "decode": 0, "reconstruct": 0}
+        self._run, self.calls = run, {"encode": 0, "decode": 0, "reconstruct": 0, "reconstruction_errors": 0}
 
     def __getattr__(self, name):
         attr = getattr(self._run, name)
@@ -205,7 +229,7 @@ def test_a_rerun_reuses_what_is_done(analysed, trained):
     stamp = (out / "report.json").stat().st_mtime_ns
     run = _Counting(trained)
     again = report(run, out, ReportOptions(k=K), notebooks=notebooks_dir(), progress=False)
-    assert run.calls == {"encode": 0, "decode": 0, "reconstruct": 0}
+    assert run.calls == {"encode": 0, "decode": 0, "reconstruct": 0, "reconstruction_errors": 0}
     assert (out / "report.json").stat().st_mtime_ns == stamp and again["key"] == summary["key"]
 
     # other options: rebuilt, but the encoding, the UMAP and the reconstruction errors are reused
@@ -214,7 +238,8 @@ def test_a_rerun_reuses_what_is_done(analysed, trained):
     (out / "landscape").mkdir()
     (out / "landscape" / "mine.txt").write_text("kept")
     three = report(run, out, ReportOptions(k=3), notebooks=notebooks_dir(), progress=False)
-    assert run.calls["encode"] == 0 and run.calls["reconstruct"] == 1  # only the worst particles' images
+    assert run.calls["encode"] == 0 and run.calls["reconstruction_errors"] == 0
+    assert run.calls["reconstruct"] == 1  # only the worst particles' images
     assert run.calls["decode"] > 0 and three["cluster_sizes"] != summary["cluster_sizes"]
     assert len(three["cluster_sizes"]) == 3 and len(list((out / "volumes" / "kmeans").glob("*.mrc"))) == 3
     assert (out / "cache" / umap_cache.name).stat().st_mtime_ns == umap_stamp
