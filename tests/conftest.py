@@ -30,3 +30,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "benchmark_smoke: runs a benchmark script (--help, or its smallest "
+                                       "configuration: about 2 min in all); -m 'not benchmark_smoke' skips them")
+
