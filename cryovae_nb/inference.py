@@ -8,6 +8,7 @@
     run.interpolate(z0, z1, k)   k volumes on the straight line z0 -> z1 (thesis Fig. 3.20)
     run.traverse(dim, k)         one latent dimension from its observed min to max, others at their means
     run.sample_prior(k, seed)    volumes of latents drawn from the N(0, I) prior
+    run.reconstruction_errors(d) each particle's loss data term: the junk screening's figure
 
 Exports: `write_volumes` (MRC with the voxel size), `Encoding.save` (.npz, no pickle) and
 `write_star` (RELION 3.1 STAR with the learned poses, so RELION can refine from them).
@@ -202,6 +203,32 @@ class TrainedRun:
         batch = self._batch(images, idx, known if self.config.model.pose.mode == "known" else None, optics)
         predicted, _ = self.model.reconstruct(batch)
         return batch.images, np.asarray(predicted)
+
+    def reconstruction_errors(self, data, indices=None, *, progress: bool = False) -> np.ndarray:
+        """Each particle's screening figure (``analysis.screen.screen_particles``' ``recon_error``):
+        the training loss's data term of its image, float64 ``(k,)`` for the particles at
+        ``indices`` (default: all) of ``data`` (as for `encode`). That is ``recon_per_sample`` of
+        ``CryoVAE.compute_losses`` at z = z_mean: the Gaussian negative log-likelihood in nats at the
+        run's noise variance (or the cross-entropy), over the loss's pixels, with the particle's
+        CTF, its known pose in known-pose runs and the searched pose where the run searches.
+        One definition for the report (``cryovae analyze``) and notebook 05: the figure the model
+        was trained to lower, so a particle it explains badly scores high."""
+        from tqdm.auto import tqdm
+
+        if isinstance(data, (str, os.PathLike)):
+            data = read_particles(data)
+        images, known = self._as_images(data)
+        if self.config.model.pose.mode == "known" and known is None:
+            raise InputError("the run used known poses but the particles have none")
+        optics = self._optics(data)
+        idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64).ravel()
+        out = []
+        for s in tqdm(range(0, len(idx), self.batch_size), desc="reconstruction errors", unit="batch",
+                      leave=False, disable=not progress):
+            batch = self._batch(images, idx[s:s + self.batch_size],
+                                known if self.config.model.pose.mode == "known" else None, optics)
+            out.append(np.asarray(self.model.compute_losses(batch, training=False)["recon_per_sample"], np.float64))
+        return np.concatenate(out) if out else np.zeros(0)
 
     def decode(self, z) -> np.ndarray:
         """Latents ``(k, latent_dim)`` (or one ``(latent_dim,)``) -> float32 volumes ``(k, n, n, n)``,

@@ -8,7 +8,8 @@ input STAR, the input's path and SHA-256) and writes
 
 - ``OUT.star``: those rows of the original STAR file, every block as it was (the optics table
   whole, every column in its order, the original image names and pixel size; a RELION 3.0 file
-  stays 3.0), rows in the original's order;
+  stays 3.0), rows in the original's order: the original's own lines (``subset_text``), so each
+  number keeps the original's text (300.000000 is not rewritten as 300) and its comments stay;
 - ``OUT_indices.npy``: their 0-based rows in the original (int64, no pickle).
 
 Both are published atomically; neither may be the original, nor the preprocessed STAR. An original
@@ -23,6 +24,7 @@ them into the copy (``cryovae encode --original-star``).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,18 +116,80 @@ def _particle_block(blocks: dict, path: Path) -> str:
     return "particles" if "particles" in loops else loops[0]
 
 
-def _set_poses(rows: pd.DataFrame, poses: Poses, pixel_size: float, path: Path) -> pd.DataFrame:
-    rows = rows.copy()
-    for i, col in enumerate(_ANGLES):
-        rows[col] = poses.euler[:, i]
+def _pose_columns(columns, poses: Poses, pixel_size: float, path: Path) -> dict[str, np.ndarray]:
+    """The columns ``poses`` set in a copy of a particle table with ``columns``: the Euler angles
+    and the origins (pixels in a RELION 3.0 table, Å otherwise)."""
+    out = {col: poses.euler[:, i] for i, col in enumerate(_ANGLES)}
     origin = shift_to_relion_origin(poses.shifts)  # px of the original box
-    if "rlnOriginX" in rows.columns and "rlnOriginXAngst" not in rows.columns:
-        rows["rlnOriginX"], rows["rlnOriginY"] = origin[:, 0], origin[:, 1]  # RELION 3.0: pixels
+    if "rlnOriginX" in columns and "rlnOriginXAngst" not in columns:
+        out["rlnOriginX"], out["rlnOriginY"] = origin[:, 0], origin[:, 1]  # RELION 3.0: pixels
     else:
         if not pixel_size > 0:
             raise InputError("the original's pixel size is unknown: cannot write origins in Å", path)
-        rows["rlnOriginXAngst"], rows["rlnOriginYAngst"] = origin[:, 0] * pixel_size, origin[:, 1] * pixel_size
-    return rows
+        out["rlnOriginXAngst"], out["rlnOriginYAngst"] = origin[:, 0] * pixel_size, origin[:, 1] * pixel_size
+    return out
+
+
+def _is_row(stripped: str) -> bool:
+    return bool(stripped) and not stripped.startswith(("#", "data_", "loop_", "_"))
+
+
+def subset_text(text: str, block: str, rows: np.ndarray, n_rows: int,
+                values: dict[str, np.ndarray] | None = None) -> str | None:
+    """The original STAR file's ``text`` with only the data lines ``rows`` (ascending) of block
+    ``block``'s loop: every other line as it was (comments, the optics table, each number as the
+    original wrote it: 300.000000 stays 300.000000, not 300), so RELION reads the same values.
+    ``values``: column -> one value per kept row, replacing that column's field (a column the loop
+    lacks is appended). None when the text is not one row per line of ``n_rows`` rows with one
+    plain field per column (quoted fields, a row over several lines): the caller writes the table."""
+    lines = text.splitlines(keepends=True)
+    current, columns, header_end, row_lines, loops = None, [], None, [], 0
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("data_"):
+            current = s.split()[0][5:]
+            continue
+        if current != block:
+            continue
+        if s.startswith("loop_"):
+            loops += 1
+        elif s.startswith("_"):
+            if row_lines:  # a label after the rows: a second table in the block
+                return None
+            if loops:  # (before the loop: one of the block's name-value pairs, kept as it is)
+                columns.append(s.split()[0][1:])
+                header_end = i
+        elif _is_row(s):
+            if not columns or len(s.split()) != len(columns) or "'" in s or '"' in s:
+                return None
+            row_lines.append(i)
+    if loops != 1 or len(row_lines) != n_rows or not row_lines:
+        return None
+    values = values or {}
+    keep = dict(zip((row_lines[r] for r in rows), range(len(rows))))
+    drop = set(row_lines) - set(keep)
+    added = [c for c in values if c not in columns]
+    numbered = bool(re.search(r"#\s*\d+\s*$", lines[header_end]))
+    eol = lines[header_end][len(lines[header_end].rstrip("\r\n")):] or "\n"
+    at = {c: columns.index(c) for c in values if c in columns}
+    out = []
+    for i, line in enumerate(lines):
+        if i in drop:
+            continue
+        if i in keep and values:
+            body = line.rstrip("\r\n")
+            lead, trail = body[:len(body) - len(body.lstrip())], body[len(body.rstrip()):]
+            parts = re.split(r"(\s+)", body.strip())  # fields at even places, their separators between
+            sep = parts[1] if len(parts) > 1 else " "
+            k = keep[i]
+            for c, j in at.items():
+                parts[2 * j] = _FLOAT_FORMAT % values[c][k]
+            parts += [p for c in added for p in (sep, _FLOAT_FORMAT % values[c][k])]
+            line = lead + "".join(parts) + trail + line[len(body):]
+        out.append(line)
+        if i == header_end:
+            out += [f"_{c} #{len(columns) + n + 1}{eol}" if numbered else f"_{c}{eol}" for n, c in enumerate(added)]
+    return "".join(out)
 
 
 def write_selection(particles: Particles | str | os.PathLike, indices, out: str | os.PathLike, *,
@@ -172,14 +236,23 @@ def write_selection(particles: Particles | str | os.PathLike, indices, out: str 
     if len(table) != expected:  # the hash matched, so this is a parser disagreement, not an edit
         raise InputError(f"the original holds {len(table)} particles, {expected} were recorded", original)
     subset = table.iloc[picked].reset_index(drop=True)
+    values = None
     if poses is not None:
         sub = learned_poses(particles, _take_poses(poses, len(particles), rows, order, star))
-        subset = _set_poses(subset, sub, float(particles.provenance.get("cryovaeSourcePixelSize", 0.0)), original)
-    blocks[name] = subset
+        values = _pose_columns(subset.columns, sub, float(particles.provenance.get("cryovaeSourcePixelSize", 0.0)),
+                               original)
+    try:  # bytes decoded as they are: a file with CRLF line ends keeps them
+        text = subset_text(original.read_bytes().decode("utf-8"), name, picked, len(table), values)
+    except UnicodeDecodeError:
+        text = None
     with atomic_path(index_file) as tmp, open(tmp, "wb") as f:
         np.save(f, picked, allow_pickle=False)
     with atomic_path(star) as tmp:
-        starfile.write(blocks, tmp, float_format=_FLOAT_FORMAT)
+        if text is not None:  # the original's own lines: RELION reads exactly its values
+            Path(tmp).write_bytes(text.encode("utf-8"))
+        else:  # a layout subset_text does not follow: the parsed table, written again
+            blocks[name] = subset.assign(**(values or {}))
+            starfile.write(blocks, tmp, float_format=_FLOAT_FORMAT)
     return Selection(star, index_file, picked, original)
 
 
@@ -201,4 +274,4 @@ def read_indices(path: str | os.PathLike) -> np.ndarray:
 
 
 __all__ = ["Selection", "as_rows", "learned_poses", "original_of", "read_indices", "selection_paths",
-           "write_selection"]
+           "subset_text", "write_selection"]

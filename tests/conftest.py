@@ -7,6 +7,7 @@ absent; tests/data/quirks/ covers each of their quirks with files the project wr
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,30 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "benchmark_smoke: runs a benchmark script (--help, or its smallest "
+                                       "configuration: about 2 min in all); -m 'not benchmark_smoke' skips them")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_temporary_files(tmp_path_factory):
+    """The processes the tests start keep their temporary files in this session's folder, not /tmp.
+
+    TensorFlow's autograph writes a module per converted function to the temporary folder
+    (``__autograph_generated_file*.py``) and deletes it only at a normal exit: every trainer the
+    fault tests SIGKILL left its files in /tmp for good. Under pytest's folder they go with it
+    (pytest keeps the last three sessions'). Only the children's TMPDIR changes: this process's
+    own stays where it is (its autograph files go at its exit, and test_packaging hands its
+    folders to an unprivileged user, who cannot enter pytest's).
+    """
+    tempfile.gettempdir()  # this process's: fixed before TMPDIR changes
+    folder = tmp_path_factory.mktemp("subprocess_tmp")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before

@@ -340,9 +340,7 @@ def test_train_encode_and_reconstruct_with_the_ctf_model(ctf_data, tmp_path):
         run.encode(np.zeros((2, 16, 16), np.float32), progress=False)
     # the screening feature goes through the same forward model: with the Gaussian likelihood each
     # particle's error is an affine function of its squared residual against the CTF'd image
-    from cryovae_nb.tutorial.evaluation import reconstruction_errors
-
-    errors = reconstruction_errors(run, std, np.arange(8))
+    errors = run.reconstruction_errors(std, np.arange(8))
     sse = ((images - predicted) ** 2).sum(axis=(1, 2))
     assert errors.shape == (8,) and np.corrcoef(errors, sse)[0, 1] > 0.99
 

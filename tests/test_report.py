@@ -182,11 +182,35 @@ def test_copied_notebooks_open_this_run(analysed, hinge_run):
                                 if "injected-parameters" in c["metadata"].get("tags", [])][0]["source"]
 
 
+def test_the_screening_figure_is_the_loss_data_term(analysed, trained):
+    """The report screens on each particle's training-loss data term (as notebook 05 does, through
+    the one ``TrainedRun.reconstruction_errors``): the Gaussian negative log-likelihood in nats of
+    its image about the model's image of it, at the run's noise variance, over the loss's pixels."""
+    import pandas as pd
+
+    out, _ = analysed
+    particles = trained.particles
+    assert trained.config.model.loss.likelihood == "gaussian"
+    idx = np.arange(0, len(particles), 41)
+    errors = trained.reconstruction_errors(particles, idx)
+    images, predicted = trained.reconstruct(particles, idx)
+    var = float(trained.model.noise_variance())
+    mask = trained.model._pixel_mask  # the loss's pixels (None: all)
+    mask = np.ones(images.shape[1:]) if mask is None else np.asarray(mask)
+    sse = (mask * (np.asarray(images, np.float64) - predicted) ** 2).sum(axis=(1, 2))
+    nll = 0.5 * sse / var + 0.5 * mask.sum() * np.log(2 * np.pi * var)
+    np.testing.assert_allclose(errors, nll, rtol=1e-4)
+    screened = pd.read_csv(out / "particles" / "screen.csv", index_col="particle")
+    assert len(screened) == len(particles)
+    np.testing.assert_allclose(screened["recon_error"].to_numpy()[idx], errors, rtol=1e-5)
+
+
 class _Counting:
-    """A run whose encode / decode / reconstruct calls are counted (everything else passes through)."""
+    """A run whose encode / decode / reconstruct(ion_errors) calls are counted (everything else
+    passes through)."""
 
     def __init__(self, run):
-        self._run, self.calls = run, {"encode": 0, "decode": 0, "reconstruct": 0}
+        self._run, self.calls = run, {"encode": 0, "decode": 0, "reconstruct": 0, "reconstruction_errors": 0}
 
     def __getattr__(self, name):
         attr = getattr(self._run, name)
@@ -205,7 +229,7 @@ def test_a_rerun_reuses_what_is_done(analysed, trained):
     stamp = (out / "report.json").stat().st_mtime_ns
     run = _Counting(trained)
     again = report(run, out, ReportOptions(k=K), notebooks=notebooks_dir(), progress=False)
-    assert run.calls == {"encode": 0, "decode": 0, "reconstruct": 0}
+    assert run.calls == {"encode": 0, "decode": 0, "reconstruct": 0, "reconstruction_errors": 0}
     assert (out / "report.json").stat().st_mtime_ns == stamp and again["key"] == summary["key"]
 
     # other options: rebuilt, but the encoding, the UMAP and the reconstruction errors are reused
@@ -214,7 +238,8 @@ def test_a_rerun_reuses_what_is_done(analysed, trained):
     (out / "landscape").mkdir()
     (out / "landscape" / "mine.txt").write_text("kept")
     three = report(run, out, ReportOptions(k=3), notebooks=notebooks_dir(), progress=False)
-    assert run.calls["encode"] == 0 and run.calls["reconstruct"] == 1  # only the worst particles' images
+    assert run.calls["encode"] == 0 and run.calls["reconstruction_errors"] == 0
+    assert run.calls["reconstruct"] == 1  # only the worst particles' images
     assert run.calls["decode"] > 0 and three["cluster_sizes"] != summary["cluster_sizes"]
     assert len(three["cluster_sizes"]) == 3 and len(list((out / "volumes" / "kmeans").glob("*.mrc"))) == 3
     assert (out / "cache" / umap_cache.name).stat().st_mtime_ns == umap_stamp
@@ -265,8 +290,9 @@ def test_report_of_particles_without_an_original_skips_selections_with_a_note(tr
 
 def test_learned_pose_run_of_a_cli_layout(tmp_path):
     """`cryovae analyze --checkpoint --out --no-umap` on a learned-pose run whose data is `p.star`
-    (the command-line layout, not the tutorial's): the volumes are brought to one hand, and the
-    copied notebooks see the set under the project file's name particles.star."""
+    (the command-line layout, not the tutorial's): the volumes are brought to one hand, the
+    copied notebooks see the set under the project file's name particles.star and open the
+    analysed checkpoint, not the run's newest."""
     from cryovae_nb.model import ModelConfig
     from cryovae_nb.preprocess import PreprocessConfig, preprocess_stack
     from cryovae_nb.synthetic import SimulationConfig, simulate
@@ -280,9 +306,9 @@ def test_learned_pose_run_of_a_cli_layout(tmp_path):
     model = ModelConfig().with_options(box=16, latent_dim=3, encoder_layers=1, encoder_units=32,
                                        decoder_layers=1, decoder_units=32, pose_mode="learned")
     Trainer(TrainConfig(data=str(tmp_path / "pre" / "p.star"), run_dir=str(tmp_path / "run"), model=model,
-                        batch_size=40, max_steps=4, log_every=4, sample_every=100, checkpoint_every=4,
+                        batch_size=40, max_steps=8, log_every=4, sample_every=100, checkpoint_every=4,
                         n_test_eval=20), progress=False).train()
-    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("step_*")
+    ckpt, newest = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))  # the older one analysed
     out = tmp_path / "report"
     assert cli.main(["analyze", str(tmp_path / "run"), "--checkpoint", str(ckpt), "--out", str(out),
                      "--no-umap", "--k", "2", "--steps", "3"]) == 0
@@ -294,6 +320,20 @@ def test_learned_pose_run_of_a_cli_layout(tmp_path):
     assert project.preprocessed_star.resolve() == (tmp_path / "pre" / "p.star").resolve()
     check_folders(project)
     assert len(read_particles(project.preprocessed_star)) == 120  # its stack found through the links
+    assert s["notebooks"] == ["04_evaluate.ipynb", "05_latent_landscape.ipynb"]
+    for name in s["notebooks"]:
+        cells = json.loads((out / name).read_text())["cells"]
+        params = {}
+        for c in cells:  # the notebook's parameters, then the report's
+            if {"parameters", "injected-parameters"} & set(c["metadata"].get("tags", [])):
+                exec("".join(c["source"]), params)
+        assert Path(params["CHECKPOINT"]) == ckpt.resolve() != newest.resolve()
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        opens = re.findall(r"load_run\(([^)]*)\)", code)  # every run the notebook opens is at CHECKPOINT
+        assert opens and all("checkpoint=CHECKPOINT" in a for a in opens), (name, opens)
+    from cryovae_nb.inference import load_run
+
+    assert load_run(project.run_dir, checkpoint=params["CHECKPOINT"]).step == s["step"] == 4
 
 
 def test_colours_are_the_original_rows_of_each_particle(trained, hinge_run, tmp_path):

@@ -145,6 +145,65 @@ def test_quirk_fixtures_and_relion5_datadir(tmp_path):
         _check_subset(QUIRKS / star, sel.star, rows)
 
 
+def _is_subsequence(lines, of) -> bool:
+    it = iter(of)
+    return all(any(line == o for o in it) for line in lines)
+
+
+def test_the_subset_is_the_originals_own_text(tmp_path):
+    """RELION reads the selection exactly as it read the original: its lines, less the rows not
+    selected (numbers as written, 300.000000 not 300; comments; tabs or spaces; CRLF ends)."""
+    crlf = tmp_path / "crlf"
+    crlf.mkdir()
+    shutil.copy(QUIRKS / "relion31_nostamp.mrcs", crlf)
+    (crlf / "relion31.star").write_bytes((QUIRKS / "relion31.star").read_bytes().replace(b"\n", b"\r\n"))
+    made = relion31_star(tmp_path / "made")  # starfile's layout: a header comment, tab-separated
+    for star, datadir in ((QUIRKS / "relion31.star", None), (QUIRKS / "relion30.star", None),
+                          (QUIRKS / "relion5.star", QUIRKS / "relion5_datadir"), (crlf / "relion31.star", None),
+                          (made, None)):
+        src = read_particles(star, datadir=datadir)
+        pre = preprocess_stack(src, tmp_path / star.parent.name / star.stem / "p", PreprocessConfig(), progress=False)
+        rows = np.arange(0, len(pre), 2)
+        sel = write_selection(pre, rows, tmp_path / "sel" / f"{star.parent.name}_{star.stem}")
+        _check_subset(star, sel.star, rows)
+        original = star.read_bytes().splitlines(keepends=True)
+        written = sel.star.read_bytes().splitlines(keepends=True)
+        assert _is_subsequence(written, original) and len(original) - len(written) == len(pre) - len(rows), star
+    assert b"300.000000" in (tmp_path / "sel" / "quirks_relion31.star").read_bytes()
+    assert b"# version 30001\r\n" in (tmp_path / "sel" / "crlf_relion31.star").read_bytes()
+    # poses written in: only their fields change, the other fields keep the original's text
+    pre = read_particles(tmp_path / "quirks" / "relion31" / "p.star")
+    rot = np.stack([np.eye(3)] * len(pre))
+    sel = write_selection(pre, [1, 3], tmp_path / "sel" / "posed", poses=Poses.from_matrices(rot, np.zeros((len(pre), 2))))
+    original = (QUIRKS / "relion31.star").read_text().splitlines()
+    written = sel.star.read_text().splitlines()
+    assert len(written) == len(original) - (len(pre) - 2)
+    head = original.index("_rlnImageName #1")
+    cols = [line.split()[0] for line in original[head:head + 13]]
+    for r, line in zip((1, 3), [line for line in written if "@" in line], strict=True):
+        before, after = original[head + 13 + r].split(), line.split()
+        assert len(after) == len(before) == len(cols)
+        for c, a, b in zip(cols, before, after):
+            if c in ("_rlnAngleRot", "_rlnAngleTilt", "_rlnAnglePsi", "_rlnOriginXAngst", "_rlnOriginYAngst"):
+                assert float(b) == 0.0
+            else:
+                assert a == b, (c, a, b)
+
+
+def test_a_star_layout_read_only_by_parsing_is_written_from_the_table(tmp_path):
+    """A row over two lines is valid STAR that ``subset_text`` does not follow: the selection is
+    then the parsed table written again (the values, not the text)."""
+    from cryovae_nb.selection import subset_text
+
+    text = "data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n1@a.mrcs 100.0\n2@a.mrcs\n200.0\n"
+    assert subset_text(text, "particles", np.array([0]), 2) is None
+    text = "# c\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n1@a.mrcs 100.0\n2@a.mrcs\t200.0\n\n"
+    assert subset_text(text, "particles", np.array([1]), 2) == text.replace("1@a.mrcs 100.0\n", "")
+    assert subset_text(text, "particles", np.array([1]), 3) is None  # not the parser's row count
+    assert subset_text(text, "particles", np.array([0]), 2, {"rlnDefocusU": np.array([5.5]), "rlnAngleRot": np.array([1.0])}) == (
+        "# c\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n_rlnAngleRot #3\n1@a.mrcs 5.5 1\n\n")
+
+
 def test_real_files(tmp_path, shared_data):
     for star in ("empiar_10076_7.star", "relion31.star", "relion5.star"):
         path = shared_data / star

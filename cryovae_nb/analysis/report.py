@@ -29,7 +29,8 @@ are unchanged is returned as it is. The folder is built beside the old one and r
 what the copied notebooks or the user added to the previous folder is carried into the new one.
 
 The run is duck-typed (``inference.TrainedRun``: ``encode``, ``decode``, ``reconstruct``,
-``particles``, ``pixel_size``, ``checkpoint``, ``config``) so this module never imports the model.
+``reconstruction_errors``, ``particles``, ``pixel_size``, ``checkpoint``, ``config``) so this module
+never imports the model.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def _link(link: Path, target: Path) -> None:
 def notebook_copies(folder: Path, final: Path, run, particles, source, options, notes: list) -> list[str]:
     """04 / 05 from ``source`` into ``folder``, reading ``folder/project.yaml`` (the format of
     ``tutorial/project.py``) whose ``run`` and ``preprocessed`` are links to the run's folders,
-    so the notebooks open this run on its data (``final``: where ``folder`` will be published)."""
+    so the notebooks open this run, at the analysed checkpoint, on its data (``final``: where
+    ``folder`` will be published)."""
     if source is None:
         notes.append("analysis notebooks not copied (no notebooks folder given)")
         return []
@@ -80,7 +81,9 @@ def notebook_copies(folder: Path, final: Path, run, particles, source, options, 
                "preprocessed": "preprocessed", "run_name": "run"}
     write_text_atomic(folder / "project.yaml", "# written by cryovae analyze: the notebooks here open this run\n"
                       + yaml.safe_dump(project, sort_keys=False))
+    # CHECKPOINT: the analysed one (``cryovae analyze --checkpoint``), not the run's newest
     values = {"WORKDIR": str(final), "N_CLUSTERS": options.k, "SEED": options.seed, "RUN_NAME": None,
+              "CHECKPOINT": str(Path(run.checkpoint).resolve()),
               "STAR_FILE": None, "REFERENCE_MAP": None if options.reference is None
               else str(Path(options.reference).resolve())}
     written = []
@@ -95,6 +98,8 @@ def notebook_copies(folder: Path, final: Path, run, particles, source, options, 
             notes.append(f"{src}: no single cell tagged 'parameters': not copied")
             continue
         declared = set(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", "".join(nb["cells"][at[0]]["source"]), re.M))
+        if "CHECKPOINT" not in declared:
+            notes.append(f"{src} has no CHECKPOINT parameter: it opens the run's newest checkpoint")
         text = "# set by cryovae analyze for this run\n" + "\n".join(
             f"{k} = {v!r}" for k, v in values.items() if k in declared)
         cell = {"cell_type": "code", "execution_count": None, "outputs": [],

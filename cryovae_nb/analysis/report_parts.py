@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cryovae_nb.analysis import report_figures as figs
 from cryovae_nb.analysis.align import align, consistent_hand
@@ -174,20 +173,14 @@ def nearest_particles(particles, z, labels, centres, folder: Path, n: int) -> Pa
 def screen_report(run, particles, z_logvar, folder: Path, cache: Path, enc_key: str, o: ReportOptions,
             progress: bool) -> dict:
     """The junk screening (``screen.screen_particles``) on each particle's reconstruction error
-    (mean squared difference between the image and the model's image of it) and posterior
-    variance; the worst particles beside the model's images of them. The default method flags
-    outliers only (robust z > 3): a mixture of two populations also splits clean data by view."""
-    bs = int(run.batch_size)
-
+    (``run.reconstruction_errors``: the training loss's data term, as notebook 05 screens) and
+    posterior variance; the worst particles beside the model's images of them. The default method
+    flags outliers only (robust z > 3): a mixture of two populations also splits clean data by view."""
     def errors():
-        err = []
-        for s in tqdm(range(0, len(particles), bs), desc="reconstruct", unit="batch", leave=False,
-                      disable=not progress):
-            img, model = run.reconstruct(particles, np.arange(s, min(s + bs, len(particles))))
-            err.append(np.mean((np.asarray(img, np.float64) - model) ** 2, axis=(1, 2)))
-        return {"recon_error": np.concatenate(err)}
+        return {"recon_error": run.reconstruction_errors(particles, progress=progress)}
 
-    err = cached_arrays(cache, f"recon_error-{enc_key}", errors)["recon_error"]
+    # named by the figure: a cache of the mean squared error an earlier version screened on is not reused
+    err = cached_arrays(cache, f"loss_data_term-{enc_key}", errors)["recon_error"]
     table = screen_particles(err, z_logvar, method=o.screen if len(err) >= 10 else "threshold")
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "screen.csv") as tmp:

@@ -1,6 +1,7 @@
 """Evaluation for the tutorial notebooks and the demo: the simulated truth (maps at any hinge
 parameter, resampled to the model's box), a run's consensus map and its FSC against the truth,
-how well the latent recovers the simulated motion, and per-particle reconstructions and errors.
+how well the latent recovers the simulated motion, and per-particle reconstructions (the screening's
+errors are the run's own: ``TrainedRun.reconstruction_errors``).
 """
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ from cryovae_nb.config import load_config
 from cryovae_nb.errors import InputError
 from cryovae_nb.heterogeneity import motion_recovery, state_volumes
 from cryovae_nb.io import read_volume
-from cryovae_nb.model.batch import Batch
 from cryovae_nb.synthetic import SimulationConfig, hinge_volume, load_truth
-from cryovae_nb.training.data import particle_optics
 from cryovae_nb.tutorial.workspace import TutorialData, reference_level, truth_table
 from cryovae_nb.volumes import fourier_resample
 
@@ -315,26 +314,3 @@ def fsc_summary(result) -> dict:
             "resolution_05_px": result.resolution_05 / px, "resolution_0143_px": result.resolution_0143 / px,
             "crossed_05": bool(result.crossed_05), "crossed_0143": bool(result.crossed_0143),
             "nyquist_A": result.nyquist, "pixel_size_A": px}
-
-
-def reconstruction_errors(run, particles, indices=None, batch_size: int = 256) -> np.ndarray:
-    """Per-particle reconstruction error (the training loss's data term summed over pixels, z = z_mean)
-    of a trained run: the feature ``analysis.screen.screen_particles`` flags bad particles with.
-    Known-pose runs use the particles' poses, learned-pose runs the encoder's."""
-    model = run.model
-    idx = np.arange(len(particles)) if indices is None else np.asarray(indices)
-    poses = particles.poses if run.config.model.pose.mode == "known" else None
-    if run.config.model.pose.mode == "known" and poses is None:
-        raise InputError("the run used known poses but the particles have none", run.config.data)
-    optics = particle_optics(particles) if run.config.model.loss.ctf else None  # the CTF model's
-    out = []
-    for s in range(0, len(idx), batch_size):
-        b = idx[s:s + batch_size]
-        batch = Batch(np.asarray(particles.images[b], np.float32), indices=b,
-                      optics=None if optics is None else optics[b])
-        if poses is not None:
-            batch = batch.replace(rotations=np.asarray(poses.rotations[b], np.float32),
-                                  shifts=np.asarray(poses.shifts[b], np.float32))
-        losses = model.compute_losses(batch, training=False)
-        out.append(np.asarray(losses["recon_per_sample"], np.float64))
-    return np.concatenate(out) if out else np.zeros(0)
