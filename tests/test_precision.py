@@ -173,6 +173,44 @@ def test_training_steps_under_a_mixed_policy_lower_the_loss_and_keep_float32_wei
         assert int(optimizer.iterations.numpy()) > 0 and float(optimizer.dynamic_scale.numpy()) >= 1.0
 
 
+def test_the_data_parallel_step_scales_and_unscales_float16_gradients():
+    """The step Horovod uses (a gradient reducer between the gradient and the update, compiled
+    apart): the reducer sees the scaled gradients, the update unscales them."""
+    import tensorflow as tf
+
+    from cryovae_nb.training.steps import make_optimizer, make_train_step
+
+    seen = {"float32": [], "mixed_float16": []}
+
+    def reducer(precision):
+        def reduce(grads):  # what an all-reduce would hand back to one rank alone
+            # learned poses, no search: the gradients, then the batch's residual
+            seen[precision].append(max(float(tf.reduce_max(tf.abs(g))) for g in grads[:-1]))
+            return grads
+        return reduce
+
+    batch = tiny_batch(known=False)
+    plain = tiny_model("float32", pose_search_deg=None)
+    make_train_step(plain, make_optimizer(plain, 1e-3), jit=False, grad_reducer=reducer("float32"))(
+        batch, tf.constant([1, 0]))
+    model = tiny_model("mixed_float16", pose_search_deg=None)
+    optimizer = make_optimizer(model, 1e-3, loss_scale=True)
+    step = make_train_step(model, optimizer, jit=False, grad_reducer=reducer("mixed_float16"))
+    before = _values(model.trainable_variables)
+    out = [float(step(batch, tf.constant([1, 0]))["recon"]) for _ in range(3)]  # the same noise each time
+    # a step whose scaled gradients overflowed float16 is skipped and halves the scale (here the
+    # first ones: 2^15 times this model's gradients passes float16's 65504); the others update
+    skipped = round(np.log2(2.0 ** 15 / float(optimizer.dynamic_scale.numpy())))
+    assert all(np.isfinite(out)) and int(optimizer.iterations.numpy()) == 3 - skipped >= 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, _values(model.trainable_variables)))
+    # the reducer saw the gradient of the loss times the scale (2^15 halved once per skipped step
+    # before it, which left the weights as they were); the update unscales it (Adam would hide a
+    # missing unscale: test_losses_* and the resume tests check the values)
+    assert seen["mixed_float16"][:skipped] == [np.inf] * skipped and seen["float32"][0] > 0
+    ratio = seen["mixed_float16"][skipped] / seen["float32"][0]
+    assert ratio == pytest.approx(2.0 ** (15 - skipped), rel=0.02)
+
+
 def test_set_precision_rejects_an_unknown_precision():
     from cryovae_nb.training.precision import set_precision
 
