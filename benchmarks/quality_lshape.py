@@ -134,6 +134,9 @@ def main(argv=None) -> int:
                     help="epochs between a particle's global searches (PoseConfig.global_every)")
     ap.add_argument("--projector", default="fourier", choices=["fourier", "real"])
     ap.add_argument("--no-jit", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                    help="TrainConfig.precision; its accuracy cost, side by side (two processes at once): "
+                         "--precision float32 / --precision mixed_bfloat16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_quality_lshape"),
                     help="cache of the simulated data and the runs")
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
                       max_steps=10**9,
                       log_every=100, sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1,
                       test_fraction=0.02, n_test_eval=240, seed=args.seed,
-                      jit=False if args.no_jit else None, **trainer_options)
+                      jit=False if args.no_jit else None, precision=args.precision, **trainer_options)
     trainer = Trainer(cfg, progress=False)
     truth = lshape_volume(args.box)
     held_out = trainer.test_indices[:10]
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
                                                 for k in options)
           + f", learning rate {cfg.learning_rate}, projector {args.projector}, "
             f"jit {trainer.device_policy.jit if hasattr(trainer, 'device_policy') else cfg.jit}, "
+            f"precision {getattr(getattr(trainer, 'device_policy', None), 'precision', args.precision)}, "
             f"budget {args.budget:.0f} s")
     print(f"{'train_s':>8} {'step':>7} {'img/s':>7} {'test_recon':>10} {'FSC0.5_px':>9} {'FSC0.143_px':>11} "
           f"{'best0.5':>7} {'corr':>5} {'mirr':>4}")

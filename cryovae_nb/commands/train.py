@@ -6,7 +6,7 @@ import argparse
 
 from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_float, positive_int
 from cryovae_nb.config import from_dict, load_config, to_dict
-from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.config import PRECISIONS, TrainConfig
 
 HELP = "train the VAE on a preprocessed stack (resumable)"
 
@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="start a new run; the run folder's previous run is moved to previous-N")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="the dense layers' compute dtype (default auto: mixed bfloat16 on GPUs of "
+                             "compute capability >= 8.0, mixed float16 on 7.x, float32 on a CPU)")
     parser.add_argument("--no-memory-check", action="store_true",
                         help="start even when the estimated peak memory exceeds the device's")
     # data-parallel training (cryovae_nb.training.horovod); implied when started by horovodrun/mpirun
@@ -35,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     data = to_dict(load_config(TrainConfig, args.config)) if args.config else {}
     for name in ("data", "datadir", "run_dir", "max_steps", "max_time_s", "batch_size",
-                 "learning_rate", "seed"):
+                 "learning_rate", "seed", "precision"):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value

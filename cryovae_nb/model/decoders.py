@@ -82,7 +82,10 @@ class DenseDecoder(Decoder):
         for layer in self.hidden_layers:
             h = layer(h, training=training)
         n = self.box
-        return tf.reshape(self.voxel_layer(h, training=training), [-1, n, n, n])
+        # float32 whatever the layers compute in (mixed precision, training/precision.py): the
+        # projector, its FFTs and the losses work on this volume
+        voxels = tf.cast(self.voxel_layer(h, training=training), tf.float32)
+        return tf.reshape(voxels, [-1, n, n, n])
 
 
 def upsample2(h) -> tf.Tensor:

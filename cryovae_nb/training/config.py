@@ -11,6 +11,9 @@ from cryovae_nb.config import check_fields
 from cryovae_nb.errors import ConfigError
 from cryovae_nb.model.config import OPTION_NAMES, TRAINER_OPTIONS, ModelConfig
 
+# TrainConfig.precision: "auto" (the device policy's choice, training/devices.py) or a Keras policy
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
 
 @dataclass
 class TrainConfig:
@@ -39,6 +42,9 @@ class TrainConfig:
     deterministic: bool = True          # tf.config.experimental.enable_op_determinism()
     tf32_matmul: bool | None = None     # TensorFloat-32 matmuls; None: on where a GPU is present (devices.py)
     check_memory: bool = True           # refuse to start when the memory model's estimate exceeds the device
+    precision: str = "auto"             # the dense layers' compute dtype (PRECISIONS); "auto": mixed
+                                        # bfloat16/float16 on a GPU, float32 on a CPU (devices.py);
+                                        # weights and checkpoints stay float32 whatever it is
 
     def validate(self) -> None:
         check_fields(self)
@@ -53,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ConfigError(f"TrainConfig.max_time_s must be > 0, got {self.max_time_s}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.n_test_eval < 0 or self.n_samples < 0 or self.n_sample_volumes < 0:
             raise ConfigError("TrainConfig.n_test_eval, n_samples and n_sample_volumes must be >= 0")
 

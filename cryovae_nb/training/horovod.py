@@ -103,7 +103,8 @@ class Context:
         """Trainer hook, run after build/restore: rank 0's weights, optimizer state and step."""
         if self.hvd is None or self.size == 1:
             return
-        trainer.optimizer.build(trainer.model.trainable_variables)  # slots must exist to be sent
+        if not trainer.optimizer.built:  # slots must exist to be sent (a loss-scaled one must not build twice)
+            trainer.optimizer.build(trainer.model.trainable_variables)
         self.broadcast_variables(list(trainer.model.variables) + list(trainer.optimizer.variables))
         step = self.hvd.broadcast(tf.constant(int(trainer.step), tf.int64), 0, name="cryovae.bcast.step")
         trainer.step = int(step)  # a rank that did not see the checkpoint (no shared disk) follows rank 0

@@ -12,6 +12,7 @@ from cryovae_nb.model.batch import Batch
 from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import CryoVAE, latent_noise, search_noise
 from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.precision import is_loss_scaled, make_loss_scaled
 
 
 def kl_scale(model: CryoVAE, optimizer) -> tf.Tensor:
@@ -37,10 +38,13 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
         return False
 
 
-def make_optimizer(model: CryoVAE, learning_rate: float = TrainConfig.learning_rate) -> keras.optimizers.Optimizer:
+def make_optimizer(model: CryoVAE, learning_rate: float = TrainConfig.learning_rate,
+                   loss_scale: bool = False) -> keras.optimizers.Optimizer:
     """Adam at ``learning_rate`` (the trainer's, ``TrainConfig.learning_rate``), built on the model's
-    variables."""
+    variables; ``loss_scale``: behind dynamic loss scaling (``mixed_float16``, training/precision.py)."""
     opt = keras.optimizers.Adam(learning_rate=learning_rate)
+    if loss_scale:
+        opt = make_loss_scaled(opt)
     opt.build(model.trainable_variables)
     return opt
 
@@ -97,7 +101,9 @@ def make_train_step(model: CryoVAE, optimizer: keras.optimizers.Optimizer | None
         with tf.GradientTape() as tape:
             out = model.compute_losses(batch, training=True, noise=noise, pose_noise=pose_noise,
                                        kl_scale=kl_scale(model, optimizer), start=start)
-        return out, tape.gradient(out["total"], variables)
+            # float16: the gradient of the scaled loss; the optimizer's update unscales it
+            loss = optimizer.scale_loss(out["total"]) if is_loss_scaled(optimizer) else out["total"]
+        return out, tape.gradient(loss, variables)
 
     def returned(out):  # the logged losses, and the searched poses for a pose cache
         return {k: out[k] for k in (*LOSS_KEYS, "searched_quaternion") if k in out}

@@ -40,6 +40,8 @@ from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.data import (BatchReader, EpochOrder, Prefetcher, make_split, model_for_data,
                                       particle_optics, read_split)
 from cryovae_nb.training.devices import apply_device_policy
+from cryovae_nb.training.precision import (base_optimizer, loss_scale_state, needs_loss_scaling,
+                                           restore_loss_scale, set_precision)
 from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, json_value, make_checkpoint
 from cryovae_nb.training.steps import make_eval_step, make_optimizer, make_train_step
 
@@ -178,7 +180,7 @@ class Trainer:
                                    particle_optics(self.particles, cfg.data) if cfg.model.loss.ctf else None)
 
         # model --------------------------------------------------------------------------
-        self.device_policy = apply_device_policy(cfg)  # XLA, TF32 in effect on this device
+        self.device_policy = apply_device_policy(cfg)  # XLA, TF32, precision in effect on this device
         # the memory model, before any weight exists where it can count them from the config
         self.memory = memory.check_memory(cfg.model, cfg) if cfg.check_memory and cfg.model.architecture.decoder \
             == "dense" else None
@@ -189,7 +191,10 @@ class Trainer:
         if cfg.check_memory and self.memory is None:  # other decoders: their weights counted
             n_params = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
             self.memory = memory.check_memory(cfg.model, cfg, n_params=n_params)
-        self.optimizer = make_optimizer(self.model, cfg.learning_rate)  # built
+        precision = self.device_policy.precision
+        set_precision(self.model, precision)  # the dense layers' compute dtype; weights stay float32
+        self.optimizer = make_optimizer(self.model, cfg.learning_rate,
+                                        loss_scale=needs_loss_scaling(precision))  # built
         self._train_step = make_train_step(self.model, self.optimizer, jit=self.device_policy.jit,
                                            grad_reducer=self.hooks.grad_reducer)
         self._eval_step = make_eval_step(self.model, jit=self.device_policy.jit)
@@ -200,7 +205,8 @@ class Trainer:
             # global searches the search starts there (PoseConfig.global_every); checkpointed, so
             # a resumed run takes the same steps
             self.pose_cache = tf.Variable(tf.zeros([n, 5]), trainable=False, name="pose_cache")
-        self._checkpoint = make_checkpoint(self.model, self.optimizer, self.pose_cache)
+        # the Adam slots only (no loss scale, kept in the state): the same keys whatever the precision
+        self._checkpoint = make_checkpoint(self.model, base_optimizer(self.optimizer), self.pose_cache)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.metrics = MetricsLog(self.run_dir / rundir.METRICS_FILE, enabled=self.is_chief)
         self.step, self.elapsed_s, self.last_checkpoint = 0, 0.0, None
@@ -318,6 +324,7 @@ class Trainer:
         if "n_train" in state and state["n_train"] != len(self.train_indices):
             raise ConfigError(f"{path}: checkpoint was trained on {state['n_train']} images, the data "
                               f"now has {len(self.train_indices)} training images")
+        restore_loss_scale(self.optimizer, state.get("loss_scale"))
         self.metrics.truncate(self.step)
 
     def save_checkpoint(self) -> str:
@@ -329,6 +336,8 @@ class Trainer:
         state = {"step": self.step, "epoch": epoch, "position": pos, "seed": self.config.seed,
                  "n_train": len(self.train_indices), "elapsed_s": self.elapsed_s,
                  "pixel_size": self.pixel_size, "box": int(self.config.model.architecture.box)}
+        if (scale := loss_scale_state(self.optimizer)) is not None:
+            state["loss_scale"] = scale  # mixed_float16: the resumed run goes on with this scale
         if self.is_chief:
             path = self.checkpoints.save(self._checkpoint, self.step, state)
             self.last_checkpoint = str(path)
