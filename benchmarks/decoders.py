@@ -11,12 +11,15 @@ particles' decoded volumes against the truth (benchmarks/quality_lshape.py's eva
 
 ``resolution``: the L-shape simulated at ``--box`` (1 Å/px, edges blurred by 0.6 px: detail to
 Nyquist), preprocessed twice, at full size and Fourier-cropped to half the box (2 Å/px, Nyquist
-4 Å); the conv3d decoder trained on each for ``--budget`` seconds; FSC in Å against the truth
-(Fourier-cropped to the same grid). Shows what a larger box buys beyond the smaller one's Nyquist.
+4 Å); one decoder (``--decoder``) trained on each for ``--budget`` seconds, both runs at once in
+two processes (so the machine's load hits both alike), each printing its FSC every
+``--eval-every`` training seconds (so a plateau shows); FSC in Å against the truth (Fourier-cropped
+to the same grid). Shows what a larger box buys beyond the smaller one's Nyquist.
 
     nice .venv/bin/python benchmarks/decoders.py throughput --boxes 40,64,128 --batch 8
     nice .venv/bin/python benchmarks/decoders.py quality --box 64 --budget 240
-    nice .venv/bin/python benchmarks/decoders.py resolution --box 128 --budget 300
+    nice .venv/bin/python benchmarks/decoders.py resolution --box 64 --snr 0.1 --budget 1500 \
+        --learning-rate 3e-5 --latent-dim 2
 
 Run uncompiled (``TrainConfig.jit`` False, ``--jit`` to change): on a CPU, XLA compiles 3D
 convolutions to a naive loop (the conv decoder's step is 10-170x slower; see decoders.py).
@@ -148,8 +151,10 @@ def simulate_lshape(workdir: Path, box: int, n: int, snr: float, crops: tuple[in
 
 
 def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, budget: float,
-                    batch: int, jit: bool, run_dir: Path, learning_rate: float | None = None) -> dict:
-    """Train with known poses for ``budget`` s; FSC (Å) of 10 held-out decoded volumes vs ``truth``."""
+                    batch: int, jit: bool | None, run_dir: Path, learning_rate: float | None = None,
+                    latent_dim: int | None = None, eval_every: float | None = None) -> dict:
+    """Train with known poses for ``budget`` s; FSC (Å) of 10 held-out decoded volumes vs ``truth``,
+    also every ``eval_every`` s of training (printed as JSON lines, so a plateau shows)."""
     from quality_lshape import evaluate  # the L-shape benchmark's evaluation: align, FSC
 
     from cryovae_nb.model import ModelConfig
@@ -157,21 +162,30 @@ def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, bud
     from cryovae_nb.training.trainer import Trainer
 
     model = ModelConfig().with_options(box=box, decoder=decoder, pose_mode="known")
+    if latent_dim is not None:
+        model = model.with_options(latent_dim=latent_dim)
+    chunk = min(eval_every or budget, budget)
     cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, batch_size=batch,
-                      max_steps=10**9, max_time_s=budget, log_every=10**6, sample_every=10**9,
+                      max_steps=10**9, max_time_s=chunk, log_every=10**6, sample_every=10**9,
                       checkpoint_every=10**9, keep_checkpoints=1, test_fraction=0.05, n_test_eval=0,
                       seed=0, jit=jit)
     if learning_rate is not None:
         cfg = dataclasses.replace(cfg, learning_rate=learning_rate)
     trainer = Trainer(cfg, progress=False)
-    t = time.monotonic()
-    trainer.train()
-    dt = time.monotonic() - t
-    score = evaluate(trainer, truth, trainer.test_indices[:10], pixel)
+    dt, curve = 0.0, []
+    while dt < budget - 1:  # each train() runs `chunk` more seconds (and checkpoints)
+        t = time.monotonic()
+        trainer.train()
+        dt += time.monotonic() - t
+        score = evaluate(trainer, truth, trainer.test_indices[:10], pixel)
+        curve.append((round(dt), trainer.step, score["fsc05_px"] * pixel, score["fsc0143_px"] * pixel))
+        if eval_every:
+            print(json.dumps({"decoder": decoder, "box": box, "train_s": curve[-1][0], "steps": trainer.step,
+                              "fsc05_A": round(curve[-1][2], 2), "fsc0143_A": round(curve[-1][3], 2)}), flush=True)
     return {"decoder": decoder, "box": box, "pixel_A": pixel, "train_s": round(dt), "steps": trainer.step,
             "images_seen": trainer.step * batch, "images_per_s": trainer.step * batch / dt,
             "fsc05_A": score["fsc05_px"] * pixel, "fsc0143_A": score["fsc0143_px"] * pixel,
-            "best05_A": score["best05_px"] * pixel, "correlation": score["correlation"]}
+            "best05_A": score["best05_px"] * pixel, "correlation": score["correlation"], "curve": curve}
 
 
 def print_scores(rows) -> None:
@@ -200,25 +214,46 @@ def quality(args) -> None:
     print_scores(rows)
 
 
-def resolution(args) -> None:
+def resolution_one(args) -> dict:
+    """One side of ``resolution``: train at ``args.train_box`` (the simulation Fourier-cropped when
+    smaller), FSC in Å against the truth cropped alike."""
     from cryovae_nb.synthetic import lshape_volume
+    from cryovae_nb.training.steps import configure_threads
     from cryovae_nb.volumes import fourier_resample
 
+    configure_threads(None, 1)
+    workdir, box = Path(args.workdir), args.train_box
+    star = simulate_lshape(workdir, args.box, args.n_particles, args.snr, (box,))[box]
+    truth = fourier_resample(lshape_volume(args.box), box)
+    return train_and_score(star, box, args.box / box, truth, args.decoder, args.budget, args.batch_size,
+                           args.jit, workdir / f"run_res_{args.decoder}_{box}_{int(time.time())}",
+                           args.learning_rate, args.latent_dim, args.eval_every)
+
+
+def resolution(args) -> None:
+    """Both boxes at once, in two processes (so machine load hits both alike)."""
     workdir = Path(args.workdir)
-    half = args.box // 2
-    stars = simulate_lshape(workdir, args.box, args.n_particles, args.snr, (args.box, half))
-    truth = lshape_volume(args.box)
+    small = args.box // 2
+    simulate_lshape(workdir, args.box, args.n_particles, args.snr, (args.box, small))  # once, before both
+    procs = {}
+    for box in (small, args.box):
+        cmd = [sys.executable, __file__, "resolution-one", "--train-box", str(box)] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("what", "jit") and v is not None] + (["--jit"] if args.jit else [])
+        procs[box] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     rows = []
-    for box in (half, args.box):
-        target = truth if box == args.box else fourier_resample(truth, box)
-        rows.append(train_and_score(stars[box], box, args.box / box, target, "conv3d", args.budget,
-                                    args.batch_size, args.jit, workdir / f"run_res_{box}_{int(time.time())}",
-                                    args.learning_rate))
-        print(json.dumps(rows[-1]), flush=True)
+    for box, proc in procs.items():
+        lines = proc.stdout.read().strip().splitlines()
+        if proc.wait() != 0 or not lines:
+            for other in procs.values():
+                other.kill()
+            raise SystemExit(f"the {box} px run failed (exit {proc.returncode})")
+        print("\n".join(lines[:-1]), flush=True)  # its FSC against training time
+        rows.append(json.loads(lines[-1]))
     print(f"\nL-shape simulated at {args.box} px (1 Å/px), {args.n_particles} images, SNR {args.snr}, "
-          f"known poses, conv3d decoder, {args.budget:.0f} s each, batch {args.batch_size}, learning rate "
-          f"{args.learning_rate or 'default'}; the {half} px "
-          f"run is the same data Fourier-cropped (Nyquist {2 * args.box / half:.0f} Å):")
+          f"known poses, decoder {args.decoder}, latent_dim {args.latent_dim or 'default'}, both at once for "
+          f"{args.budget:.0f} s, batch {args.batch_size}, learning rate {args.learning_rate or 'default'}; the "
+          f"{small} px run is the same data Fourier-cropped (2 Å/px, Nyquist 4 Å):")
     print_scores(rows)
 
 
@@ -238,7 +273,7 @@ def main(argv=None) -> None:
     tp.add_argument("--steps", type=int, default=3, help="timed steps per config")
     tp.add_argument("--timeout", type=float, default=900, help="seconds per config before giving up")
     tp.add_argument("--jit", action="store_true")
-    for name in ("quality", "resolution"):
+    for name in ("quality", "resolution", "resolution-one"):
         q = sub.add_parser(name)
         q.add_argument("--box", type=int, default=64 if name == "quality" else 128)
         q.add_argument("--budget", type=float, default=240.0, help="training seconds per run")
@@ -250,12 +285,21 @@ def main(argv=None) -> None:
         q.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_decoders"))
         if name == "quality":
             q.add_argument("--decoders", default="dense,conv3d")
+        else:
+            q.add_argument("--decoder", default="conv3d")
+            q.add_argument("--latent-dim", type=int, default=2, help="small: each step decodes latent_dim + 1 "
+                           "probe volumes besides the batch's (linearised latents)")
+            q.add_argument("--eval-every", type=float, default=60.0, help="training seconds between FSCs")
+        if name == "resolution-one":
+            q.add_argument("--train-box", type=int, required=True)
     args = ap.parse_args(argv)
     if args.what == "one":
         from cryovae_nb.training.steps import configure_threads
 
         configure_threads(None, 1)
         print(json.dumps(measure_one(args.box, args.decoder, args.batch, args.steps, args.jit)))
+    elif args.what == "resolution-one":
+        print(json.dumps(resolution_one(args)))
     else:
         {"throughput": throughput, "quality": quality, "resolution": resolution}[args.what](args)
 

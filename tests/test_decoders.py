@@ -1,7 +1,7 @@
 """The convolutional decoder (model/decoders.py, ``ModelConfig.architecture.decoder = "conv3d"``): its
 volumes against a numpy re-computation (scipy correlation, nearest upsampling, linear
-interpolation), seeds, zero response to z, gradients, checkpoints, a short training run, and the
-config's errors."""
+interpolation), seeds, zero response to z, gradients, checkpoints, fitting a known volume from
+exact projections (which the old random start fails), and the config's errors."""
 from __future__ import annotations
 
 import os
@@ -115,7 +115,10 @@ def test_conv_decoder_is_determined_by_the_seed():
         assert va.path == vb.path
         np.testing.assert_array_equal(va.numpy(), vb.numpy())
     np.testing.assert_array_equal(a.decoder(z).numpy(), b.decoder(z).numpy())
-    assert not np.allclose(a.decoder(z).numpy(), c.decoder(z).numpy())
+    # (the output starts blank for every seed: the last convolution starts at zero)
+    for va, vc in zip(a.decoder.trainable_variables, c.decoder.trainable_variables):
+        if "start_grid" in va.path or "conv0_kernel" in va.path:
+            assert not np.allclose(va.numpy(), vc.numpy()), va.path
 
 
 def test_conv_decoder_starts_without_response_to_z_when_asked_and_learns_one():
@@ -126,28 +129,39 @@ def test_conv_decoder_starts_without_response_to_z_when_asked_and_learns_one():
     assert model.linearized
     vols = model.decoder(z).numpy()
     np.testing.assert_array_equal(vols, np.broadcast_to(vols[:1], vols.shape))
-    assert np.abs(vols).max() > 0  # not a blank volume: the constant grid runs through the network
-    # ... and a loss that depends on z moves the z layer away from zero
+    # a blank start: the last convolution starts at zero (no random smooth volume to unlearn)
+    assert np.abs(vols).max() == 0
+    # ... and a loss that depends on z moves the z layer away from zero (once the last
+    # convolution, which starts at zero too, has learned something)
+    kernel = model.decoder.conv_weights[-1][0]
+    kernel.assign(np.full(kernel.shape, 0.1, np.float32))
     target = tf.constant(rng.standard_normal((4, 12, 12, 12)).astype(np.float32))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.square(model.decoder(z) - target))
     grad = tape.gradient(loss, model.decoder.z_layer.kernel)
     assert float(tf.reduce_max(tf.abs(grad))) > 0
-    # without it (encoder latents) the volume depends on z from the start
-    other = build_model(conv_config(pose_mode="known", latent_inference="encoder")).decoder(z).numpy()
-    assert np.abs(other[0] - other[1]).max() > 1e-4
+    # without it (encoder latents) the network's inner grids depend on z from the start, and the
+    # volume does once the last convolution has learned anything
+    other = build_model(conv_config(pose_mode="known", latent_inference="encoder")).decoder
+    kernel = other.conv_weights[-1][0]
+    kernel.assign(np.full(kernel.shape, 0.1, np.float32))
+    vols = other(z).numpy()
+    assert np.abs(vols[0] - vols[1]).max() > 1e-4
 
 
 @pytest.mark.parametrize("zero_response", [False, True])
-def test_gradients_reach_every_conv_decoder_weight(zero_response):
+def test_gradients_reach_every_conv_decoder_weight_after_a_step(zero_response):
     cfg = conv_config(box=10, decoder_grid=3, decoder_upsamplings=1)
     dec = make_decoder(cfg, iter(range(100)), zero_response=zero_response)
     rng = np.random.default_rng(5)
     z = rng.standard_normal((3, 3)).astype(np.float32)
     target = tf.constant(rng.standard_normal((3, 10, 10, 10)).astype(np.float32))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(tf.square(dec(z) - target))
-    grads = tape.gradient(loss, dec.trainable_variables)
+    opt = tf.keras.optimizers.SGD(0.1)
+    for _ in range(2):  # the zero-initialised last convolution passes gradients on once it has moved
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(dec(z) - target))
+        grads = tape.gradient(loss, dec.trainable_variables)
+        opt.apply_gradients(zip(grads, dec.trainable_variables))
     assert len(grads) == len(dec.trainable_variables) == 3 + 2 * len(dec.conv_weights) + 1
     for v, g in zip(dec.trainable_variables, grads):
         assert g is not None and float(tf.reduce_max(tf.abs(g))) > 0, v.path
@@ -174,23 +188,40 @@ def test_conv_decoder_checkpoint_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_a_short_training_run_with_the_conv_decoder_fits_the_images():
-    rng = np.random.default_rng(7)
-    n, b = 12, 16
-    c = np.arange(n) - n // 2
-    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
-    vol = np.exp(-((xx - 2) ** 2 + yy**2 + (zz + 1) ** 2) / 4.0) + np.exp(-(xx**2 + (yy + 2) ** 2 + zz**2) / 3.0)
-    R = random_rotations(b, rng).astype(np.float32)
-    clean = project_real(np.repeat(vol[None].astype(np.float32), b, 0), R).numpy()
-    images = (1 / (1 + np.exp(-(clean - 2.0)))).astype(np.float32)  # noise-free, sigmoid link
-    model = build_model(conv_config(pose_mode="known"))
-    batch = Batch(images, R, np.zeros((b, 2), np.float32))
-    before = float(model.compute_losses(batch)["residual"])
-    step = make_train_step(model, make_optimizer(model, 1e-2), jit=False)
-    recon = [float(step(batch, seed=[0, i])["recon"]) for i in range(40)]
-    after = float(model.compute_losses(batch)["residual"])
-    assert after < 0.3 * before, (before, after)
-    assert recon[-1] < recon[0]
+def fit_known_volume(decoder: str, steps: int, broken_start: bool = False) -> float:
+    """Train a model with ``decoder`` on exact, noise-free projections of the L (16 px, 256 known
+    views, batch 16, Adam at 3e-5); the correlation of its decoded volume with the truth in the mask."""
+    from cryovae_nb.synthetic import lshape_volume
+    from cryovae_nb.volumes import diameter_mask
+
+    n, b = 16, 16
+    rng = np.random.default_rng(0)
+    mask = diameter_mask(n, 0.95, ndim=3)
+    truth = (0.1 * lshape_volume(n) * mask).astype(np.float32)  # voxels on the scale models learn
+    R = random_rotations(256, rng).astype(np.float32)
+    cfg = conv_config(box=n, latent_dim=2, decoder=decoder, decoder_grid=4, decoder_upsamplings=2,
+                      pose_mode="known")
+    model = build_model(cfg, seed=0)
+    if broken_start:  # the conv decoder as it was: a random last convolution
+        kernel = model.decoder.conv_weights[-1][0]
+        kernel.assign(tf.keras.initializers.GlorotUniform(seed=1)(kernel.shape))
+    images = model.image_prediction(model.project(np.repeat(truth[None], 256, 0), R)).numpy()
+    step = make_train_step(model, make_optimizer(model, 3e-5), jit=False)
+    for i in range(steps):
+        idx = rng.integers(0, 256, b)
+        step(Batch(images[idx], R[idx], np.zeros((b, 2), np.float32)), seed=[0, i])
+    volume = model.decode(np.zeros((1, 2), np.float32)).numpy()[0]
+    return float(np.corrcoef(volume[mask > 0], truth[mask > 0])[0, 1])
+
+
+def test_the_conv_decoder_fits_a_known_volume_from_exact_projections():
+    # measured: 0.945 / 0.934 after 20 / 40 steps; with its old random last convolution (a random
+    # smooth volume several times the map's size at the start) 0.16 / 0.13
+    assert fit_known_volume("conv3d", 25) > 0.85
+
+
+def test_the_fit_check_catches_the_old_random_start():
+    assert fit_known_volume("conv3d", 25, broken_start=True) < 0.5
 
 
 @pytest.mark.parametrize("options, message", [

@@ -122,18 +122,18 @@ class ConvDecoder(Decoder):
     interpolation takes it to ``n`` (a no-op when ``m = n``). ``output_activation`` applies to the
     sum.
 
-    ``zero_response``: the z layer starts at zero, so the volume does not depend on z until the
-    data ask for it; the constant grid still runs through the convolutions, so every weight has a
-    gradient from the first step.
+    The last convolution starts at zero, so the network's part starts blank (the volume is the
+    consensus alone) and the convolutions before it get gradients once it has moved (one step).
+    ``zero_response``: the z layer starts at zero too, so the volume does not depend on z until the
+    data ask for it.
 
     Why this shape (benchmarks/decoders.py): the weights are ``n^3`` plus ~0.2 M whatever the box
     (the dense decoder's last layer grows as ``200 n^3``: 420 M at 128 px, 10.6 GiB of peak RSS at
     batch 4), the convolutions cost the same at every box (3D convolutions at 128^3 would cost ~4
     GFLOP per volume, and the linearised latents decode ``latent_dim + 1`` probe volumes each
     step), and a conformation is read from low resolution (``LatentConfig.band``) while the
-    consensus grid holds the full-resolution detail. Where the dense decoder fits it still learns
-    faster per second (64 px L-shape, 200 s: FSC 0.5 3.9 px dense vs 16 px conv3d), so it stays the
-    default.
+    consensus grid holds the full-resolution detail. The dense decoder stays the default where it
+    fits (it is the seed's, and the pinned results are its).
 
     Compiled by XLA on a CPU (``TrainConfig.jit``), 3D convolutions become a naive loop (measured on
     a first, full-resolution variant at 32 px: 0.6 vs 101 images/s uncompiled; a GPU compiles them
@@ -153,9 +153,8 @@ class ConvDecoder(Decoder):
             g ** 3 * channels, name="conv_z",
             kernel_initializer="zeros" if zero_response else keras.initializers.GlorotUniform(seed=next(seeds)))
         self.z_layer.build((None, arch.latent_dim))
-        # unit variance: the network then starts as a random smooth volume that the data reshape;
-        # a small start (stddev 0.01) trained worse (one run each, the 128 px L cropped to 64 px, learning
-        # rate 1e-3, 200 s: FSC 0.5 = 68 vs 25 A)
+        # unit variance: the inner grids carry well-scaled features from the start (the last
+        # convolution, starting at zero, keeps them out of the volume until it learns to use them)
         self.start_grid = self.add_weight(
             shape=(g, g, g, channels), name="start_grid",
             initializer=keras.initializers.RandomNormal(stddev=1.0, seed=next(seeds)))
@@ -167,8 +166,12 @@ class ConvDecoder(Decoder):
         self.conv_weights = []
         for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
             name = f"conv{i}" if i < stages else "conv_out"
+            init = keras.initializers.GlorotUniform(seed=next(seeds))  # drawn for every layer: same seeds
+            # The last convolution starts at zero. Started random, the network added a random smooth
+            # volume (std 0.24, max 2.1 at 64 px) to a map whose voxels are ~0.05: a low-frequency
+            # error the consensus had to cancel first (the FSC 0.5 lag; README "Decoders for larger boxes")
             kernel = self.add_weight(shape=(3, 3, 3, w_in, w_out), name=f"{name}_kernel",
-                                     initializer=keras.initializers.GlorotUniform(seed=next(seeds)))
+                                     initializer="zeros" if i == stages else init)
             bias = self.add_weight(shape=(w_out,), name=f"{name}_bias", initializer="zeros")
             self.conv_weights.append((kernel, bias))
         # Stored divided by CONSENSUS_SCALE: Adam moves each weight by about the learning rate per
