@@ -40,6 +40,13 @@ components, in both stages. Measured (README, Benchmarks; one loaded run each, o
 side): the ab initio step 1.5x faster (56 -> 85 images/s), but the L-shape's FSC 0.5 after 10
 minutes worse (8.30 vs 6.10 px; 0.143: 3.45 vs 3.83 px), so it stays opt-in.
 
+Since stop 20 the ``"fourier"`` scoring reads each candidate's band components straight from its
+volume's 3D spectrum (``Projector.spectrum`` / ``band_slices``), and ``start=`` (the Trainer's pose
+cache, ``PoseConfig.global_every``) skips the global stage and the first local round: the last
+searched rotation is refined by the fine round alone (README, Benchmarks: the step between global
+searches 1.6x (real space) and 1.6x (Fourier) the full search's images/s; not yet better FSC per
+minute, so both stay opt-in).
+
 No gradient flows through the search. Inference (``CryoVAE.encode``) runs the same search without
 sampling. Scores are normalised cross-correlations inside the mask disc: cheap and indifferent to
 the tanh contrast. One volume serves the batch: with heterogeneous particles the search matches
