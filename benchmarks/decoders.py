@@ -173,7 +173,7 @@ def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, bud
         cfg = dataclasses.replace(cfg, learning_rate=learning_rate)
     trainer = Trainer(cfg, progress=False)
     dt, curve = 0.0, []
-    while dt < budget - 1:  # each train() runs `chunk` more seconds (and checkpoints)
+    while not curve or dt < budget - 1:  # each train() runs `chunk` more seconds (and checkpoints); once at least
         t = time.monotonic()
         trainer.train()
         dt += time.monotonic() - t
