@@ -283,13 +283,13 @@ def search_pose(images, volumes, quaternion, shift, *, grids: SearchGrids, proje
         grid_proj = projector.band_slices(projector.spectrum(ref, features=True), grid_rot, band=band,
                                           features=True)[0]                        # (R, c)
         corr = spectral_correlation(img, grid_proj, weight, band_ctf(ctf, band))
-    elif ctf is None:
+    else:
         grid_proj = forward_images(ref, grid_rot, projector=projector, band=band)[0]  # (R, n, n)
-        imgs = normalise(lowpass(images, band, -shift), disc)                      # (B, n^2)
-        corr = tf.matmul(imgs, normalise(grid_proj, disc), transpose_b=True)       # (B, R)
-    else:  # each grid projection through each image's CTF (module docstring)
-        grid_proj = forward_images(ref, grid_rot, projector=projector, band=band)[0]
-        corr = ctf_correlation(lowpass(images * disc, band, -shift), grid_proj, ctf, band)
+        if ctf is None:
+            imgs = normalise(lowpass(images, band, -shift), disc)                  # (B, n^2)
+            corr = tf.matmul(imgs, normalise(grid_proj, disc), transpose_b=True)   # (B, R)
+        else:  # each grid projection through each image's CTF (module docstring)
+            corr = ctf_correlation(lowpass(images * disc, band, -shift), grid_proj, ctf, band)
     if start is None and pose_noise is not None:
         # Sampling rather than the best: early on the volume is wrong and the best pose often
         # too; a hard choice then locks the volume into what it already is (projection
