@@ -430,3 +430,35 @@ def test_principal_volume_estimate_finds_the_direction_the_particles_vary_along(
         img, rot = batch(False)
         fresh.update_covariance(*fresh.covariance_statistics(Batch(img, rot), noise_var=noise**2))
     assert np.all(fresh.pc_variance.numpy() < 0.1 * s**2)
+
+
+def test_principal_volume_estimate_ignores_an_error_in_the_mean_map():
+    """Every image carries the same error e of the map at z = 0 (as early in training, when the
+    mean map is still wrong) besides the conformational variation a_i u: the estimate is a
+    covariance (centred over the batch), so its first basis volume still follows u, not e, and the
+    variance along it stays near s^2. Uncentred, e became the first principal volume and its
+    variance ran away (conv3d at 64 px, stop 20)."""
+    from cryovae_nb.model.projectors import project_fourier
+
+    model = _linear_model(latent_dim=2, covariance_ema=0.8)
+    n, b, s, noise = 12, 64, 1.0, 0.3
+    rng = np.random.default_rng(5)
+    v0 = model.decode(np.zeros((1, 2), np.float32)).numpy()[0]
+    zz, yy, xx = np.mgrid[:n, :n, :n]
+
+    def blob(z, y, x):
+        g = np.exp(-((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2)).astype(np.float32)
+        return g / np.linalg.norm(g)
+
+    u, e = blob(4.5, 6, 7), 4.0 * blob(7, 5, 4.5)   # the mean error: 4x the motion's amplitude
+    for _ in range(40):
+        rot = geometry.random_rotations(b, rng).astype(np.float32)
+        a = rng.normal(0, s, b).astype(np.float32)
+        vols = v0[None] + e[None] + a[:, None, None, None] * u[None]
+        img = project_fourier(vols, rot, None, width=2, band=0.5 * n).numpy()
+        img += rng.normal(0, noise, img.shape).astype(np.float32)
+        model.update_covariance(*model.covariance_statistics(Batch(img, rot), noise_var=noise**2))
+    first = model.pc_basis.numpy().reshape(2, -1)[0]
+    on_u, on_e = abs(first @ u.ravel()), abs(first @ e.ravel()) / np.linalg.norm(e)
+    assert on_u > 3 * on_e, (on_u, on_e)
+    assert model.pc_variance.numpy()[0] < 3 * s**2, model.pc_variance.numpy()

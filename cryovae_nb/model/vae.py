@@ -275,7 +275,8 @@ class CryoVAE(keras.Model):
     def covariance_statistics(self, batch: Batch, offset=None, noise_var=None, ctf=None):
         """One `Batch`'s step of the principal-volume estimate (``latent_inference="linearized"``):
         ``(H U, variance)`` with ``U`` the current basis ``(d, n, n, n)``, ``H = mean_i Q_i^T (r_i
-        r_i^T - var I) Q_i`` the images' residual covariance taken back into the volume (``Q_i``:
+        r_i^T - var I) Q_i - b b^T`` the images' residual covariance (``b = mean_i Q_i^T r_i``: each
+        ``r_i . Q_i u_k`` centred over the batch) taken back into the volume (``Q_i``:
         projection at pose i, low-passed to ``latent_band``, times the particle's CTF (with
         ``ModelConfig.loss.ctf``) and the link's slope, inside the loss mask; ``r_i`` the residual to the volume at z = 0), and the variance along each basis
         volume (least squares from ``r_i . Q_i u_k``). The noise term makes ``H`` unbiased for the
@@ -311,7 +312,14 @@ class CryoVAE(keras.Model):
             # removes that bias but lets the high-frequency noise in, and measured worse at SNR
             # 0.1 (hinge |rho| 0.40 vs 0.61; benchmarks/quality_heterogeneity.py)
             c = tf.reduce_sum(q * r[None], axis=[2, 3])                             # (d, B)
-            noise = var * tf.reduce_sum(q * q, axis=[2, 3])                         # E[c^2] of noise
+            # Centred over the batch, so H is a covariance (H - b b^T, b = mean_i Q_i^T r_i): while
+            # the map at z = 0 is still wrong, that error is in every residual, and uncentred it
+            # became the top "principal volume", its variance running away (conv3d at 64 px: 8.8e5,
+            # every latent at z1 = 0.51, the map collapsed)
+            c = c - tf.reduce_mean(c, axis=1, keepdims=True)
+            nb = tf.cast(tf.shape(c)[1], tf.float32)
+            # E[(c_i - mean c)^2] of independent noise: var |q_i|^2 (1 - 1/B) summed over the batch
+            noise = var * tf.reduce_sum(q * q, axis=[2, 3]) * (1.0 - 1.0 / nb)
             f = 0.5 * tf.reduce_mean(tf.square(c) - noise, axis=1)
             total = tf.reduce_sum(f)
         hu = tape.gradient(total, basis)
