@@ -283,6 +283,8 @@ def test_horovod_hooks_reduce_every_loss_key_and_agree_on_stopping():
     out = hooks.reduce_metrics(record)
     assert {k: out[k] for k in LOSS_KEYS} == dict.fromkeys(LOSS_KEYS, 2.0) and out["images_per_s"] == 20.0
     assert hooks.agree_stop(None) == "stop_file" and Hooks().agree_stop is None
+    # a signal's stop wins, and carries its name to every rank (each says what stopped it)
+    assert hooks.agree_stop("SIGTERM") == "SIGTERM" and hooks.agree_stop("SIGINT") == "SIGINT"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from cryovae_nb.io import read_output_files
 from cryovae_nb.training.config import TrainConfig
 from cryovae_nb.training.data import EpochOrder, Prefetcher, make_split, read_split
 from cryovae_nb.training.rundir import CheckpointManager, MetricsLog, read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------
 # pure parts
@@ -490,6 +495,52 @@ def test_cli_trains_and_resumes(tiny_data, tmp_path):
     assert saved.model.pose.mode == "known" and saved.learning_rate == 5e-4
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "missing.star"),
                  "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_sigterm_stops_the_cli_at_a_step_checkpointed_and_the_same_command_resumes(tiny_data, tmp_path):
+    """What Slurm's time limit or scancel does to a run: SIGTERM. The run stops at the next step
+    boundary, checkpoints that step (checkpoint_every is out of reach: no periodic one), exits
+    128 + 15 naming the signal, and leaves no autograph module behind; the same command resumes."""
+    from cryovae_nb.training.trainer import Trainer
+
+    run, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    cfg = tiny_config(tiny_data, run, max_steps=10**6, log_every=1, checkpoint_every=10**6, n_test_eval=32,
+                      n_samples=0)
+    save_config(cfg, tmp_path / "c.json")
+    cmd = [sys.executable, "-m", "cryovae_nb.training", "--config", str(tmp_path / "c.json"), "--no-progress"]
+    # this checkout's package; a temporary folder of its own, to count what the run leaves there
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        t0 = time.monotonic()
+        while not read_metrics(run):          # training: a step is logged
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() - t0 < 900, "no step logged in 900 s (hung?)"
+            time.sleep(0.05)
+        traced = list(tmp.glob("__autograph_generated_file*.py"))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint (\S+); run the same command to resume", err)
+    assert stopped, err[-3000:]
+    step = int(stopped.group(1))
+    assert step >= 1 and stopped.group(2) == str(run / "checkpoints" / f"step_{step:08d}")
+    assert [p.name for p in CheckpointManager(run / "checkpoints").all()] == [f"step_{step:08d}"]
+    assert max(r["step"] for r in read_metrics(run)) == step   # the log is written up to the stop
+    # TensorFlow's atexit removes its autograph modules: a clean exit leaves none (SIGTERM's
+    # default action left each of them in /tmp: 33 for this run before)
+    assert traced and list(tmp.glob("__autograph_generated_file*.py")) == []
+
+    assert Trainer(cfg, progress=False).step == step            # a resume starts there
+    again = subprocess.run([*cmd, "--max-steps", str(step + 2)], capture_output=True, text=True, env=env,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"stopped at step {step + 2} (max_steps)" in again.stdout
+    assert [r["step"] for r in read_metrics(run) if r["split"] == "train"] == list(range(1, step + 3))
 
 
 def test_pose_cache_refines_locally_between_global_epochs_and_resumes_exactly(tiny_data, tmp_path):

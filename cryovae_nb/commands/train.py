@@ -3,10 +3,16 @@ on a preprocessed stack, resuming the run folder's checkpoint."""
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 
 from cryovae_nb.argcheck import nonnegative_int, output_dir, positive_float, positive_int
 from cryovae_nb.config import from_dict, load_config, to_dict
 from cryovae_nb.training.config import PRECISIONS, TrainConfig
+from cryovae_nb.training.signals import StopOnSignals
+
+# the stop reasons StopOnSignals gives, and their signal numbers (for the exit status)
+STOP_SIGNALS = {"SIGTERM": int(signal.SIGTERM), "SIGINT": int(signal.SIGINT)}
 
 HELP = "train the VAE on a preprocessed stack (resumable)"
 
@@ -49,16 +55,29 @@ def run(args: argparse.Namespace) -> int:
         data["check_memory"] = False
     cfg = from_dict(TrainConfig, data)
     output_dir(cfg.run_dir, "--run-dir")
-    # heavy: TensorFlow and the model load here, once the arguments are known to be good
-    from cryovae_nb.training import horovod
-    from cryovae_nb.training.trainer import Trainer
+    # SIGTERM / SIGINT from here on ask the run to stop at a step boundary, checkpointed
+    # (cryovae_nb.training.signals); one during the slow start below is kept for train()
+    with StopOnSignals() as signals:
+        # heavy: TensorFlow and the model load here, once the arguments are known to be good
+        from cryovae_nb.training import horovod
+        from cryovae_nb.training.trainer import Trainer
 
-    if getattr(args, "horovod", False) or horovod.under_launcher():
-        trainer = horovod.make_trainer(cfg, scale_lr=args.scale_lr, resume=not args.restart,
-                                       progress=not args.no_progress, restart_hint="--restart")
-    else:
-        trainer = Trainer(cfg, resume=not args.restart, progress=not args.no_progress,
-                          restart_hint="--restart")
-    result = trainer.train()
+        if getattr(args, "horovod", False) or horovod.under_launcher():
+            trainer = horovod.make_trainer(cfg, scale_lr=args.scale_lr, resume=not args.restart,
+                                           progress=not args.no_progress, restart_hint="--restart")
+        else:
+            trainer = Trainer(cfg, resume=not args.restart, progress=not args.no_progress,
+                              restart_hint="--restart")
+        signals.attach(trainer.stop)
+        result = trainer.train()
+    if result.reason in STOP_SIGNALS:
+        # the state is saved, but the run is not finished: 128 + the signal's number, what a
+        # shell reports for a process the signal ended, so `cryovae train ... && next-step`
+        # does not go on and a Slurm job script can tell "stopped, resumable" from "done" (0)
+        if trainer.is_chief:
+            print(f"stopped by {result.reason} at step {result.step}; checkpoint "
+                  f"{result.checkpoint or 'none (no step taken)'}; run the same command to resume",
+                  file=sys.stderr)
+        return 128 + STOP_SIGNALS[result.reason]
     print(f"stopped at step {result.step} ({result.reason}); checkpoint: {result.checkpoint}")
     return 0

@@ -170,12 +170,13 @@ def _pin_gpu(local_rank: int, enabled: bool) -> None:
         warnings.warn(f"could not pin GPU {local_rank}: {e}", stacklevel=3)
 
 
-_STOP_REASONS = ("max_steps", "stop_requested", "max_time", "stop_file")
+# later ones win when ranks differ; a signal's name last, so every rank reports the signal
+_STOP_REASONS = ("max_steps", "stop_requested", "max_time", "stop_file", "SIGINT", "SIGTERM")
 
 
 def agree_stop(context: Context, reason: str | None) -> str | None:
-    """The stop reason all ranks share: a STOP file, a time budget or stop() may be seen by one
-    rank only, and the others would wait forever in the next all-reduce."""
+    """The stop reason all ranks share: a STOP file, a time budget, stop() or a signal may be
+    seen by one rank only, and the others would wait forever in the next all-reduce."""
     code = 0 if reason is None else _STOP_REASONS.index(reason) + 1
     agreed = context.allreduce_max(code, name="cryovae.stop")
     return None if agreed == 0 else _STOP_REASONS[agreed - 1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -85,7 +84,8 @@ def save_sample_png(path: str | os.PathLike, images: np.ndarray, projections: np
 @dataclass
 class TrainResult:
     step: int
-    reason: str                 # "max_steps" | "max_time" | "stop_requested" | "stop_file"
+    reason: str                 # "max_steps" | "max_time" | "stop_requested" | "stop_file", or a
+                                # signal's name ("SIGTERM", "SIGINT": cryovae train's handlers)
     checkpoint: str | None      # the checkpoint written last
     elapsed_s: float
 
@@ -151,7 +151,7 @@ class Trainer:
         self.progress = progress
         self.run_dir = Path(cfg.run_dir)
         self._restart_hint = restart_hint
-        self._stop_event = threading.Event()
+        self._stop_request: str | None = None  # stop()'s reason, until train() acts on it
         self._collapse_warned = False  # check_latent_collapse warns once per Trainer
 
         # data ---------------------------------------------------------------------------
@@ -444,16 +444,19 @@ class Trainer:
 
     # ---- control -------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask a running train() to stop after the current step (thread-safe; for callbacks/widgets)."""
-        self._stop_event.set()
+    def stop(self, reason: str = "stop_requested") -> None:
+        """Ask train() to stop after the current step, for ``reason`` (what TrainResult.reason
+        will say). Thread-safe and safe in a signal handler: one attribute store, no lock. A
+        request made before train() runs is kept (a SIGTERM while the model was being built):
+        train() then stops before its first step; train() forgets the request when it returns."""
+        self._stop_request = reason
 
     def stop_reason(self, started: float) -> str | None:
         cfg = self.config
         if self.step >= cfg.max_steps:
             return "max_steps"
-        if self._stop_event.is_set():
-            return "stop_requested"
+        if (request := self._stop_request) is not None:
+            return request
         if cfg.max_time_s is not None and time.monotonic() - started >= cfg.max_time_s:
             return "max_time"
         if (self.run_dir / "STOP").exists():
@@ -489,7 +492,6 @@ class Trainer:
         cfg = self.config
         started = time.monotonic()
         base_elapsed = self.elapsed_s
-        self._stop_event.clear()
         loader = Prefetcher(self._fetch, self.step, cfg.prefetch)
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.progress and self.is_chief), desc="train")
@@ -542,6 +544,7 @@ class Trainer:
                 f"{self.last_checkpoint or 'none'}")
             raise TrainingError(msg) from None
         finally:
+            self._stop_request = None  # acted on (or the run failed): the next train() runs
             loader.close()
             bar.close()
         return TrainResult(self.step, reason, self.last_checkpoint, self.elapsed_s)
