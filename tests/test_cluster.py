@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -214,16 +215,36 @@ def test_real_slurm_two_ranks_running_cancel_resubmit_resume(local_slurm, tiny_s
     assert "job " in job.logs() and "on localhost" in job.logs()     # the script's line in slurm-N.out
     assert job.log_path == run_dir / f"slurm-{job.job_id}.out"
 
+    # the warning the script asks for before the time limit (#SBATCH --signal=B:USR1@300), sent
+    # now: the batch shell writes the STOP file, both ranks stop at one step, rank 0 checkpoints
+    # it, and the job ends by itself
+    assert "#SBATCH --signal=B:USR1@300" in script
+    r = subprocess.run(["scancel", "--signal=USR1", "--batch", str(job.job_id)], capture_output=True, text=True,
+                       env=os.environ)
+    assert r.returncode == 0, r.stderr
+    assert job.wait(timeout=900, poll=0.5) == "completed", job.logs(40)
+    assert "time limit near: asking the run to stop" in job.logs(40) and "(stop_file)" in job.logs(40)
+    assert not (run_dir / "STOP").exists()                     # a resubmission runs
+    stopped_at = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert stopped_at == int(job.metrics()["step"].max())  # no step lost
+
+    # resubmitted: it resumes there; then cancelled (scancel: SIGTERM to every process of the job)
+    job = L.launch(write_config(tmp_path / "cfg_a.json", cfg), run_dir, backend="slurm", slurm=opts,
+                   train_args=["--no-progress"], env=FEW_THREADS)
+    wait_for(lambda: int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1]) > stopped_at,
+             900, "a checkpoint of the resubmitted job", poll=0.5)
     job.cancel()
     assert wait_for(lambda: job.status() in L.FINISHED and job.status(), 120, "the cancel") == "cancelled"
     mon.refresh()
     assert mon.queue_state == "CANCELLED"
     assert L.attach(run_dir).status() == "cancelled"
+    # the ranks stop gracefully on SIGTERM, but Slurm's KillWait (5 s here) and horovodrun's grace
+    # (5 s) may end them first: any checkpoint past the first job's will do
     resumed_from = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
-    assert resumed_from >= 3 and resumed_from % 3 == 0
+    assert resumed_from > stopped_at
 
-    # resubmit with a target 3 steps past the checkpoint: the new job resumes there
-    target = resumed_from + 3
+    # resubmit with a target past the checkpoint, on a sample step (every 3rd): it resumes there
+    target = (resumed_from // 3 + 2) * 3
     job2 = L.launch(write_config(tmp_path / "cfg_b.json", {**cfg, "max_steps": target}), run_dir,
                     backend="slurm", slurm=opts, train_args=["--no-progress"], env=FEW_THREADS)
     assert job2.job_id != job.job_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -206,10 +207,12 @@ def test_slurm_script_carries_resources_and_is_valid_bash(tmp_path):
     # every #SBATCH line precedes the first command (sbatch stops reading them there)
     first_cmd = next(i for i, l in enumerate(lines) if l and not l.startswith("#"))
     assert all(i < first_cmd for i, l in enumerate(lines) if l.startswith("#SBATCH"))
-    launch_line = lines[-1]
+    launch_line = next(l for l in lines if l.startswith("horovodrun"))
     assert launch_line.startswith('horovodrun -np "$SLURM_NTASKS" -H "$HOSTS" --gloo --gloo-timeout-seconds 300 '
                                   '/opt/venvs/cryo/bin/python')
-    assert launch_line.endswith("--horovod")
+    assert launch_line.endswith("--horovod &") and lines[-1] == 'exit "$rc"'
+    # asked to stop 300 s before the limit: the batch shell, by USR1 (see SlurmOptions)
+    assert "#SBATCH --signal=B:USR1@300" in lines and "trap ask_to_stop USR1" in lines
     path = tmp_path / "job.sh"
     path.write_text(script)
     subprocess.run(["bash", "-n", str(path)], check=True)
@@ -218,8 +221,69 @@ def test_slurm_script_carries_resources_and_is_valid_bash(tmp_path):
         launcher="srun", srun_args=("--mpi=pmix",), gpus_per_node=2, gres=True, mem=None))
     assert "#SBATCH --gres=gpu:2" in srun and "--mem" not in srun and "--gpus-per-node" not in srun
     assert srun.splitlines()[-1].startswith("srun --kill-on-bad-exit=1 --mpi=pmix /opt/venvs/cryo/bin/python")
+    assert "#SBATCH --signal=TERM@300" in srun.splitlines() and "USR1" not in srun  # srun: the ranks
     path.write_text(srun)
     subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+FAKE_HOROVODRUN = r'''#!/bin/bash
+# a rank that trains until the run's STOP file appears, then exits with FAKE_RC (what a stopped run does)
+echo started > "$FAKE_DIR/started"
+while [ ! -e "$FAKE_RUN_DIR/STOP" ]; do sleep 0.05; done
+rm "$FAKE_RUN_DIR/STOP"
+exit "${FAKE_RC:-0}"
+'''
+
+
+@pytest.mark.parametrize("rc", [0, 3])
+def test_slurm_script_turns_the_time_limit_warning_into_a_stop_file(tmp_path, rc):
+    """The script's part of `#SBATCH --signal=B:USR1@S`, run by bash without Slurm: USR1 to the
+    batch shell writes the run's STOP file while horovodrun runs on, and the script ends with
+    horovodrun's own status (in exit.json too) once it has ended, not when the signal came."""
+    bin_dir, run_dir = tmp_path / "bin", tmp_path / "run"
+    bin_dir.mkdir()
+    run_dir.mkdir()
+    for name, text in (("horovodrun", FAKE_HOROVODRUN), ("scontrol", "#!/bin/sh\necho localhost\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "job.sh"
+    script.write_text(L.render_slurm_script(["python", "-m", "cryovae_nb.training"], run_dir,
+                                            L.SlurmOptions(gpus_per_node=0, tasks_per_node=2, mem=None)))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
+           "FAKE_RUN_DIR": str(run_dir), "FAKE_RC": str(rc), "SLURM_JOB_ID": "7", "SLURM_NTASKS": "2",
+           "SLURM_JOB_NODELIST": "localhost"}
+    proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / "started").exists():   # a hang guard only
+            assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)              # what Slurm sends S seconds before the limit
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == rc, out
+    assert "job 7: time limit near: asking the run to stop at its next step" in out
+    assert json.loads((run_dir / "exit.json").read_text())["returncode"] == rc
+    assert not (run_dir / "STOP").exists()              # the fake rank saw it and removed it
+
+
+def test_the_stop_before_the_limit_fits_the_time_limit(tmp_path):
+    assert [L.slurm.time_limit_s(t) for t in ("30", "30:15", "01:30:00", "2-00", "1-2:3", "1-02:03:04",
+                                               "UNLIMITED", "infinite")] == \
+        [1800, 1815, 5400, 172800, 93780, 93784, None, None]
+    # a limit under twice the warning: Slurm would signal at once and the run stop at its start
+    with pytest.warns(UserWarning, match="stop_before_limit_s"):
+        short = L.render_slurm_script(["python"], tmp_path, L.SlurmOptions(time="00:09:00"))
+    assert "--signal" not in short and "trap ask_to_stop" not in short and 'exit "$rc"' not in short
+    assert "#SBATCH --signal=B:USR1@60" in L.render_slurm_script(
+        ["python"], tmp_path, L.SlurmOptions(time="00:09:00", stop_before_limit_s=60))
+    assert "--signal" not in L.render_slurm_script(["python"], tmp_path, L.SlurmOptions(stop_before_limit_s=None))
+    for bad in (0, 70000, "300", True):
+        with pytest.raises(ConfigError, match="stop_before_limit_s"):
+            L.SlurmOptions(stop_before_limit_s=bad).validate()
 
 
 def test_cpu_ranks_per_node_without_gpus(tmp_path, fake_slurm):

@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -51,6 +52,14 @@ class SlurmOptions:
     launcher="srun" starts them with ``srun``, which needs a Horovod built with MPI (what
     ``scripts/install_horovod.sh`` builds where Open MPI's mpicxx is installed) and usually
     srun_args=("--mpi=pmix",).
+
+    ``stop_before_limit_s`` seconds before the time limit (Slurm may be up to 60 s early) the run
+    is asked to stop at its next step, checkpointed (``#SBATCH --signal``; None: not asked, the
+    limit's SIGTERM alone). srun ranks get SIGTERM (`cryovae_nb.training.signals`). Under
+    horovodrun the batch shell gets SIGUSR1 and writes the run's STOP file instead: horovodrun
+    would pass a SIGTERM on but SIGKILL its ranks 5 s later (its fixed grace, measured), and a
+    STOP file has no deadline; USR1 rather than TERM, so ``scancel``'s SIGTERM (which every
+    process of the job gets) leaves no STOP file to stop the resubmitted job at once.
     """
 
     nodes: int = 1
@@ -70,6 +79,7 @@ class SlurmOptions:
     extra_sbatch: tuple[str, ...] = ()    # e.g. ("--qos=high", "--exclusive"): one #SBATCH line each
     launcher: str = "horovodrun"
     srun_args: tuple[str, ...] = ()
+    stop_before_limit_s: int | None = 300
 
     def validate(self) -> None:
         check_fields(self)
@@ -80,6 +90,10 @@ class SlurmOptions:
             # bool is an int: nodes=True would render "--nodes=True"
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus_per_node" else 1):
                 raise ConfigError(f"SlurmOptions.{name} must be a positive integer, got {v!r}")
+        v = self.stop_before_limit_s
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535):
+            raise ConfigError(f"SlurmOptions.stop_before_limit_s must be seconds in 1..65535 (Slurm's "
+                              f"--signal) or None, got {v!r}")
         if self.launcher not in ("horovodrun", "srun"):
             raise ConfigError(f"SlurmOptions.launcher must be 'horovodrun' or 'srun', got {self.launcher!r}")
         for name in ("mem", "time", "partition", "account"):
@@ -131,8 +145,26 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
     out = _slurm_output(run_dir)
     if _SBATCH_TOKEN.fullmatch(out):  # otherwise submit() passes --output on sbatch's command line
         lines.append(f"#SBATCH --output={out}")
+    stop_s = opts.stop_before_limit_s
+    limit = time_limit_s(opts.time)
+    if stop_s is not None and limit is not None and limit < 2 * stop_s:
+        # Slurm would signal at once (a limit shorter than the warning): the run would stop at start
+        warnings.warn(f"SlurmOptions: time {opts.time} is under twice stop_before_limit_s={stop_s}: no "
+                      "stop is asked before the limit (set stop_before_limit_s lower for one)", stacklevel=2)
+        stop_s = None
+    if stop_s is not None:
+        # srun: to the ranks (every job step); horovodrun: to this shell only (B:), see SlurmOptions
+        how = "TERM" if opts.launcher == "srun" else "B:USR1"
+        lines.append(f"#SBATCH --signal={how}@{stop_s}")
     lines += [f"#SBATCH {line}" for line in opts.extra_sbatch]
-    lines += ["", "set -eo pipefail",
+    lines += [""]
+    if stop_s is not None and opts.launcher != "srun":
+        # first, so that no USR1 finds the shell without it (its default action would end the job)
+        lines += [f"STOP_FILE={q(str(run_dir / 'STOP'))}",
+                  "ask_to_stop() { echo \"job $SLURM_JOB_ID: time limit near: asking the run to stop at "
+                  "its next step ($STOP_FILE)\"; touch \"$STOP_FILE\"; }",
+                  "trap ask_to_stop USR1"]
+    lines += ["set -eo pipefail",
               # exit.json lets the job handle tell success from failure even without sacct
               f"EXIT_RECORD={q(str(run_dir / EXIT_FILE))}",
               "record_exit() { rc=$?; printf '{\"returncode\": %d, \"finished\": %d}\\n' \"$rc\" "
@@ -155,9 +187,33 @@ def render_slurm_script(train_cmd: Sequence[str], run_dir: str | os.PathLike,
         # the horovodrun beside the job's python, so no venv activation is needed to find it
         hvdrun = Path(str(train_cmd[0])).parent / "horovodrun"
         hvdrun = q(str(hvdrun)) if Path(str(train_cmd[0])).is_absolute() and hvdrun.exists() else "horovodrun"
-        lines += [f'HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/:{slots}/" | paste -sd, -)',
-                  f'{hvdrun} -np "$SLURM_NTASKS" -H "$HOSTS" --gloo --gloo-timeout-seconds 300 {cmd}']
+        lines += [f'HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/:{slots}/" | paste -sd, -)']
+        run = f'{hvdrun} -np "$SLURM_NTASKS" -H "$HOSTS" --gloo --gloo-timeout-seconds 300 {cmd}'
+        if stop_s is None:
+            lines.append(run)
+        else:
+            # in the background: bash runs a trap only once its foreground command has ended;
+            # `wait` returns early for each trapped signal, so wait until horovodrun has ended
+            lines += [f"{run} &", "RANKS=$!",
+                      'while wait "$RANKS"; rc=$?; kill -0 "$RANKS" 2>/dev/null; do :; done',
+                      'exit "$rc"']
     return "\n".join(lines) + "\n"
+
+
+def time_limit_s(value: str) -> int | None:
+    """Seconds of a Slurm time limit (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``);
+    None for anything else (``UNLIMITED``, ``infinite``: no end to warn before)."""
+    days, _, rest = value.rpartition("-")
+    parts = rest.split(":")
+    if not all(x.isdigit() for x in parts) or (days and not days.isdigit()) or len(parts) > 3:
+        return None
+    nums = [int(x) for x in parts]
+    if days:   # D-H, D-H:M, D-H:M:S
+        h, m, sec = (nums + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + sec
+    if len(nums) == 3:
+        return (nums[0] * 60 + nums[1]) * 60 + nums[2]
+    return nums[0] * 60 + (nums[1] if len(nums) == 2 else 0)   # M or M:S
 
 
 def _slurm_output(run_dir: Path) -> str:
