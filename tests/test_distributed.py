@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -230,6 +232,49 @@ def test_killed_rank_fails_the_job_then_a_resumed_run_matches_one_process(tiny_s
     assert max(float(np.abs(g - r0).max()) for g, r0 in zip(got, initial)) > 1e-3  # it trained
     for i, (g, r) in enumerate(zip(got, ref)):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-5, err_msg=f"variable {i}")
+
+
+@pytest.mark.horovod
+@needs_horovod
+def test_sigterm_to_one_rank_stops_both_at_one_step_and_rank_0_checkpoints_it(tiny_stack, tmp_path):
+    """SIGTERM to rank 1 alone (not to horovodrun, which would SIGKILL the ranks 5 s later): the
+    ranks agree on the stop (agree_stop), so rank 0, which got no signal, stops at the same step,
+    checkpoints it and says which signal stopped the run; both exit 128 + 15."""
+    import psutil
+
+    from cryovae_nb.launch import horovodrun_command
+
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(tiny_stack, run_dir, max_steps=100_000,
+                                                          checkpoint_every=100_000))
+    cmd = horovodrun_command(2, [sys.executable, "-m", "cryovae_nb.training", "--config", str(cfg),
+                                 "--no-progress"], horovodrun=HOROVODRUN)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+                                 **FEW_THREADS})
+    try:
+        t0 = time.monotonic()
+        while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text():
+            assert proc.poll() is None, proc.stdout.read()[-4000:]
+            assert time.monotonic() - t0 < 900, "no step logged in 900 s (hung?)"
+            time.sleep(0.1)
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "cryovae_nb.training" in " ".join(p.cmdline()) and p.environ().get("HOROVOD_RANK") == "1"]
+        assert len(ranks) == 1
+        ranks[0].send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+        proc.wait()
+    stopped = re.search(r"\[0\]<stderr>:stopped by SIGTERM at step (\d+); checkpoint (\S+); run the same", out)
+    assert stopped, out[-4000:]
+    step = int(stopped.group(1))
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == [f"step_{step:08d}"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == step and all(r.get("ranks") == 2 for r in records)
+    # both ranks stopped cleanly, with the status a signal's stop has (so horovodrun reports failure)
+    assert "Process 0 exit with status code 143" in out and "Process 1 exit with status code 143" in out
+    assert proc.returncode != 0
 
 
 def test_metrics_reduction_averages_every_loss_key_and_keeps_the_latent_statistics():
