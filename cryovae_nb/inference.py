@@ -3,6 +3,7 @@
 ``load_run(run_dir)`` rebuilds the model from ``config.json`` and the newest checkpoint. Then::
 
     run.encode(stack)            latent means / log-variances, quaternions, RELION Euler angles, shifts
+                                 (``pose=``: the pose head's own or the searched pose, see `POSE_CHOICES`)
     run.decode(z)                volumes [z, y, x]
     run.volume_of(i)             the volume of particle i of the training data
     run.interpolate(z0, z1, k)   k volumes on the straight line z0 -> z1 (thesis Fig. 3.20)
@@ -32,6 +33,19 @@ from cryovae_nb.training.data import particle_optics
 from cryovae_nb.training.rundir import CheckpointManager, RunFolder, make_checkpoint
 from cryovae_nb.volumes import band_limit
 
+# Where a learned-pose run's reported poses come from (`TrainedRun.encode`'s ``pose``):
+# "search" re-runs the training step's grid search + local refinement against the decoded volume
+# (~120 images/s on 2 cores), "head" reads the pose head alone (~8,800 images/s), which training
+# pulls towards the searched poses (PoseConfig.distill); "auto" takes the head when the run's last
+# logged training steps say the search kept the head's rotation for most images (`AUTO_HEAD_WON`).
+# The default stays "search": on the L-shape ab initio (benchmarks/pose_head.py, 340 steps) the
+# head's rotations were still no better than chance (median error 131 deg vs the search's 75 deg;
+# the search kept the head's rotation for 0.3 % of images), so "auto" searches there too.
+POSE_CHOICES = ("auto", "head", "search")
+DEFAULT_POSE = "search"
+AUTO_HEAD_WON = 0.5      # mean "head_won" over the last AUTO_RECORDS logged training records
+AUTO_RECORDS = 5
+
 
 @dataclass
 class Encoding:
@@ -43,6 +57,9 @@ class Encoding:
     rotations: np.ndarray     # (k, 3, 3)
     euler: np.ndarray         # (k, 3) RELION rot, tilt, psi in degrees
     shifts: np.ndarray        # (k, 2) px; RELION origin = -shift
+    # where the poses came from: "known" (the STAR file's), "head" (the pose head alone), "search"
+    # (the pose search); "unknown" in files written before it was recorded
+    pose_source: str = "unknown"
 
     def __len__(self) -> int:
         return len(self.z_mean)
@@ -56,18 +73,22 @@ class Encoding:
     def load(cls, path: str | os.PathLike) -> "Encoding":
         try:
             with np.load(path, allow_pickle=False) as f:
-                return cls(**{fl.name: f[fl.name] for fl in fields(cls)})
+                enc = cls(**{fl.name: f[fl.name] for fl in fields(cls) if fl.name != "pose_source"})
+                if "pose_source" in f.files:
+                    enc.pose_source = str(f["pose_source"])
+                return enc
         except KeyError as e:
             raise InputError(f"not an encoding file: missing array {e}", path) from None
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read ({e})", path) from None
 
     @classmethod
-    def from_poses(cls, z_mean, z_logvar, rotations, shifts) -> "Encoding":
+    def from_poses(cls, z_mean, z_logvar, rotations, shifts, pose_source: str = "unknown") -> "Encoding":
         rotations = np.asarray(rotations, np.float64)
         return cls(np.asarray(z_mean, np.float32), np.asarray(z_logvar, np.float32),
                    geometry.matrix_to_quaternion(rotations), rotations,
-                   geometry.matrix_to_relion_euler(rotations), np.asarray(shifts, np.float64))
+                   geometry.matrix_to_relion_euler(rotations), np.asarray(shifts, np.float64),
+                   str(pose_source))
 
 
 class TrainedRun:
@@ -158,14 +179,39 @@ class TrainedRun:
 
     # ---- encode / decode --------------------------------------------------------------------
 
-    def encode(self, data, *, progress: bool = True) -> Encoding:
+    def head_won_fraction(self) -> float | None:
+        """The mean ``head_won`` (the fraction of images whose pose-head rotation the search kept)
+        of the run's last `AUTO_RECORDS` logged training records up to the checkpoint's step;
+        None when the run logged none (no search, or trained before it was logged)."""
+        values = [r["head_won"] for r in self.folder.metrics()
+                  if r.get("split") == "train" and r.get("step", 0) <= self.step
+                  and isinstance(r.get("head_won"), (int, float))]
+        return float(np.mean(values[-AUTO_RECORDS:])) if values else None
+
+    def pose_path(self, pose: str = DEFAULT_POSE) -> str:
+        """Which learned pose `encode` reports for ``pose`` (one of `POSE_CHOICES`): "head" or
+        "search". Runs without a pose search (``ModelConfig.pose.search_deg`` None) have only the
+        head's; "auto" takes the head when `head_won_fraction` >= `AUTO_HEAD_WON`, else searches."""
+        if pose not in POSE_CHOICES:
+            raise InputError(f"pose must be one of {', '.join(POSE_CHOICES)}, got {pose!r}")
+        if self.config.model.pose.search_deg is None:
+            return "head"
+        if pose == "auto":
+            won = self.head_won_fraction()
+            return "head" if won is not None and won >= AUTO_HEAD_WON else "search"
+        return pose
+
+    def encode(self, data, *, progress: bool = True, pose: str = DEFAULT_POSE) -> Encoding:
         """Encode images (a path, `Particles`, `ParticleStack` or ``(k, n, n)`` array), batched.
 
         A model with the CTF (``ModelConfig.loss.ctf``) reads each particle's from ``data``'s
         STAR columns. In known-pose runs the pose head was never trained: the poses reported are the known ones
         from the STAR file (when ``data`` carries them), otherwise the head's output. Learned-pose
         runs with a pose search (``ModelConfig.pose.search_deg``) report the searched pose, as in
-        training; the search's reference is the mean volume of each batch.
+        training (``pose="search"``; the search's reference is the mean volume of each batch), or
+        the pose head's own (``"head"``, no search), or whichever the run's training metrics favour
+        (``"auto"``, `pose_path`). The latents are the same either way. The encoding's
+        ``pose_source`` says which poses it holds ("known", "head" or "search").
         """
         from tqdm.auto import tqdm
 
@@ -173,6 +219,7 @@ class TrainedRun:
             data = read_particles(data)
         images, known = self._as_images(data)
         optics = self._optics(data)
+        path = self.pose_path(pose)
         n = len(images)
         use_known = self.config.model.pose.mode == "known" and known is not None
         out = {k: [] for k in ("z_mean", "z_logvar", "quaternion", "shift")}
@@ -181,15 +228,16 @@ class TrainedRun:
             # "linearized"): give it the known ones whenever the data carries them
             batch = self._batch(images, np.arange(start, min(start + self.batch_size, n)),
                                 known if use_known else None, optics)
-            enc = self.model.encode(batch)
+            enc = self.model.encode(batch, search=path == "search")
             for k in out:
                 out[k].append(np.asarray(enc[k]))
         cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
-        if self.config.model.pose.mode == "known" and known is not None:
-            rotations, shifts = known.rotations, known.shifts
+        if use_known:
+            rotations, shifts, source = known.rotations, known.shifts, "known"
         else:
             rotations, shifts = geometry.quaternion_to_matrix(cat["quaternion"]), cat["shift"]
-        return Encoding.from_poses(cat["z_mean"], cat["z_logvar"], rotations, shifts)
+            source = path if self.config.model.pose.mode == "learned" else "head"
+        return Encoding.from_poses(cat["z_mean"], cat["z_logvar"], rotations, shifts, source)
 
     def reconstruct(self, data, indices) -> tuple[np.ndarray, np.ndarray]:
         """(images, the model's images of them) ``(k, n, n)`` each, in the images' units, for the
@@ -261,14 +309,15 @@ class TrainedRun:
             raise InputError(f"particle index {index} out of range (0..{len(images) - 1})")
         # a subset of Particles keeps its pose (linearized latents are read at the known pose)
         one = src.subset([index % len(images)]) if hasattr(src, "subset") else images[[index]]
-        return self.decode(self.encode(one, progress=False).z_mean[0])
+        # the latent does not depend on the pose: the head's (no search) is ~70-110x faster
+        return self.decode(self.encode(one, progress=False, pose="head").z_mean[0])
 
     # ---- exploring the latent space ---------------------------------------------------------
 
     def observed_latents(self) -> np.ndarray:
         """Latent means of the whole training data (encoded once, then cached)."""
         if self._observed is None:
-            self._observed = self.encode(self.particles).z_mean
+            self._observed = self.encode(self.particles, pose="head").z_mean  # no search: same latents
         return self._observed
 
     def interpolate(self, z0, z1, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,9 +356,13 @@ def write_volumes(outdir: str | os.PathLike, volumes: np.ndarray, voxel_size: fl
     return save_series(outdir, volumes[None] if volumes.ndim == 3 else volumes, voxel_size, prefix)
 
 
+POSE_BLOCK = "cryovae_poses"  # the STAR block naming where the poses came from (Encoding.pose_source)
+
+
 def write_star(path: str | os.PathLike, particles, encoding: Encoding, *,
                pixel_size: float | None = None) -> None:
-    """The particles' STAR file with the learned poses (RELION 3.1, optics block, atomic).
+    """The particles' STAR file with the learned poses (RELION 3.1, optics block, atomic), and a
+    ``data_cryovae_poses`` block recording their source (``cryovaePoseSource``: `Encoding.pose_source`).
 
     Image names found beside the original STAR file are rewritten relative to the new one; names
     resolved through a data directory (a RELION project root) are kept as RELION reads them.
@@ -319,4 +372,5 @@ def write_star(path: str | os.PathLike, particles, encoding: Encoding, *,
         raise InputError(f"{len(particles)} particles but {len(encoding)} encoded poses", path)
     poses = Poses(rotations=encoding.rotations, euler=encoding.euler, shifts=encoding.shifts)
     px = pixel_size if particles.pixel_size is None else None
-    write_particles_star(path, particles, poses=poses, pixel_size=px)
+    write_particles_star(path, particles, poses=poses, pixel_size=px,
+                         extra_blocks={POSE_BLOCK: {"cryovaePoseSource": encoding.pose_source}})

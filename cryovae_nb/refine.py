@@ -420,7 +420,8 @@ def pose_error(rotations: np.ndarray, truth: np.ndarray, inlier_deg: float = 20.
     ``M T M``, M = diag(1, 1, -1): the poses of the mirrored map). ``G`` is the robust mode of the
     per-particle ``R T^T`` (the candidate with the most neighbours within ``inlier_deg``, then the
     SO(3) mean of those neighbours, twice). Returns ``median_deg``, ``frac_within_10``,
-    ``frac_within_5``, ``side`` ("left"/"right"), ``mirrored`` and ``G``."""
+    ``frac_within_5``, ``side`` ("left"/"right"), ``mirrored``, ``G`` and ``errors_deg`` (each
+    particle's angle after the alignment)."""
     R = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
     T0 = np.asarray(truth, np.float64).reshape(-1, 3, 3)
     if len(R) != len(T0) or len(R) == 0:
@@ -447,7 +448,7 @@ def pose_error(rotations: np.ndarray, truth: np.ndarray, inlier_deg: float = 20.
             err = rotation_angle_deg(fit, R)
             row = {"median_deg": float(np.median(err)), "frac_within_10": float(np.mean(err < 10)),
                    "frac_within_5": float(np.mean(err < 5)), "side": side, "mirrored": mirrored,
-                   "G": G}
+                   "G": G, "errors_deg": err}
             if best is None or row["median_deg"] < best["median_deg"]:
                 best = row
     return best

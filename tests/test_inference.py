@@ -214,3 +214,76 @@ def test_cli_encode_and_generate(run, trained, tmp_path):
     np.testing.assert_allclose(zi[[0, -1]], enc.z_mean[[0, 5]], rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="out of range"):
         generate_command.run(_args(generate_command, base + ["--interpolate", "0", "999"]))
+
+
+def test_encode_pose_paths_search_head_and_auto(run, trained, monkeypatch):
+    """pose="search" is today's encode (the model's searched pose, bit for bit), "head" the pose
+    head's own (model.encode with the search off), the latents the same; "auto" follows the run's
+    logged head_won; a bad value is refused by name."""
+    images = np.asarray(run.particles.images[np.arange(20)], np.float32)  # one batch (the search's
+    searched = run.model.encode(Batch(images))                            # reference is its mean)
+    head = run.model.encode(Batch(images), search=False)
+    default, by_search, by_head = (run.encode(images, progress=False, **kw)
+                                   for kw in ({}, {"pose": "search"}, {"pose": "head"}))
+    for enc, direct, source in ((default, searched, "search"), (by_search, searched, "search"),
+                                (by_head, head, "head")):
+        assert enc.pose_source == source
+        np.testing.assert_array_equal(enc.rotations, geometry.quaternion_to_matrix(np.asarray(direct["quaternion"])))
+        np.testing.assert_array_equal(enc.shifts, np.asarray(direct["shift"], np.float64))
+        np.testing.assert_array_equal(enc.z_mean, np.asarray(searched["z_mean"]))
+    # the head path really skips the search: its pose is the head's output, not the searched one
+    h = run.model._hidden(images, False)
+    np.testing.assert_array_equal(np.asarray(head["quaternion"]), np.asarray(run.model.pose(h)["quaternion"]))
+    assert geometry.rotation_angle_deg(by_head.rotations, by_search.rotations).max() > 1.0
+
+    # auto: the mean head_won of the last logged training records up to the checkpoint's step
+    logged = [r for r in run.folder.metrics() if r["split"] == "train"]
+    won = run.head_won_fraction()
+    assert won == pytest.approx(logged[-1]["head_won"]) and 0.0 <= won <= 1.0
+
+    def records(*won, step=6):
+        return lambda: [{"step": step, "split": "train", "head_won": w} for w in won]
+    # the last AUTO_RECORDS (5) records only: 3 early losses do not count
+    for won, path in (((0.0, 0.0, 0.0, 0.9, 0.8, 0.6, 0.7, 0.5), "head"), ((0.2, 0.6), "search"), ((), "search")):
+        monkeypatch.setattr(run.folder, "metrics", records(*won))
+        assert run.pose_path("auto") == path
+    monkeypatch.setattr(run.folder, "metrics", records(0.9, step=7))  # logged after the checkpoint
+    assert run.head_won_fraction() is None and run.pose_path("auto") == "search"
+    monkeypatch.setattr(run.folder, "metrics", records(0.9))
+    assert run.encode(images, progress=False, pose="auto").pose_source == "head"
+    with pytest.raises(InputError, match="pose must be one of auto, head, search, got 'fast'"):
+        run.encode(images, progress=False, pose="fast")
+
+
+def test_pose_source_is_recorded_and_old_encodings_still_load(run, trained, tmp_path):
+    from cryovae_nb.io import read_particles
+
+    known = load_run(trained["known"])
+    parts = read_particles(trained["star"])
+    assert known.encode(parts, progress=False).pose_source == "known"
+    enc = run.encode(parts.subset(np.arange(10)), progress=False, pose="head")
+    enc.save(tmp_path / "enc.npz")
+    assert Encoding.load(tmp_path / "enc.npz").pose_source == "head"
+    with np.load(tmp_path / "enc.npz") as f:  # a file written before the pose source was recorded
+        np.savez(tmp_path / "old.npz", **{k: f[k] for k in f.files if k != "pose_source"})
+    assert Encoding.load(tmp_path / "old.npz").pose_source == "unknown"
+    write_star(tmp_path / "head.star", parts.subset(np.arange(10)), enc)
+    blocks = starfile.read(tmp_path / "head.star", always_dict=True)
+    assert blocks["cryovae_poses"]["cryovaePoseSource"] == "head"
+    assert len(read_particles(tmp_path / "head.star")) == 10
+
+
+def test_cli_encode_pose_flag(run, trained, tmp_path, capsys):
+    out = tmp_path / "head.npz"
+    argv = [str(trained["learned"]), str(trained["star"]), "-o", str(out), "--star", str(tmp_path / "h.star")]
+    assert encode_command.run(_args(encode_command, argv + ["--pose", "head"])) == 0
+    assert "(poses: head)" in capsys.readouterr().out
+    enc = Encoding.load(out)
+    direct = run.encode(run.particles, progress=False, pose="head")
+    assert enc.pose_source == "head"
+    np.testing.assert_array_equal(enc.rotations, direct.rotations)
+    assert starfile.read(tmp_path / "h.star", always_dict=True)["cryovae_poses"]["cryovaePoseSource"] == "head"
+    assert _args(encode_command, argv).pose == "search"  # the default: today's behaviour
+    with pytest.raises(SystemExit):
+        _args(encode_command, argv + ["--pose", "fast"])
+    assert "invalid choice: 'fast' (choose from" in capsys.readouterr().err

@@ -137,7 +137,8 @@ def test_pose_sampling_is_seeded_and_the_step_is_deterministic():
         return out, [v.numpy() for v in m.trainable_variables]
 
     (o1, w1), (o2, w2) = run(), run()
-    assert set(o1) == {"recon", "kl", "averaging", "pose", "total", "noise_var", "searched_quaternion"}
+    assert set(o1) == {"recon", "kl", "averaging", "pose", "total", "noise_var", "head_won", "searched_quaternion"}
+    assert 0.0 <= float(o1["head_won"]) <= 1.0
     assert float(o1["pose"]) > 0 and o1["searched_quaternion"].shape == (8, 4)
     for x, y in zip(w1, w2):
         np.testing.assert_array_equal(x, y)
@@ -155,8 +156,16 @@ def test_losses_with_search_add_the_pose_term_and_encode_reports_the_searched_po
     np.testing.assert_allclose(float(out["total"]), float(expected), rtol=1e-6)
     enc = model.encode(Batch(images))
     head = head_pose(model, images)
-    q, s, _ = model.search_pose(images, model.decode(enc["z_mean"]), head["quaternion"], head["shift"])
+    q, s, won = model.search_pose(images, model.decode(enc["z_mean"]), head["quaternion"], head["shift"])
     np.testing.assert_allclose(enc["quaternion"].numpy(), q.numpy(), atol=1e-6)
+    # the logged head_won is the fraction of images whose head rotation the search kept
+    assert float(out["head_won"]) == pytest.approx(float(np.mean(won.numpy())))
+    # search=False: the head's own pose
+    np.testing.assert_array_equal(model.encode(Batch(images), search=False)["quaternion"].numpy(),
+                                  head["quaternion"].numpy())
+    # without a search the head is all there is: 0 (no search ran)
+    plain = build_model(small(box=n, pose_search_deg=None))
+    assert float(plain.compute_losses(Batch(images), training=False)["head_won"]) == 0.0
     np.testing.assert_allclose(enc["shift"].numpy(), s.numpy())
     # the shift head starts centred (the global search moves the images back by it)
     np.testing.assert_array_equal(head["shift"].numpy(), 0.0)

@@ -18,7 +18,7 @@ from cryovae_nb.training.rundir import MetricsReader, RunFolder, parse_metrics, 
 
 PACKAGE = Path(cryovae_nb.__file__).parent
 # the whole tuple: a display may pick a few of them (the monitor's curves), a copy of all is a copy
-LOSS_NAMES = {"recon", "kl", "averaging", "pose", "total", "noise_var"}
+LOSS_NAMES = {"recon", "kl", "averaging", "pose", "total", "noise_var", "head_won"}
 
 
 def _modules():

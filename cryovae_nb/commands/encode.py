@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 
 from cryovae_nb.argcheck import output_file, positive_int
-from cryovae_nb.inference import load_run, write_star
+from cryovae_nb.inference import DEFAULT_POSE, POSE_CHOICES, load_run, write_star
 from cryovae_nb.io import Poses, read_particles
 
 HELP = "encode a stack with a trained run: latents, poses, STAR with learned poses"
@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "shifts scaled back to the original box: OUT.star + OUT_indices.npy")
     parser.add_argument("--datadir", help="folder the STAR file's image paths are relative to")
     parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--pose", choices=POSE_CHOICES, default=DEFAULT_POSE,
+                        help="learned-pose runs with a pose search: the searched pose (search, as in training), the "
+                             "pose head's own (head: no search, ~70-110x faster), or the head when the run's last logged "
+                             "training steps kept the head's rotation for most images (auto); default: %(default)s. "
+                             "The .npz (pose_source) and STAR (data_cryovae_poses) record which")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         from cryovae_nb.selection import original_of, write_selection
 
         original_of(particles)  # a missing or changed original fails before the encoding runs
-    enc = trained.encode(particles)
+    enc = trained.encode(particles, pose=args.pose)
     enc.save(args.output)
     written = [args.output]
     if args.star:
@@ -50,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
         poses = Poses(rotations=enc.rotations, euler=enc.euler, shifts=enc.shifts)
         sel = write_selection(particles, np.arange(len(particles)), args.original_star, poses=poses)
         written += [str(sel.star), str(sel.indices_file)]
-    print(f"encoded {len(enc)} particles -> {', '.join(map(str, written))}")
+    print(f"encoded {len(enc)} particles (poses: {enc.pose_source}) -> {', '.join(map(str, written))}")
     return 0

@@ -6,8 +6,10 @@ import math
 import tensorflow as tf
 
 # the scalar losses of `CryoVAE.compute_losses` that training logs, averages over ranks and checks
-# for NaN: every consumer reads this tuple (cryovae_nb.training), so a new term is added once
-LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total", "noise_var")
+# for NaN: every consumer reads this tuple (cryovae_nb.training), so a new term is added once.
+# "head_won" is no loss but the fraction of images whose pose-head rotation the search kept (0
+# without a search): what `Inference.encode(pose="auto")` reads to skip the search at inference
+LOSS_KEYS = ("recon", "kl", "averaging", "pose", "total", "noise_var", "head_won")
 
 
 def reconstruction_loss(images, projections, pixel_mask=None) -> tf.Tensor:
