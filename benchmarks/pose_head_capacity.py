@@ -30,14 +30,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def angles_deg(q, q_true):
-    """Angle (degrees) between unit quaternions, sign-free."""
-    import numpy as np
-
-    d = np.clip(np.abs(np.sum(q * q_true, -1)), 0.0, 1.0)
-    return np.degrees(2.0 * np.arccos(d))
-
-
 def reference_cnn(n: int, seed: int):
     """A small convolutional encoder (three conv + pool stages, a dense layer, a quaternion), not
     the library's: what a convolutional pose encoder would gain over the dense one."""
@@ -102,7 +94,7 @@ def run_snr(snr: float, args) -> None:
 
     def errors(idx):
         q = np.concatenate([np.asarray(predict(images[idx[i:i + 1000]])) for i in range(0, len(idx), 1000)])
-        return angles_deg(q, q_true[idx])
+        return geometry.rotation_angle_deg(geometry.quaternion_to_matrix(q.astype(np.float64)), rotations[idx])
 
     print(f"\n{args.encoder} encoder, SNR {snr:g}: {args.n_train} training / {args.n_test} held-out images of the L at {n} px")
     print(f"{'step':>6} {'train deg':>9} {'held-out deg':>12} {'<10':>6} {'<20':>6} {'s':>5}")
