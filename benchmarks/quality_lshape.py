@@ -68,6 +68,43 @@ def prepare_data(args) -> Path:
     return star
 
 
+def searched_poses_star(star: Path, args) -> Path:
+    """The same particles, each pose replaced by what the library's pose search finds against the
+    TRUE L (best grid pose, then both local rounds; ``PoseConfig`` defaults): what training on hard
+    pose assignments could reach at this SNR even with a perfect map. Cached beside ``star``."""
+    import numpy as np
+    import tensorflow as tf
+
+    from cryovae_nb.geometry import rotation_angle_deg
+    from cryovae_nb.io.star import Poses, read_particles, write_particles_star
+    from cryovae_nb.model import ModelConfig, build_model
+    from cryovae_nb.model.rotations import quaternion_to_matrix
+    from cryovae_nb.synthetic import lshape_volume
+
+    out = star.with_name("particles_searched.star")
+    if out.exists():
+        return out
+    parts = read_particles(star)
+    model = build_model(ModelConfig.preset("default", box=args.box, pose_mode="learned"))
+    truth = tf.constant(lshape_volume(args.box).astype(np.float32))
+    search = tf.function(lambda imgs: model.search_pose(
+        imgs, tf.broadcast_to(truth, [tf.shape(imgs)[0], *truth.shape]),
+        tf.tile(tf.constant([[1.0, 0.0, 0.0, 0.0]]), [tf.shape(imgs)[0], 1]), tf.zeros([tf.shape(imgs)[0], 2])))
+    rots, shifts, t0 = [], [], time.monotonic()
+    for s in range(0, len(parts), 200):
+        q, sh, _ = search(tf.constant(np.asarray(parts.images[s:s + 200], np.float32)))
+        rots.append(quaternion_to_matrix(q).numpy())
+        shifts.append(sh.numpy())
+    rots, shifts = np.concatenate(rots), np.concatenate(shifts)
+    err = rotation_angle_deg(rots, parts.poses.rotations)
+    shift_err = np.linalg.norm(shifts - parts.poses.shifts, axis=1)
+    print(f"pose search against the true L ({len(parts)} images, {time.monotonic() - t0:.0f} s): rotation "
+          f"error median {np.median(err):.1f} deg, {np.mean(err < 5):.1%} within 5, {np.mean(err < 10):.1%} "
+          f"within 10; shift error median {np.median(shift_err):.2f} px", flush=True)
+    write_particles_star(out, parts, poses=Poses.from_matrices(rots, shifts))
+    return out
+
+
 def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
     """Mean FSC resolutions (px) of the decoded volumes of ``indices`` aligned onto ``truth``."""
     import numpy as np
@@ -97,6 +134,9 @@ def evaluate(trainer, truth, indices, pixel_size: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=["known", "learned"], default="known", help="pose mode")
+    ap.add_argument("--known-poses", choices=["true", "searched"], default="true",
+                    help="with --mode known: the simulation's poses, or those the pose search finds "
+                         "against the true L (the ceiling of hard pose assignment at this SNR)")
     ap.add_argument("--budget", type=float, default=600.0, help="training wall-clock budget, seconds")
     ap.add_argument("--eval-every", type=float, default=None, help="seconds of training between evaluations")
     ap.add_argument("--box", type=int, default=40)
@@ -151,6 +191,10 @@ def main(argv=None) -> int:
     from cryovae_nb.training.trainer import Trainer
 
     star = prepare_data(args)
+    if args.known_poses == "searched":
+        if args.mode != "known":
+            raise SystemExit("--known-poses searched trains with known poses: give --mode known")
+        star = searched_poses_star(star, args)
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}_{os.getpid()}"  # two at once: apart
     options = ("likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
