@@ -19,7 +19,10 @@ to the same grid). Shows what a larger box buys beyond the smaller one's Nyquist
     nice .venv/bin/python benchmarks/decoders.py throughput --boxes 40,64,128 --batch 8
     nice .venv/bin/python benchmarks/decoders.py quality --box 64 --budget 240
     nice .venv/bin/python benchmarks/decoders.py resolution --box 64 --snr 0.1 --budget 1500 \
-        --learning-rate 3e-5 --latent-dim 2
+        --eval-every 500 --learning-rate 1e-5 --latent-dim 2
+
+(``resolution`` at 3e-5 left the 64 px map behind the 32 px one at FSC 0.5: Adam's per-voxel
+fluctuation, README "Why the 64 px map trailed at FSC 0.5".)
 
 Run uncompiled (``TrainConfig.jit`` False, ``--jit`` to change): on a CPU, XLA compiles 3D
 convolutions to a naive loop (the conv decoder's step is 10-170x slower; see decoders.py).
