@@ -68,10 +68,13 @@ def run_snr(snr: float, args) -> None:
     q_true = geometry.matrix_to_quaternion(rotations.astype(np.float64)).astype(np.float32)
     train, test = np.arange(args.n_train), np.arange(args.n_train, count)
 
-    if args.encoder == "head":
-        model = build_model(ModelConfig().with_options(box=n, pose_mode="learned"), seed=args.seed)
+    if args.encoder in ("head", "library-conv"):
+        conv = args.encoder == "library-conv"  # the library's conv pose encoder (PoseConfig.encoder)
+        model = build_model(ModelConfig().with_options(box=n, pose_mode="learned",
+                                                       pose_encoder="conv" if conv else "dense"), seed=args.seed)
         model.encode(Batch(images[:2]), search=False)  # builds the layers
-        layers = (*model.encoder_layers, model.quaternion_layer)
+        layers = (model.pose_encoder,) if conv else tuple(model.encoder_layers)
+        layers = (*layers, model.quaternion_layer)
         variables = [v for layer in layers for v in layer.trainable_variables]
 
         def predict(x, training=False):
@@ -119,9 +122,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=120)
     ap.add_argument("--learning-rate", type=float, default=None,
-                    help="default: 1e-4 for the head (the training default's scale), 1e-3 for the CNN")
-    ap.add_argument("--encoder", choices=["head", "cnn"], default="head",
-                    help="the model's pose head (dense encoder), or a reference convolutional one")
+                    help="default: 1e-4 for the head (the training default's scale), 1e-3 for the CNNs")
+    ap.add_argument("--encoder", choices=["head", "library-conv", "cnn"], default="head",
+                    help="the model's pose head on its dense encoder, on the library's conv pose encoder "
+                         "(pose_encoder='conv'), or a reference convolutional one")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.learning_rate is None:
