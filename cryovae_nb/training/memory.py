@@ -39,7 +39,8 @@ VOLUME_COPIES = 6
 SEARCH_COPIES = 6
 # Live float32 copies of the conv pose encoder's feature maps per image (PoseConfig.encoder =
 # "conv"): each conv's output and its pooled copy kept for the backward pass, and their gradients.
-# A count, not fitted: benchmarks/memory_model.py's 40:120:learned:conv checks it (README).
+# A count, not yet checked against a measured peak RSS (benchmarks/memory_model.py runs the dense
+# pose encoder); at box 40, batch 120 it adds 103 MiB, and its 0.91 M weights (x6 copies) 21 MiB.
 POSE_ACTIVATION_COPIES = 2
 # rounds of local refinement and candidates per round (pose_search.search_pose: 27 + the head's)
 LOCAL_CANDIDATES = 2 * 28
