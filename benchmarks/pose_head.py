@@ -25,6 +25,11 @@ particles / the 100 held-out): after 109 steps (8 min, model FSC 0.5 6.06 px) he
 search's 75.5 deg, 20.8 %, 41.1 % (held-out: 130.2 / 75.3 deg); head vs search median 133 deg
 apart; logged head_won 0.3 %; encode 2,800 vs 25 images/s; reconstruction FSC 0.5 / 0.143 at the
 true poses 3.50 / 2.50 px, head 15.19 / 8.24, search 5.94 / 3.24. So the default stays "search".
+
+The conv pose encoder against the dense one (stop 22; ``quality_lshape.py ... --budget 1500
+--max-steps 200 --pose-encoder conv`` (then ``dense``), each then ``pose_head.py RUN --n 2000``;
+load ~6-11): conv head 132.8 deg (chance), search 33.9, logged head_won 0.6 %, 714 vs 20 images/s;
+dense head 132.1, search 21.6, head_won 0.8 %, 3,607 vs 26 images/s. Neither head is usable yet.
 """
 from __future__ import annotations
 

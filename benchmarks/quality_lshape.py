@@ -175,6 +175,11 @@ def main(argv=None) -> int:
                          "normalised in the disc with FFT shifts (real_space) or the band's Fourier components")
     ap.add_argument("--pose-global-every", type=int, default=None,
                     help="epochs between a particle's global searches (PoseConfig.global_every)")
+    ap.add_argument("--pose-encoder", choices=["dense", "conv"], default=None,
+                    help="what the pose head reads (ModelConfig.pose.encoder): the dense encoder, or "
+                         "its own convolutional network")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="also stop at this many steps (0: the budget alone): equal steps for comparisons")
     ap.add_argument("--projector", default="fourier", choices=["fourier", "real"])
     ap.add_argument("--no-jit", action="store_true")
     ap.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
@@ -201,7 +206,7 @@ def main(argv=None) -> int:
     run_dir = Path(args.workdir) / f"run_{args.mode}_{int(time.time())}_{os.getpid()}"  # two at once: apart
     options = ("likelihood", "latent_inference", "averaging_factor", "beta", "averaging_mirror", "image_offset",
                "loss_in_mask", "symmetrized_loss", "pose_search_deg", "pose_search_band",
-               "pose_refine_band", "pose_distill", "pose_search_scoring", "pose_global_every")
+               "pose_refine_band", "pose_distill", "pose_search_scoring", "pose_global_every", "pose_encoder")
     chosen = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
     # the learning rate is the trainer's (TrainConfig), not the model's
     trainer_options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
     model = ModelConfig.preset(args.preset, box=args.box, latent_dim=args.latent_dim, projector=args.projector,
                                pose_mode=args.mode, **chosen)
     cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, batch_size=args.batch_size,
-                      max_steps=10**9,
+                      max_steps=args.max_steps or 10**9,
                       log_every=100, sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1,
                       test_fraction=0.02, n_test_eval=240, seed=args.seed,
                       jit=False if args.no_jit else None, precision=args.precision, **trainer_options)
@@ -229,7 +234,7 @@ def main(argv=None) -> int:
           f"{'best0.5':>7} {'corr':>5} {'mirr':>4}")
     every = args.eval_every or max(args.budget / 6, 30.0)
     trained_s, rows, last = 0.0, [], None
-    while trained_s < args.budget - 1e-6:
+    while trained_s < args.budget - 1e-6 and trainer.step < cfg.max_steps:
         seg = min(every, args.budget - trained_s)
         trainer.config = dataclasses.replace(trainer.config, max_time_s=seg)
         t0, s0 = time.monotonic(), trainer.step

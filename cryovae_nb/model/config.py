@@ -21,6 +21,21 @@ POSE_MODES = ("learned", "known")
 LIKELIHOODS = ("gaussian", "bernoulli")
 LINKS = ("sigmoid", "identity")
 POSE_INPUTS = ("hidden", "latent")
+POSE_ENCODERS = ("dense", "conv")
+# The convolutional pose encoder (model/pose_encoder.py): (channels, kernel) per conv + 2x pool
+# stage, then a dense layer. Here, free of TensorFlow, so the memory model counts it from the
+# config. The sizes of benchmarks/pose_head_capacity.py's reference CNN (56 deg at SNR 0.1).
+CONV_POSE_STAGES = ((32, 5), (64, 3), (128, 3))
+CONV_POSE_UNITS = 256
+
+
+def conv_pose_sides(box: int) -> list[int]:
+    """The image side entering each conv stage of the conv pose encoder, then the side its dense
+    layer flattens (each 2x average pool rounds down, as Keras' "valid" pooling does)."""
+    sides = [box]
+    for _ in CONV_POSE_STAGES:
+        sides.append(sides[-1] // 2)
+    return sides
 SEARCH_REFERENCES = ("own", "mean")
 SEARCH_SCORINGS = ("real_space", "fourier")
 LATENT_INFERENCES = ("auto", "linearized", "encoder")
@@ -172,6 +187,10 @@ class PoseConfig:
     distill: float = 100.0           # weight pulling the pose head towards a searched pose that won
     input: str = "hidden"            # the pose head reads the encoder's last hidden layer, so the
                                      # latent need not carry the pose; "latent": the seed's (z)
+    encoder: str = "dense"           # what the pose head reads: "dense", the encoder's stack (per
+                                     # `input`); "conv": its own small convolutional network on the
+                                     # images (model/pose_encoder.py): the dense one memorises the
+                                     # noise at SNR 0.1 even from the true poses (README)
     search_reference: str = "own"    # local pose refinement against each image's own decoded volume;
                                      # "mean": the batch's mean volume (the global stage always is)
     search_scoring: str = "real_space"  # how the search scores a candidate (model/pose_search.py):
@@ -188,6 +207,10 @@ class PoseConfig:
         w = "PoseConfig"
         _one_of(f"{w}.mode", self.mode, POSE_MODES)
         _one_of(f"{w}.input", self.input, POSE_INPUTS)
+        _one_of(f"{w}.encoder", self.encoder, POSE_ENCODERS)
+        if self.encoder == "conv" and self.input != "hidden":
+            raise ConfigError(f"{w}.encoder='conv' reads the images itself, so input must be 'hidden' "
+                              f"(the default), got input={self.input!r}")
         _one_of(f"{w}.search_reference", self.search_reference, SEARCH_REFERENCES)
         _one_of(f"{w}.search_scoring", self.search_scoring, SEARCH_SCORINGS)
         if self.search_deg is not None and not 1 <= self.search_deg <= 90:
@@ -232,6 +255,7 @@ OPTION_NAMES = {
     "pose_mode": ("pose", "mode"), "pose_search_deg": ("pose", "search_deg"),
     "pose_search_band": ("pose", "search_band"), "pose_refine_band": ("pose", "refine_band"),
     "pose_distill": ("pose", "distill"), "pose_input": ("pose", "input"),
+    "pose_encoder": ("pose", "encoder"),
     "search_reference": ("pose", "search_reference"), "pose_search_scoring": ("pose", "search_scoring"),
     "pose_global_every": ("pose", "global_every"),
     "latent_inference": ("latent", "inference"), "latent_band": ("latent", "band"),
@@ -308,6 +332,10 @@ class ModelConfig:
         if self.latent.inference == "linearized" and self.pose.mode != "known":
             raise ConfigError("ModelConfig.latent.inference='linearized' needs pose.mode='known' "
                               "(use 'auto' or 'encoder' for learned poses)")
+        if self.pose.encoder == "conv" and conv_pose_sides(self.architecture.box)[-1] < 1:
+            raise ConfigError(f"ModelConfig: pose.encoder='conv' halves the image {len(CONV_POSE_STAGES)} times: "
+                              f"it needs a box of at least {2 ** len(CONV_POSE_STAGES)} px, got "
+                              f"{self.architecture.box}")
         if self.pose.search_deg is not None and self.loss.symmetrized_loss:
             raise ConfigError("ModelConfig: loss.symmetrized_loss and pose.search_deg do not combine "
                               "(the search already tries every in-plane angle)")

@@ -20,6 +20,7 @@ from cryovae_nb.model.batch import Batch, Optics
 from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.model.decoders import make_decoder
 from cryovae_nb.model.forward import add_offset, apply_link, ctf_spectrum, forward_images, multiply_spectrum
+from cryovae_nb.model.pose_encoder import ConvPoseEncoder
 from cryovae_nb.model.projectors import make_projector, project_fourier
 from cryovae_nb.model.rotations import quaternion_to_matrix
 from cryovae_nb.volumes import diameter_mask
@@ -65,6 +66,9 @@ class CryoVAE(keras.Model):
         self.encoder_layers = [dense(arch.encoder_units, act, f"enc{i}") for i in range(arch.encoder_layers)]
         self.z_mean_layer = dense(cfg.architecture.latent_dim, name="z_mean")
         self.z_logvar_layer = dense(cfg.architecture.latent_dim, name="z_logvar")
+        # the pose heads' own convolutional network (PoseConfig.encoder = "conv"; model/pose_encoder.py).
+        # Drawn after every other seeded layer, so a "dense" model's weights are as before.
+        self.pose_encoder = None
         self.quaternion_layer = dense(4, "tanh", "pose_quaternion")
         self.shift_layer = dense(2, "tanh", "pose_shift")
         if cfg.pose.search_deg is not None:  # start centred: the global search moves images by it
@@ -74,6 +78,8 @@ class CryoVAE(keras.Model):
         # noise along it. z-dependence is then learned where the data asks, beside the principal
         # volumes.
         self.decoder = make_decoder(cfg, seeds, zero_response=self.linearized)
+        if cfg.pose.encoder == "conv":
+            self.pose_encoder = ConvPoseEncoder(act, seeds, name="pose_encoder")
         self.projector = make_projector(cfg)
         self._mask = None if arch.volume_mask is None else tf.constant(diameter_mask(arch.box, arch.volume_mask, ndim=3))
         # Why an offset: the tanh-normalised target is sigmoid(a * (P - mean) / sigma), so its logit
@@ -120,7 +126,8 @@ class CryoVAE(keras.Model):
     def encode(self, batch: Batch, training: bool = False, *, search: bool = True) -> dict:
         """A `Batch` of ``(B, n, n)`` images -> dict ``z_mean``, ``z_logvar`` ``(B, latent)``,
         ``quaternion`` ``(B, 4)`` (unit, scalar first) and ``shift`` ``(B, 2)`` px. The pose head
-        reads the hidden layer (``pose_input="hidden"``) or ``z_mean`` (the seed's). With
+        reads the hidden layer (``pose_input="hidden"``), ``z_mean`` (the seed's) or, with
+        ``pose_encoder="conv"``, its own convolutional network on the images. With
         linearized latents (``latent_inference``) the batch's known poses ``rotations``
         ``(B, 3, 3)`` (and ``shifts``) are required. A learned-pose model with a pose search
         reports the searched pose unless ``search=False``: the head's own (no search, ~70-110x faster)."""
@@ -129,7 +136,7 @@ class CryoVAE(keras.Model):
         offset = None if self.offset_layer is None else self.offset_layer(h)[:, 0]
         z_mean, z_logvar = self._posterior(h, batch, offset)
         out = {"z_mean": z_mean, "z_logvar": z_logvar}
-        out.update(self.pose(h if self.config.pose.input == "hidden" else z_mean))
+        out.update(self.pose(self._pose_input(images, h, z_mean, training)))
         if offset is not None:
             out["offset"] = offset
         if search and self.config.pose.search_deg is not None and self.config.pose.mode == "learned":
@@ -186,9 +193,17 @@ class CryoVAE(keras.Model):
             return projections
         return add_offset(projections, offset, self._disc)
 
+    def _pose_input(self, images, h, z, training):
+        """What the pose heads read: the conv pose encoder's features of the images
+        (``PoseConfig.encoder = "conv"``), else the hidden layer ``h`` or the latent ``z``
+        (``PoseConfig.input``)."""
+        if self.pose_encoder is not None:
+            return self.pose_encoder(tf.convert_to_tensor(images, tf.float32), training=training)
+        return h if self.config.pose.input == "hidden" else z
+
     def pose(self, z) -> dict:
-        """Pose head on its input (the encoder's hidden layer or latent vectors, ``pose_input``):
-        tanh -> normalised quaternion; tanh x max_shift -> shift (px)."""
+        """Pose head on its input (:meth:`_pose_input`: conv features, the encoder's hidden layer
+        or latent vectors): tanh -> normalised quaternion; tanh x max_shift -> shift (px)."""
         q = self.quaternion_layer(z)
         q = q / tf.maximum(tf.norm(q, axis=-1, keepdims=True), 1e-6)
         return {"quaternion": q, "shift": self.config.architecture.max_shift_px * self.shift_layer(z)}
@@ -425,7 +440,7 @@ class CryoVAE(keras.Model):
         if learned:
             if cfg.pose.mode == "known":
                 raise ConfigError("pose_mode='known' needs rotations (and shifts) for every batch")
-            p = self.pose(h if cfg.pose.input == "hidden" else z)
+            p = self.pose(self._pose_input(images, h, z, training))
             rotations, shifts = quaternion_to_matrix(p["quaternion"]), p["shift"]
         volumes = self.decode(z, training)
         pose_term = head_won_fraction = tf.constant(0.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryovae_nb.errors import ConfigError
+from cryovae_nb.model.config import CONV_POSE_STAGES, CONV_POSE_UNITS, conv_pose_sides
 
 MIB = 2**20
 
@@ -36,6 +37,11 @@ VOLUME_COPIES = 6
 # The search's live float32 values per projection it compares: the slice (complex), the projected
 # image, its low-passed and normalised copies, and for the local rounds the cross-correlation.
 SEARCH_COPIES = 6
+# Live float32 copies of the conv pose encoder's feature maps per image (PoseConfig.encoder =
+# "conv"): each conv's output and its pooled copy kept for the backward pass, and their gradients.
+# A count, not yet checked against a measured peak RSS (benchmarks/memory_model.py runs the dense
+# pose encoder); at box 40, batch 120 it adds 103 MiB, and its 0.91 M weights (x6 copies) 21 MiB.
+POSE_ACTIVATION_COPIES = 2
 # rounds of local refinement and candidates per round (pose_search.search_pose: 27 + the head's)
 LOCAL_CANDIDATES = 2 * 28
 
@@ -51,25 +57,44 @@ class MemoryEstimate:
     search: int         # pose search projections (learned poses with a search)
     loader: int         # batches read ahead
     n_params: int       # trainable weights counted
+    pose_features: int = 0  # the conv pose encoder's feature maps in one step (pose.encoder "conv")
 
     @property
     def total(self) -> int:
-        return self.runtime + self.weights + self.state + self.volumes + self.search + self.loader
+        return (self.runtime + self.weights + self.state + self.volumes + self.search + self.loader
+                + self.pose_features)
 
     @property
     def on_gpu(self) -> int:
         """What a GPU holds: the tensors, not the runtime's host memory nor the loader's batches."""
-        return self.weights + self.state + self.volumes + self.search
+        return self.weights + self.state + self.volumes + self.search + self.pose_features
 
     def describe(self) -> str:
-        parts = ("runtime", "weights", "state", "volumes", "search", "loader")
+        parts = ("runtime", "weights", "state", "volumes", "search", "pose_features", "loader")
         return ", ".join(f"{p} {getattr(self, p) / MIB:.0f}" for p in parts if getattr(self, p)) + " MiB"
+
+
+def conv_pose_parameter_count(box: int) -> int:
+    """Trainable weights of the conv pose encoder (model/pose_encoder.py) on ``box`` px images:
+    its convolutions (k x k x in x out + out) and its dense layer on the last pooled map."""
+    count, channels = 0, 1
+    for out, k in CONV_POSE_STAGES:
+        count += k * k * channels * out + out
+        channels = out
+    return count + conv_pose_sides(box)[-1] ** 2 * channels * CONV_POSE_UNITS + CONV_POSE_UNITS
+
+
+def conv_pose_feature_floats(box: int) -> int:
+    """Floats of one image's conv pose encoder feature maps: each stage's conv output and pooled map."""
+    sides = conv_pose_sides(box)
+    return sum(c * (sides[i] ** 2 + sides[i + 1] ** 2) for i, (c, _) in enumerate(CONV_POSE_STAGES))
 
 
 def dense_parameter_count(model_config) -> int:
     """Trainable weights of a model with the dense (seed) decoder: the encoder's dense stack on
     n^2 pixels, its heads (latent mean and log-variance, pose quaternion and shift, the image
-    offset), the decoder's dense stack and its n^3 voxel layer."""
+    offset), the decoder's dense stack and its n^3 voxel layer; with ``pose.encoder = "conv"``
+    the conv pose encoder, which the pose heads then read."""
     arch = model_config.architecture
     n, latent = arch.box, arch.latent_dim
 
@@ -81,7 +106,12 @@ def dense_parameter_count(model_config) -> int:
         return count, width
 
     enc, h = stack(n * n, arch.encoder_units, arch.encoder_layers)
-    heads = sum(h * k + k for k in (latent, latent, 4, 2))
+    heads = sum(h * k + k for k in (latent, latent))
+    pose_in = h
+    if model_config.pose.encoder == "conv":
+        heads += conv_pose_parameter_count(n)
+        pose_in = CONV_POSE_UNITS
+    heads += sum(pose_in * k + k for k in (4, 2))
     if model_config.loss.image_offset:
         heads += h + 1
     dec, w = stack(latent, arch.decoder_units, arch.decoder_layers)
@@ -123,6 +153,8 @@ def estimate_peak_memory(model_config, train_config, n_params: int | None = None
         search=int(search),
         loader=int((train_config.prefetch + 2) * batch * image),
         n_params=int(n_params),
+        pose_features=(POSE_ACTIVATION_COPIES * f32 * batch * conv_pose_feature_floats(n)
+                       if model_config.pose.encoder == "conv" else 0),
     )
 
 

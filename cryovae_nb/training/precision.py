@@ -12,7 +12,8 @@ normalised and searched), the volume handed to the projector (the decoder casts 
 FFT projector, CTF, pose search, losses, KL, noise variance, linearised posterior and covariance
 statistics (all written in float32 TensorFlow ops, model/vae.py), and every weight, optimizer slot
 and checkpoint: a run trained mixed resumes in float32 and vice versa. The conv3d decoder stays
-float32 (its convolutions are raw ``tf.nn.conv3d`` on float32 weights).
+float32 (its convolutions are raw ``tf.nn.conv3d`` on float32 weights), and so does the conv pose
+encoder (``PoseConfig.encoder = "conv"``: a small share of the step, and it feeds the pose heads).
 
 float16 (``mixed_float16``) also needs loss scaling (:func:`make_loss_scaled`): gradients below
 float16's smallest normal (6e-5) would flush to zero. bfloat16 has float32's range and needs none.
