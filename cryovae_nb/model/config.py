@@ -27,6 +27,10 @@ POSE_ENCODERS = ("dense", "conv")
 # config. The sizes of benchmarks/pose_head_capacity.py's reference CNN (56 deg at SNR 0.1).
 CONV_POSE_STAGES = ((32, 5), (64, 3), (128, 3))
 CONV_POSE_UNITS = 256
+SEARCH_REFERENCES = ("own", "mean")
+SEARCH_SCORINGS = ("real_space", "fourier")
+LATENT_INFERENCES = ("auto", "linearized", "encoder")
+OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
 
 
 def conv_pose_sides(box: int) -> list[int]:
@@ -36,10 +40,6 @@ def conv_pose_sides(box: int) -> list[int]:
     for _ in CONV_POSE_STAGES:
         sides.append(sides[-1] // 2)
     return sides
-SEARCH_REFERENCES = ("own", "mean")
-SEARCH_SCORINGS = ("real_space", "fourier")
-LATENT_INFERENCES = ("auto", "linearized", "encoder")
-OUTPUT_ACTIVATIONS = ("leaky_relu", "linear")
 
 
 def _positive_int(where: str, v, minimum: int = 1) -> None:

@@ -66,9 +66,6 @@ class CryoVAE(keras.Model):
         self.encoder_layers = [dense(arch.encoder_units, act, f"enc{i}") for i in range(arch.encoder_layers)]
         self.z_mean_layer = dense(cfg.architecture.latent_dim, name="z_mean")
         self.z_logvar_layer = dense(cfg.architecture.latent_dim, name="z_logvar")
-        # the pose heads' own convolutional network (PoseConfig.encoder = "conv"; model/pose_encoder.py).
-        # Drawn after every other seeded layer, so a "dense" model's weights are as before.
-        self.pose_encoder = None
         self.quaternion_layer = dense(4, "tanh", "pose_quaternion")
         self.shift_layer = dense(2, "tanh", "pose_shift")
         if cfg.pose.search_deg is not None:  # start centred: the global search moves images by it
@@ -78,6 +75,9 @@ class CryoVAE(keras.Model):
         # noise along it. z-dependence is then learned where the data asks, beside the principal
         # volumes.
         self.decoder = make_decoder(cfg, seeds, zero_response=self.linearized)
+        # the pose heads' own convolutional network (PoseConfig.encoder = "conv"; model/pose_encoder.py),
+        # drawn after every other seeded layer, so a "dense" model's weights are as before
+        self.pose_encoder = None
         if cfg.pose.encoder == "conv":
             self.pose_encoder = ConvPoseEncoder(act, seeds, name="pose_encoder")
         self.projector = make_projector(cfg)
