@@ -6,6 +6,9 @@ checkpoint: every phase of a run) and reads the child's peak RSS from ``os.wait4
 the estimate (with its parts), the measured peak, their ratio and whether it is within 25 %.
 
     .venv/bin/python benchmarks/memory_model.py [--configs 24:64:known,32:120:learned,...] [--steps 4]
+
+A fourth field names the pose encoder (``40:120:learned:conv``: ``PoseConfig.encoder``; default
+the dense one).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def measured_peak(cmd: list[str], env: dict) -> tuple[int, int]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated BOX:BATCH:POSE_MODE")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated BOX:BATCH:POSE_MODE[:POSE_ENCODER]")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--particles", type=int, default=800)
     args = ap.parse_args(argv)
@@ -54,14 +57,16 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         data = {}
         for spec in args.configs.split(","):
-            box, batch, pose = spec.split(":")
+            box, batch, pose, *encoder = spec.split(":")
             box, batch = int(box), int(batch)
             if box not in data:
                 ds = simulate(SimulationConfig(box=box, n_particles=args.particles, snr=1.0, seed=0),
                               tmp / f"sim{box}", progress=False)
                 data[box] = ds.star
             cfg = TrainConfig(data=str(data[box]), run_dir=str(tmp / f"run_{spec.replace(':', '_')}"),
-                              model=ModelConfig().with_options(box=box, pose_mode=pose), batch_size=batch,
+                              model=ModelConfig().with_options(box=box, pose_mode=pose,
+                                                               pose_encoder=(encoder or ["dense"])[0]),
+                              batch_size=batch,
                               max_steps=args.steps, log_every=max(1, args.steps // 2),
                               checkpoint_every=args.steps, sample_every=args.steps)
             path = tmp / f"{spec.replace(':', '_')}.json"

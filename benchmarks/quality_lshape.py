@@ -186,6 +186,9 @@ def main(argv=None) -> int:
                     help="TrainConfig.precision; its accuracy cost, side by side (two processes at once): "
                          "--precision float32 / --precision mixed_bfloat16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="TrainConfig.seed (initial weights, batches, search draws); default --seed, "
+                         "which also seeds the simulated data: ab initio starts on the same data")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "cryovae_quality_lshape"),
                     help="cache of the simulated data and the runs")
     ap.add_argument("--save-volumes", action="store_true", help="write the last decoded volumes as MRC")
@@ -217,7 +220,8 @@ def main(argv=None) -> int:
     cfg = TrainConfig(data=str(star), run_dir=str(run_dir), model=model, batch_size=args.batch_size,
                       max_steps=args.max_steps or 10**9,
                       log_every=100, sample_every=10**9, checkpoint_every=10**9, keep_checkpoints=1,
-                      test_fraction=0.02, n_test_eval=240, seed=args.seed,
+                      test_fraction=0.02, n_test_eval=240,
+                      seed=args.seed if args.train_seed is None else args.train_seed,
                       jit=False if args.no_jit else None, precision=args.precision, **trainer_options)
     trainer = Trainer(cfg, progress=False)
     truth = lshape_volume(args.box)

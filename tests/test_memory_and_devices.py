@@ -56,7 +56,8 @@ def test_estimate_adds_up_its_parts_by_hand():
     from cryovae_nb.model.pose_search import search_grid
 
     grid = len(search_grid(30.0))
-    assert est2.search == memory.SEARCH_COPIES * n * n * 4 * (grid + b * memory.LOCAL_CANDIDATES)
+    assert est2.search == memory.SEARCH_FIXED_BYTES + memory.SEARCH_COPIES * n * n * 4 * (
+        grid + b * memory.LOCAL_CANDIDATES)
     assert est2.state == 0
     # the batch scales the per-image parts, not the weights
     est3 = memory.estimate_peak_memory(cfg, dataclasses.replace(train, batch_size=2 * b))

@@ -34,14 +34,18 @@ WEIGHT_COPIES = 6
 # in a training step: the decoder's output, the masked volume, the transform (complex: 2 floats)
 # and their gradients on the way back, less what XLA fuses away (measured: 6, not 8).
 VOLUME_COPIES = 6
-# The search's live float32 values per projection it compares: the slice (complex), the projected
-# image, its low-passed and normalised copies, and for the local rounds the cross-correlation.
-SEARCH_COPIES = 6
+# The search's live float32 values per projection it compares, plus a part that does not grow with
+# the images (the grid's rotations and the compiled search). Fitted to the measured search (learned
+# minus known poses, same box and batch: 138 / 269 / 417 MiB at 24:120 / 40:120 / 64:60): 3 copies
+# and 65 MiB. The first count, 6 copies and nothing fixed, was right at box 24 only (1.06x) and
+# 1.5x / 1.7x too high at 40 / 64 px (README, Benchmarks).
+SEARCH_COPIES = 3
+SEARCH_FIXED_BYTES = 65 * MIB
 # Live float32 copies of the conv pose encoder's feature maps per image (PoseConfig.encoder =
-# "conv"): each conv's output and its pooled copy kept for the backward pass, and their gradients.
-# A count, not yet checked against a measured peak RSS (benchmarks/memory_model.py runs the dense
-# pose encoder); at box 40, batch 120 it adds 103 MiB, and its 0.91 M weights (x6 copies) 21 MiB.
-POSE_ACTIVATION_COPIES = 2
+# "conv"). Measured (conv minus dense pose encoder, same config): +24 MiB at 40:120 and +103 MiB at
+# 64:60, of which its weights (x6 copies) are 21 / 50 MiB; one copy of the maps (52 / 66 MiB)
+# is the nearest whole count (the first guess, 2, gave 103 / 131 MiB).
+POSE_ACTIVATION_COPIES = 1
 # rounds of local refinement and candidates per round (pose_search.search_pose: 27 + the head's)
 LOCAL_CANDIDATES = 2 * 28
 
@@ -144,7 +148,7 @@ def estimate_peak_memory(model_config, train_config, n_params: int | None = None
     if model_config.pose.mode == "learned" and model_config.pose.search_deg is not None:
         grid = _grid_size(model_config.pose.search_deg)
         # global: the mean volume at every grid rotation; local: every image's candidates
-        search = SEARCH_COPIES * image * (grid + batch * LOCAL_CANDIDATES)
+        search = SEARCH_FIXED_BYTES + SEARCH_COPIES * image * (grid + batch * LOCAL_CANDIDATES)
     return MemoryEstimate(
         runtime=RUNTIME_BYTES,
         weights=WEIGHT_COPIES * f32 * int(n_params),
