@@ -20,6 +20,8 @@ to the same grid). Shows what a larger box buys beyond the smaller one's Nyquist
     nice .venv/bin/python benchmarks/decoders.py quality --box 64 --budget 240
     nice .venv/bin/python benchmarks/decoders.py resolution --box 64 --snr 0.1 --budget 1500 \
         --eval-every 500 --learning-rate 1e-5 --latent-dim 2
+    nice .venv/bin/python benchmarks/decoders.py resolution --box 128 --snr 0.1 --n-particles 3000 \
+        --budget 2700 --eval-every 900 --learning-rate 3e-6 --learning-rate-small 1e-5 --latent-dim 2
 
 (``resolution`` at 3e-5 left the 64 px map behind the 32 px one at FSC 0.5: Adam's per-voxel
 fluctuation, README "Why the 64 px map trailed at FSC 0.5".)
@@ -183,7 +185,8 @@ def train_and_score(star: Path, box: int, pixel: float, truth, decoder: str, bud
         score = evaluate(trainer, truth, trainer.test_indices[:10], pixel)
         curve.append((round(dt), trainer.step, score["fsc05_px"] * pixel, score["fsc0143_px"] * pixel))
         if eval_every:
-            print(json.dumps({"decoder": decoder, "box": box, "train_s": curve[-1][0], "steps": trainer.step,
+            print(json.dumps({"decoder": decoder, "box": box, "learning_rate": trainer.config.learning_rate,
+                              "train_s": curve[-1][0], "steps": trainer.step,
                               "fsc05_A": round(curve[-1][2], 2), "fsc0143_A": round(curve[-1][3], 2)}), flush=True)
     return {"decoder": decoder, "box": box, "pixel_A": pixel, "train_s": round(dt), "steps": trainer.step,
             "images_seen": trainer.step * batch, "images_per_s": trainer.step * batch / dt,
@@ -238,11 +241,13 @@ def resolution(args) -> None:
     workdir = Path(args.workdir)
     small = args.box // 2
     simulate_lshape(workdir, args.box, args.n_particles, args.snr, (args.box, small))  # once, before both
+    rates = {small: args.learning_rate_small or args.learning_rate, args.box: args.learning_rate}
     procs = {}
     for box in (small, args.box):
+        opts = dict(vars(args), learning_rate=rates[box])
         cmd = [sys.executable, __file__, "resolution-one", "--train-box", str(box)] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k not in ("what", "jit") and v is not None] + (["--jit"] if args.jit else [])
+            f"--{k.replace('_', '-')}={v}" for k, v in opts.items()
+            if k not in ("what", "jit", "learning_rate_small") and v is not None] + (["--jit"] if args.jit else [])
         procs[box] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     rows = []
     for box, proc in procs.items():
@@ -255,7 +260,8 @@ def resolution(args) -> None:
         rows.append(json.loads(lines[-1]))
     print(f"\nL-shape simulated at {args.box} px (1 Å/px), {args.n_particles} images, SNR {args.snr}, "
           f"known poses, decoder {args.decoder}, latent_dim {args.latent_dim or 'default'}, both at once for "
-          f"{args.budget:.0f} s, batch {args.batch_size}, learning rate {args.learning_rate or 'default'}; the "
+          f"{args.budget:.0f} s, batch {args.batch_size}, learning rate {rates[small] or 'default'} at {small} px, "
+          f"{rates[args.box] or 'default'} at {args.box} px; the "
           f"{small} px run is the same data Fourier-cropped (2 Å/px, Nyquist 4 Å):")
     print_scores(rows)
 
@@ -293,6 +299,11 @@ def main(argv=None) -> None:
             q.add_argument("--latent-dim", type=int, default=2, help="small: each step decodes latent_dim + 1 "
                            "probe volumes besides the batch's (linearised latents)")
             q.add_argument("--eval-every", type=float, default=60.0, help="training seconds between FSCs")
+        if name == "resolution":
+            # Adam moves each voxel by ~the rate whatever the box, while a voxel of the 2x box holds
+            # ~3.5x less signal (README "Why the 64 px map trailed"): each box needs its own rate
+            q.add_argument("--learning-rate-small", type=float, default=None,
+                           help="the half-box run's rate (default: --learning-rate's)")
         if name == "resolution-one":
             q.add_argument("--train-box", type=int, required=True)
     args = ap.parse_args(argv)

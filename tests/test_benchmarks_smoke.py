@@ -9,6 +9,7 @@ speeds); that they run and print their tables is.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,16 @@ def test_benchmark_runs_its_smallest_configuration(script, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     missing = [e for e in expected if e not in r.stdout]
     assert not missing, (missing, r.stdout[-3000:])
+
+
+@pytest.mark.benchmark_smoke
+def test_decoders_resolution_gives_each_box_its_rate(tmp_path):
+    # the half box trains at --learning-rate-small, the full box at --learning-rate (the rate sets
+    # Adam's per-voxel noise floor: README "Decoders for larger boxes"); read from each Trainer's config.
+    # dense: conv3d's grid needs the half box >= 16 px, and the routing does not depend on the decoder
+    r = _run([str(REPO / "benchmarks" / "decoders.py"), "resolution", "--box", "16", "--budget", "1",
+              "--eval-every", "1", "--n-particles", "100", "--decoder", "dense", "--learning-rate", "3e-6",
+              "--learning-rate-small", "1e-5", "--workdir", str(tmp_path / "work")], tmp_path, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert {row["box"]: row["learning_rate"] for row in rows} == {8: 1e-5, 16: 3e-6}, r.stdout[-3000:]
