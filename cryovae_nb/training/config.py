@@ -98,8 +98,8 @@ class TrainConfig:
 # consensus grid by about the rate whatever the box, while a voxel of a 2x larger box holds ~3.5x
 # less signal (measured at 64 vs 32 px, README "Decoders for larger boxes"), so a rate that suits
 # 32-64 px leaves a larger map as noisy as that ratio at FSC 0.5. Measured: 64 px 3.73 Å at 1e-5
-# against 5.12 Å at 3e-5 (same steps); at 128 px see the README. The rule scales 1e-5 at 64 px by
-# the signal per voxel, box^-1.8.
+# against 5.12 Å at 3e-5 (same steps); 128 px at 3e-6 beat 64 px (README). The rule scales 1e-5 at
+# 64 px by the signal per voxel, box^-1.8; that 1e-5 is too high at 128 px is the rule's, not measured.
 CONV3D_RATE_AT_64 = 1e-5
 SIGNAL_PER_VOXEL_EXPONENT = 1.8
 
@@ -121,7 +121,7 @@ def learning_rate_advice(config: TrainConfig) -> str | None:
         return None
     return (f"learning rate {config.learning_rate:g} is {config.learning_rate / suggested:.1f}x the "
             f"{suggested:.1g} suggested for the conv3d decoder at {arch.box} px: Adam's per-voxel noise "
-            f"would cap the map at FSC 0.5 (README, Decoders for larger boxes); set learning_rate "
+            f"is likely to cap the map at FSC 0.5 (README, Decoders for larger boxes); set learning_rate "
             f"(--learning-rate) to {suggested:.1g}")
 
 
