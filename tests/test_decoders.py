@@ -246,3 +246,35 @@ def test_conv_options_are_inert_for_the_dense_decoder_and_old_configs_load():
     for key in ("decoder_grid", "decoder_channels", "decoder_upsamplings"):
         del data["architecture"][key]  # a config written before the conv decoder
     assert from_dict(ModelConfig, data) == ModelConfig()
+
+
+def test_conv3d_learning_rate_advice_scales_with_the_box():
+    from cryovae_nb.training.config import TrainConfig, conv3d_learning_rate, learning_rate_advice
+
+    # 1e-5 at 64 px (measured), scaled by the signal per voxel, box^-1.8: a 2x box ~3.5x lower
+    assert conv3d_learning_rate(64) == pytest.approx(1e-5)
+    assert conv3d_learning_rate(64) / conv3d_learning_rate(128) == pytest.approx(2**1.8)
+
+    def advice(box, rate, decoder="conv3d"):
+        return learning_rate_advice(TrainConfig(model=ModelConfig().with_options(box=box, decoder=decoder),
+                                                learning_rate=rate))
+
+    assert advice(64, 1e-5) is None                       # the measured good rate
+    assert advice(40, 1e-4) is None                       # below 64 px: not measured, no advice
+    assert advice(128, 1e-4, decoder="dense") is None     # the dense decoder: not this rule
+    line = advice(64, 3e-5)                               # measured capped (5.12 vs 3.73 Å)
+    assert line is not None and "64 px" in line and "1e-05" in line and "\n" not in line
+    line = advice(128, TrainConfig().learning_rate)       # the default is too high at 128 px
+    assert line is not None and "128 px" in line and "3e-06" in line
+
+
+def test_the_trainer_warns_about_a_conv3d_rate_too_high_for_the_box(tmp_path):
+    from cryovae_nb.synthetic import SimulationConfig, simulate
+    from cryovae_nb.training.config import TrainConfig
+    from cryovae_nb.training.trainer import Trainer
+
+    ds = simulate(SimulationConfig(box=64, n_particles=8, snr=1.0, seed=0), tmp_path / "sim", progress=False)
+    model = ModelConfig().with_options(box=64, decoder="conv3d", pose_mode="known")
+    with pytest.warns(UserWarning, match="conv3d decoder at 64 px"):
+        Trainer(TrainConfig(data=str(ds.star), run_dir=str(tmp_path / "run"), model=model, batch_size=4,
+                            learning_rate=3e-5, test_fraction=0.25), progress=False)

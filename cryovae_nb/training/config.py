@@ -94,6 +94,37 @@ class TrainConfig:
         return data
 
 
+# The conv3d decoder's learning rate by box. Why it depends on the box: Adam moves each voxel of the
+# consensus grid by about the rate whatever the box, while a voxel of a 2x larger box holds ~3.5x
+# less signal (measured at 64 vs 32 px, README "Decoders for larger boxes"), so a rate that suits
+# 32-64 px leaves a larger map as noisy as that ratio at FSC 0.5. Measured: 64 px 3.73 Å at 1e-5
+# against 5.12 Å at 3e-5 (same steps); 128 px at 3e-6 beat 64 px (README). The rule scales 1e-5 at
+# 64 px by the signal per voxel, box^-1.8; that 1e-5 is too high at 128 px is the rule's, not measured.
+CONV3D_RATE_AT_64 = 1e-5
+SIGNAL_PER_VOXEL_EXPONENT = 1.8
+
+
+def conv3d_learning_rate(box: int) -> float:
+    """The conv3d decoder's suggested learning rate at ``box`` px (1e-5 at 64 px, ~2.9e-6 at 128)."""
+    return CONV3D_RATE_AT_64 * (64 / box) ** SIGNAL_PER_VOXEL_EXPONENT
+
+
+def learning_rate_advice(config: TrainConfig) -> str | None:
+    """One line when ``config``'s learning rate is more than twice what its conv3d decoder's box
+    suggests (boxes of 64 px and more, where it was measured), else None. Why a warning and not a
+    silent change: the rate is the user's, and a resumed run must keep its own."""
+    arch = config.model.architecture
+    if arch.decoder != "conv3d" or arch.box < 64:
+        return None
+    suggested = conv3d_learning_rate(arch.box)
+    if config.learning_rate <= 2 * suggested:
+        return None
+    return (f"learning rate {config.learning_rate:g} is {config.learning_rate / suggested:.1f}x the "
+            f"{suggested:.1g} suggested for the conv3d decoder at {arch.box} px: Adam's per-voxel noise "
+            f"is likely to cap the map at FSC 0.5 (README, Decoders for larger boxes); set learning_rate "
+            f"(--learning-rate) to {suggested:.1g}")
+
+
 def _flat_model(model) -> bool:
     """Whether ``model`` is a model dict of the layout before the sections."""
     return isinstance(model, dict) and bool(set(model) & (set(OPTION_NAMES) | set(TRAINER_OPTIONS)))

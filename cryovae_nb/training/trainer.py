@@ -35,7 +35,7 @@ from cryovae_nb.model.config import ModelConfig
 from cryovae_nb.model.losses import LOSS_KEYS
 from cryovae_nb.model.vae import build_model
 from cryovae_nb.training import memory, rundir
-from cryovae_nb.training.config import TrainConfig
+from cryovae_nb.training.config import TrainConfig, learning_rate_advice
 from cryovae_nb.training.data import (BatchReader, EpochOrder, Prefetcher, make_split, model_for_data,
                                       particle_optics, read_split)
 from cryovae_nb.training.devices import apply_device_policy
@@ -166,6 +166,8 @@ class Trainer:
         if cfg.model.pose.mode == "known" and self.particles.poses is None:
             raise InputError("pose_mode 'known' needs poses (rlnAngleRot/Tilt/Psi) in the STAR file", cfg.data)
         self.config = cfg
+        if self.is_chief and (advice := learning_rate_advice(cfg)) is not None:
+            warnings.warn(advice, stacklevel=2)
         self.pixel_size = float(self.particles.pixel_size) if self.particles.pixel_size else 1.0
         if self.is_chief:
             rundir.claim(self.run_dir)  # before anything is written: refuses a folder not ours
